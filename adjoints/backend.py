@@ -1,0 +1,161 @@
+"""One code path for NumPy and CuPy.
+
+Arrays carry their module (``array_module(x)``); a device is chosen once by
+``get_xp(device)`` where ``device`` is ``"auto"`` (CuPy when a CUDA device is usable,
+else NumPy), ``"cpu"`` or ``"gpu"``, and the environment variable ``CUTEM_DEVICE``
+gives the default. FFTs go through this module: ``scipy.fft`` with worker threads on
+the CPU, ``cupyx.scipy.fft`` on the GPU. float32 is the default real dtype; checks
+run in float64.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import numpy as np
+import scipy.fft as _sfft
+
+DEFAULT_DTYPE = np.float32
+DEVICE_ENV = "CUTEM_DEVICE"
+THREADS_ENV = "CUTEM_THREADS"
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used."""
+
+
+@lru_cache(maxsize=1)
+def _cupy():
+    try:
+        import cupy  # noqa: F401
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+        cupy.zeros(1)  # a driver that is present but broken fails here, not later
+        return cupy
+    except Exception:  # ImportError, CUDARuntimeError, missing libraries
+        return None
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and a CUDA device answers."""
+    return _cupy() is not None
+
+
+def resolve_device(device: str | None = None) -> str:
+    """Return ``"cpu"`` or ``"gpu"`` for ``device`` in ``auto|cpu|gpu`` (or the env default)."""
+    device = (device or os.environ.get(DEVICE_ENV) or "auto").lower()
+    if device not in ("auto", "cpu", "gpu"):
+        raise DeviceError(f"device must be auto, cpu or gpu, not {device!r}")
+    if device == "auto":
+        return "gpu" if cuda_available() else "cpu"
+    if device == "gpu" and not cuda_available():
+        raise DeviceError("device 'gpu' requested but no usable CUDA device/CuPy was found")
+    return device
+
+
+def get_xp(device: str | None = None):
+    """The array module (numpy or cupy) for ``device``."""
+    return _cupy() if resolve_device(device) == "gpu" else np
+
+
+def array_module(*arrays):
+    """numpy or cupy, from the arrays' own type (scalars and None count as numpy)."""
+    cp = _cupy() if any(type(a).__module__.startswith("cupy") for a in arrays) else None
+    return cp if cp is not None else np
+
+
+def is_gpu_array(x) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+def to_numpy(x):
+    """Host copy of an array (no-op for NumPy arrays and scalars)."""
+    if is_gpu_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def asarray(x, xp=np, dtype=None):
+    """``x`` on ``xp``'s device, with ``dtype`` if given."""
+    if xp is np:
+        return np.asarray(to_numpy(x), dtype=dtype)
+    return xp.asarray(x, dtype=dtype)
+
+
+def complex_dtype(real_dtype):
+    """complex64 for float32, complex128 for float64."""
+    return np.result_type(real_dtype, np.complex64)
+
+
+def real_dtype(dtype):
+    """float32 for complex64/float32, float64 for complex128/float64."""
+    return np.finfo(np.dtype(dtype)).dtype
+
+
+def threads() -> int:
+    """Worker threads for CPU FFTs (``CUTEM_THREADS`` or all cores)."""
+    env = os.environ.get(THREADS_ENV)
+    return max(1, int(env)) if env else (os.cpu_count() or 1)
+
+
+def _fft_module(x):
+    if is_gpu_array(x):
+        import cupyx.scipy.fft as cfft
+
+        return cfft, {}
+    return _sfft, {"workers": threads()}
+
+
+def fft2(x, norm="backward"):
+    """2D FFT over the last two axes."""
+    mod, kw = _fft_module(x)
+    return mod.fft2(x, axes=(-2, -1), norm=norm, **kw)
+
+
+def ifft2(x, norm="backward"):
+    """Inverse 2D FFT over the last two axes."""
+    mod, kw = _fft_module(x)
+    return mod.ifft2(x, axes=(-2, -1), norm=norm, **kw)
+
+
+def rfft2(x, norm="backward"):
+    mod, kw = _fft_module(x)
+    return mod.rfft2(x, axes=(-2, -1), norm=norm, **kw)
+
+
+def irfft2(x, s, norm="backward"):
+    mod, kw = _fft_module(x)
+    return mod.irfft2(x, s=s, axes=(-2, -1), norm=norm, **kw)
+
+
+def fftn(x, axes=None, norm="backward"):
+    mod, kw = _fft_module(x)
+    return mod.fftn(x, axes=axes, norm=norm, **kw)
+
+
+def ifftn(x, axes=None, norm="backward"):
+    mod, kw = _fft_module(x)
+    return mod.ifftn(x, axes=axes, norm=norm, **kw)
+
+
+def fft_backend_name(xp) -> str:
+    return "cupyx.scipy.fft (cuFFT)" if xp is not np else f"scipy.fft ({threads()} workers)"
+
+
+def freq_grid(shape, pixel_size=1.0, xp=np, dtype=DEFAULT_DTYPE, rfft=False):
+    """Spatial-frequency coordinates (qy, qx) in 1/length for an FFT of ``shape``.
+
+    Frequencies follow the FFT layout (DC at [0, 0]); ``rfft`` gives the half grid.
+    """
+    ny, nx = shape
+    qy = xp.fft.fftfreq(ny, d=pixel_size).astype(dtype)
+    qx = (xp.fft.rfftfreq if rfft else xp.fft.fftfreq)(nx, d=pixel_size).astype(dtype)
+    return qy[:, None], qx[None, :]
+
+
+def default_rng(seed=None, xp=np):
+    """A seeded generator on ``xp``'s device (numpy.random.Generator or cupy's)."""
+    if xp is np:
+        return np.random.default_rng(seed)
+    return xp.random.default_rng(seed)

@@ -1,0 +1,48 @@
+"""What every command shares: the device option, quiet flag, and exit codes.
+
+Bad input (a :class:`cutem.errors.InputError` or click usage error) exits 2 with one line;
+an internal failure exits 1 with the traceback.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from cutem.errors import InputError as BadInput
+
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default=None,
+                             help="Array backend (default: $CUTEM_DEVICE or auto).")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
+def run_guarded(group) -> int:
+    try:
+        rc = group.main(standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("cutem: aborted", err=True)
+        return 130
+    except click.ClickException as exc:  # usage errors are bad input
+        exc.show()
+        return 2
+    except BadInput as exc:
+        click.echo(f"cutem: error: {exc}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("cutem: interrupted", err=True)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        click.echo("cutem: internal error (the traceback above); please report it", err=True)
+        return 1
+
+
+def fail(message: str):
+    raise BadInput(message)
+
+
+__all__ = ["device_option", "quiet_option", "run_guarded", "fail", "BadInput", "sys"]

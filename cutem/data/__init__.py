@@ -1,0 +1,1 @@
+"""Data shipped with cutem (scattering-factor table, the embedded TMV example)."""

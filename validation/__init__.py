@@ -1,0 +1,1 @@
+"""cutem's validation suite: gradient checks, physics checks, real data, benchmarks."""
