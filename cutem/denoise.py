@@ -16,7 +16,10 @@ Learned (:func:`train`, :func:`denoise_image`)
 
     Inference tiles an image of any size with overlapping tiles (reflect-padded to a
     multiple of 2**depth), blends them with linear ramps over the overlap, and works on
-    single images and tilt-series stacks.
+    single images and tilt-series stacks. The outer half of each overlap is dropped
+    (the tile's zero padding reaches in there) and the inner half blended, so with an
+    overlap of twice the network's receptive-field radius the tiled result equals a
+    single pass over the whole image.
 
 Model-based (:func:`model_denoise`)
     The paper's approach (PHYSICS.md, "The paper's applications"): optimise the latent
@@ -201,21 +204,23 @@ class Trainer:
         self.history.append(val)
         return val
 
-    def run(self, checkpoint=None, progress=True, callback=None):
-        """Train until ``cfg.steps``; checkpoints every ``checkpoint_every`` and at the end."""
+    def run(self, checkpoint=None, progress=True, callback=None, until=None):
+        """Train until ``cfg.steps`` (or step ``until``); checkpoints every
+        ``checkpoint_every`` and at the end."""
         from tqdm import tqdm
 
+        end = self.cfg.steps if until is None else min(int(until), self.cfg.steps)
         bar = tqdm(total=self.cfg.steps, initial=self.step_count, disable=not progress,
                    desc="train", unit="step", dynamic_ncols=True)
         try:
-            while self.step_count < self.cfg.steps:
+            while self.step_count < end:
                 val = self.step()
                 bar.update(1)
                 if self.step_count % 10 == 0 or self.step_count == self.cfg.steps:
                     recent = self.history[-50:]
                     bar.set_postfix(loss=f"{np.mean(recent):.4f}", lr=f"{self.opt.lr:.1e}")
                 if checkpoint and (self.step_count % self.cfg.checkpoint_every == 0
-                                   or self.step_count == self.cfg.steps):
+                                   or self.step_count == end):
                     self.save(checkpoint)
                 if callback:
                     callback(self, val)
@@ -331,13 +336,19 @@ def _starts(n, tile, step):
 
 
 def _ramp(n, overlap):
+    """Tile weights along one axis: ~0 over the outer half of the overlap (where the
+    tile's zero padding reaches in), then a linear ramp to 1 over the inner half. Where a
+    tile edge is the image edge only that tile covers the pixel, so its small weight
+    divides out."""
     t = np.arange(n, dtype=np.float64)
-    if overlap <= 0:
+    if overlap <= 1:
         return np.ones(n)
-    return np.clip(np.minimum(t + 0.5, n - t - 0.5) / overlap, 1e-3, 1.0)
+    half = overlap / 2.0
+    d = np.minimum(t + 0.5, n - t - 0.5)
+    return np.clip((d - half) / half, 1e-6, 1.0)
 
 
-def denoise_image(net: UNet, params, image, tile=256, overlap=32, batch=4, xp=None):
+def denoise_image(net: UNet, params, image, tile=256, overlap=64, batch=4, xp=None):
     """Denoise one 2D image of any size with overlapping, blended tiles; returns a host
     float32 array in the units of the input."""
     img = np.asarray(B.to_numpy(image), dtype=np.float32)
@@ -368,7 +379,7 @@ def denoise_image(net: UNet, params, image, tile=256, overlap=32, batch=4, xp=No
     return denormalise(out / wsum, st)[:h, :w].astype(np.float32)
 
 
-def denoise_stack(net, params, data, tile=256, overlap=32, batch=4, progress=False):
+def denoise_stack(net, params, data, tile=256, overlap=64, batch=4, progress=False):
     """Denoise a 2D image or each section of a (n, ny, nx) stack."""
     from tqdm import tqdm
 

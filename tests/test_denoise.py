@@ -1,0 +1,118 @@
+"""cutem.denoise: training loop, checkpoints and resume, tiled inference, model-based denoiser."""
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio as psnr
+
+from adjoints.nn import UNet, UNetConfig
+from cutem.denoise import (TrainConfig, Trainer, denoise_image, denoise_stack, load_denoiser, model_denoise,
+                           mtf_transfer, train)
+from cutem.params import Detector
+
+
+def blobs(rng, n=48, dose=20.0, n2n=False):
+    """A tiny synthetic pair source: dark Gaussian blobs on a flat background, Poisson noise."""
+    yy, xx = np.mgrid[:n, :n]
+    clean = np.ones((n, n))
+    for _ in range(int(rng.integers(3, 7))):
+        cy, cx, r = rng.uniform(0, n), rng.uniform(0, n), rng.uniform(3, 8)
+        clean -= 0.4 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    lam = dose * clean
+    noisy = rng.poisson(lam).astype(np.float32)
+    return noisy, (rng.poisson(lam).astype(np.float32) if n2n else lam.astype(np.float32))
+
+
+TINY = UNetConfig(depth=1, width=4, convs=1)
+
+
+def _cfg(**kw):
+    d = dict(steps=6, batch=2, patch=16, pool=2, refresh_every=2, checkpoint_every=3, seed=1)
+    d.update(kw)
+    return TrainConfig(**d)
+
+
+def test_training_lowers_loss_and_beats_noisy_input():
+    tr = train(blobs, UNetConfig(depth=1, width=8, convs=1), _cfg(steps=120, batch=4, patch=32, lr=5e-3,
+                                                                    pool=4, refresh_every=10), progress=False)
+    assert np.mean(tr.history[-20:]) < 0.5 * np.mean(tr.history[:5])
+    rng = np.random.default_rng(123)
+    noisy, clean = blobs(rng, n=64)
+    den = denoise_image(tr.net, tr.params, noisy, tile=32, overlap=8)
+    dr = float(clean.max() - clean.min())
+    assert psnr(clean, den, data_range=dr) > psnr(clean, noisy, data_range=dr) + 5
+
+
+def test_resume_continues_exactly(tmp_path):
+    """4 steps + checkpoint + resume for 2 more = 6 uninterrupted steps, bit for bit."""
+    full = Trainer(UNet(TINY), blobs, _cfg())
+    full.run(progress=False)
+    part = Trainer(UNet(TINY), blobs, _cfg())
+    part.run(checkpoint=tmp_path / "ck.h5", progress=False, until=4)  # interrupted after step 4
+    assert part.step_count == 4
+    resumed = train(blobs, cfg=_cfg(), checkpoint=tmp_path / "ck.h5", resume=True, progress=False)
+    assert resumed.step_count == 6
+    assert resumed.history == full.history
+    for k in full.params:
+        assert np.array_equal(resumed.params[k], full.params[k]), k
+    net, params, info = load_denoiser(tmp_path / "ck.h5")
+    assert info["step"] == 6 and net.config == TINY
+    assert all(np.array_equal(params[k], full.params[k]) for k in params)
+
+
+def test_noise2noise_mode_trains_on_noisy_targets():
+    tr = train(lambda r: blobs(r, n2n=True), TINY, _cfg(steps=4, noise2noise=True), progress=False)
+    assert len(tr.history) == 4 and np.all(np.isfinite(tr.history))
+    # the targets in the pool are integer counts (a second noisy draw), not the clean mean
+    assert np.array_equal(tr.pool_target[0], np.round(tr.pool_target[0]))
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (16, 16), (100, 9)])
+def test_tiling_identity_network_is_exact_for_any_size(shape, rng):
+    net = UNet(TINY)
+    p = net.init(0)
+    p["head.w"][:] = 0  # residual net with zero head: output = input
+    img = rng.uniform(0, 10, shape).astype(np.float32)
+    out = denoise_image(net, p, img, tile=16, overlap=4)
+    assert out.shape == img.shape
+    assert np.max(np.abs(out - img)) < 1e-4
+
+
+def test_tiles_blend_to_the_whole_image_result(rng):
+    """With the overlap ≥ twice the receptive-field radius, tiles reproduce a single pass."""
+    net = UNet(UNetConfig(depth=1, width=4, convs=1))
+    p = net.init(3)
+    img = rng.normal(5, 1, (64, 64)).astype(np.float32)
+    whole = denoise_image(net, p, img, tile=64, overlap=0)
+    tiled = denoise_image(net, p, img, tile=32, overlap=16)
+    err = np.abs(whole - tiled)
+    assert np.std(whole - img) > 0.01  # the network does change the image
+    assert np.max(err) < 1e-5
+    stack = denoise_stack(net, p, np.stack([img, img]), tile=32, overlap=16)
+    assert np.array_equal(stack[1], tiled)
+
+
+def test_mtf_matches_tem_simulator_reference_values():
+    det = Detector(mtf_a=0.7, mtf_b=0.2, mtf_c=0.1, mtf_alpha=10, mtf_beta=40)
+    T = mtf_transfer((64, 64), det, dtype=np.float64)
+    assert T[0, 32] == pytest.approx(0.3182, abs=1e-4)   # Nyquist (PHYSICS.md)
+    assert T[0, 16] == pytest.approx(0.5879, abs=1e-4)   # Nyquist / 2
+    assert T[0, 0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("estimator", ["pathwise", "score"])
+def test_model_denoiser_improves_psnr(estimator):
+    rng = np.random.default_rng(5)
+    noisy, clean = blobs(rng, n=48)
+    r = model_denoise(noisy, beta=4.0, iterations=120, estimator=estimator, seed=1)
+    dr = float(clean.max() - clean.min())
+    assert psnr(clean, r.image, data_range=dr) > psnr(clean, noisy, data_range=dr) + 6
+    assert r.losses[-1] < r.losses[0]
+
+
+def test_model_denoiser_gain_and_mtf_units():
+    """Counts = gain × blurred electrons: the result stays in counts and λ in electrons."""
+    rng = np.random.default_rng(6)
+    noisy, clean = blobs(rng, n=32, dose=50.0)
+    det = Detector(mtf_a=0.7, mtf_b=0.2, mtf_c=0.1, mtf_alpha=10, mtf_beta=40, gain=10.0)
+    r = model_denoise(noisy * 10, detector=det, iterations=60)
+    assert abs(r.image.mean() / (10 * noisy.mean()) - 1) < 0.02
+    assert abs(r.intensity.mean() / noisy.mean() - 1) < 0.02
