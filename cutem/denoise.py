@@ -392,39 +392,19 @@ def denoise_stack(net, params, data, tile=256, overlap=64, batch=4, progress=Fal
 
 # ------------------------------------------------------------------ model-based
 def mtf_transfer(shape, detector=None, xp=np, dtype=np.float32):
-    """Real MTF on the FFT grid of ``shape`` (cycles/pixel), gain excluded.
-
-    Uses :mod:`cutem.detector` when it provides ``mtf_values``; otherwise the
-    TEM-simulator formula of PHYSICS.md (``detector_apply_mtf``) directly. ``detector``:
-    a :class:`cutem.params.Detector` (None: ideal, MTF = 1).
-    """
+    """Real MTF / gain on the FFT grid of ``shape`` (from :func:`cutem.detector.mtf`);
+    ``detector`` None means an ideal detector (MTF = 1)."""
     if detector is None:
         return xp.ones(shape, dtype=dtype)
-    qy, qx = B.freq_grid(shape, 1.0, xp, np.float64)
-    x = xp.sqrt(qy * qy + qx * qx)
-    d = detector
-    try:  # the detector module's own formula, when it is there
-        from . import detector as det  # noqa: F401
+    from .detector import mtf
 
-        fn = getattr(det, "mtf_values", None)
-    except ImportError:
-        fn = None
-    if fn is not None:
-        return xp.asarray(fn(x, d), dtype=dtype)
-
-    def lor(amp, k, p):
-        y = 1.0 + k * x * x
-        yp = y ** (-p)
-        return amp * (2.0 ** p) * yp / (2.0 + (2.0 ** p - 2.0) * yp)
-
-    mtf = (d.mtf_c + lor(d.mtf_a, d.mtf_alpha, d.mtf_p) + lor(d.mtf_b, d.mtf_beta, d.mtf_q)) / (d.mtf_a + d.mtf_b + d.mtf_c)
-    return mtf.astype(dtype)
+    return (mtf(shape, detector, xp, np.float64) / float(detector.gain)).astype(dtype)
 
 
 @dataclass
 class ModelDenoiseResult:
     image: np.ndarray          #: gain · MTF ⊛ λ, the noise-free observation (counts)
-    intensity: np.ndarray      #: λ, electrons per pixel before the detector
+    intensity: np.ndarray      #: λ, expected electrons per pixel before the detector
     losses: list = field(default_factory=list)
 
 
@@ -442,44 +422,52 @@ def _box_sum(a, r):
     return a
 
 
-def model_denoise(observed, gain=1.0, detector=None, beta=4.0, iterations=300, lr=0.05, draws=4,
+def _ideal_detector(shape, gain):
+    from .params import Detector
+
+    return Detector(nx=int(shape[1]), ny=int(shape[0]), pixel_size_A=1.0, dose_e_per_A2=1.0,
+                    mtf_a=0.0, mtf_b=0.0, mtf_c=1.0, gain=float(gain), dqe=1.0)
+
+
+def model_denoise(observed, detector=None, gain=1.0, beta=4.0, iterations=300, lr=0.05, draws=4,
                   estimator="pathwise", eps=None, seed=0, window=2, xp=None, progress=False):
-    """The model-based denoiser (module docstring).
+    """The model-based denoiser (module docstring), on :func:`cutem.detector.detect`.
 
     Parameters
     ----------
-    observed : 2D array, counts (gain × electrons, MTF-blurred).
-    gain : counts per electron (``detector.gain`` when a Detector is given).
-    detector : :class:`cutem.params.Detector` for the MTF (None: MTF = 1).
+    observed : 2D array, detector counts (gain × MTF-blurred electrons).
+    detector : :class:`cutem.params.Detector` (pixel size, dose, DQE, MTF, gain, readout);
+        None: an ideal counting detector with the given ``gain``.
     beta : weight of the Charbonnier TV prior (relative to the data term).
+    draws : simulated noisy images per iteration.
     estimator : "pathwise" or "score".
-    window : score estimator: half-width of the window whose loss weights a pixel's score.
+    window : score estimator: half-width of the window whose loss weights a pixel's score
+        (the MTF's reach; the estimate is unbiased up to the PSF beyond it).
     """
     from tqdm import tqdm
+
+    from .detector import detect
 
     y_host = np.asarray(B.to_numpy(observed), dtype=np.float64)
     if y_host.ndim != 2:
         raise InputError(f"model_denoise needs a 2D image, got shape {y_host.shape}")
     if estimator not in ("pathwise", "score"):
         raise InputError(f"estimator must be pathwise or score, not {estimator!r}")
-    if detector is not None:
-        gain = detector.gain
+    det = detector if detector is not None else _ideal_detector(y_host.shape, gain)
+    det = det.replace(nx=int(y_host.shape[1]), ny=int(y_host.shape[0]))
+    gain = float(det.gain)
     xp = xp or np
-    dt = np.float64
     y = xp.asarray(y_host)
-    T = mtf_transfer(y.shape, detector, xp, dt)
+    scale = det.dose_e_per_A2 * det.pixel_size_A ** 2  # electrons per pixel at I = 1
     mean_e = max(float(y_host.mean()) / gain, 1e-6)
-    # start from a mildly smoothed copy (electrons), clipped positive
-    lam0 = np.clip(_lowpass_host(y_host / gain, 1.0), 0.05 * mean_e, None)
-    u = xp.asarray(np.log(lam0))
+    # start from a mildly smoothed copy (relative intensity), clipped positive
+    i0 = np.clip(_lowpass_host(y_host / (gain * scale), 1.0), 0.05 * mean_e / scale, None)
+    u = xp.asarray(np.log(i0))
     eps = eps if eps is not None else 0.05 * math.sqrt(mean_e)
     rng = B.default_rng(seed, xp)
     opt = Adam(lr=lr)
     norm = gain * gain * mean_e
     losses = []
-
-    def blur(a):
-        return ops.real(ops.ifft2(ops.fft2(a) * T))
 
     def prior(lam):
         dx = lam[:, 1:] - lam[:, :-1]
@@ -490,37 +478,34 @@ def model_denoise(observed, gain=1.0, detector=None, beta=4.0, iterations=300, l
     for _ in tqdm(range(iterations), disable=not progress, desc="model denoise", unit="it"):
         with Tape() as tape:
             uv = tape.watch(u)
-            lam = ops.exp(uv)
-            total = prior(lam)
+            intensity = ops.exp(uv)
+            total = prior(intensity * scale)
             if estimator == "pathwise":
                 for _k in range(draws):
-                    e = rng.standard_normal(y.shape)
-                    n = lam + ops.sqrt(lam) * e
-                    sim = blur(n) * gain
+                    sim = detect(intensity, det, rng=rng, estimator="pathwise").image
                     total = total + ops.mean((sim - y) ** 2) / (norm * draws)
         (g,) = tape.gradient(total, [uv])
         val = float(B.to_numpy(unwrap(total)))
         if estimator == "score":
-            lam_a = xp.exp(u)
+            i_val = xp.exp(u)
             Ls, scores = [], []
             for _k in range(draws):
-                n = rng.poisson(lam_a).astype(dt)
-                sim = gain * xp.real(B.ifft2(B.fft2(n) * T))
-                r = (sim - y) ** 2 / (norm * y.size)
+                d = detect(i_val, det, rng=rng, estimator="score")
+                r = (d.image - y) ** 2 / (norm * y.size)
                 Ls.append(_box_sum(r, window))
-                scores.append(n / lam_a - 1.0)
+                scores.append(d.draws["counts"] / d.expected_counts - 1.0)  # ∂log p/∂N̄
             Lsum = sum(Ls)
             gdata = 0
             for Lk, sk in zip(Ls, scores):
                 base = (Lsum - Lk) / max(draws - 1, 1)  # leave-one-out baseline
                 gdata = gdata + (Lk - base) * sk
-            g = g + gdata / draws * lam_a  # chain rule to u = log λ
+            g = g + gdata / draws * (i_val * scale)  # N̄ = scale · exp(u)
             val += float(B.to_numpy(sum(L.sum() for L in Ls))) / draws / (2 * window + 1) ** 2
         losses.append(val)
         u = opt.step({"u": u}, {"u": g})["u"]
-    lam = xp.exp(u)
-    img = gain * xp.real(B.ifft2(B.fft2(lam) * T))
-    return ModelDenoiseResult(B.to_numpy(img).astype(np.float32), B.to_numpy(lam).astype(np.float32), losses)
+    d = detect(xp.exp(u), det, estimator="pathwise", noise_free=True, rng=0)
+    return ModelDenoiseResult(B.to_numpy(d.noise_free).astype(np.float32),
+                              B.to_numpy(d.expected_counts).astype(np.float32), losses)
 
 
 def _lowpass_host(a, sigma):

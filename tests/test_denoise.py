@@ -109,10 +109,11 @@ def test_model_denoiser_improves_psnr(estimator):
 
 
 def test_model_denoiser_gain_and_mtf_units():
-    """Counts = gain × blurred electrons: the result stays in counts and λ in electrons."""
+    """Counts = gain × blurred electrons: the result stays in counts and λ in electrons
+    (whatever the nominal dose: 2 e/Å² × 25 Å² = 50 e per pixel here)."""
     rng = np.random.default_rng(6)
     noisy, clean = blobs(rng, n=32, dose=50.0)
     det = Detector(mtf_a=0.7, mtf_b=0.2, mtf_c=0.1, mtf_alpha=10, mtf_beta=40, gain=10.0)
-    r = model_denoise(noisy * 10, detector=det, iterations=60)
+    r = model_denoise(noisy * 10, detector=det.replace(dose_e_per_A2=2.0, pixel_size_A=5.0), iterations=60)
     assert abs(r.image.mean() / (10 * noisy.mean()) - 1) < 0.02
     assert abs(r.intensity.mean() / noisy.mean() - 1) < 0.02
