@@ -508,6 +508,33 @@ def model_denoise(observed, detector=None, gain=1.0, beta=4.0, iterations=300, l
                               B.to_numpy(d.expected_counts).astype(np.float32), losses)
 
 
+def detector_from_toml(path, base=None):
+    """A :class:`cutem.params.Detector` from a TOML file: a ``cutem fit-mtf`` result or a run
+    configuration. Detector fields are read from a ``[detector]`` table (or the top level);
+    other keys (uncertainties, fit statistics) are ignored. ``base`` supplies the rest."""
+    import tomllib
+    from dataclasses import fields as dc_fields
+    from pathlib import Path
+
+    from .params import Detector
+
+    p = Path(path)
+    try:
+        d = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise InputError(f"detector file {path}: no such file") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"detector file {path}: not readable TOML ({exc})") from None
+    table = d.get("detector", d)
+    if not isinstance(table, dict):
+        raise InputError(f"detector file {path}: [detector] is not a table")
+    names = {f.name for f in dc_fields(Detector)}
+    vals = {k: v for k, v in table.items() if k in names}
+    if not any(k.startswith("mtf_") or k == "gain" for k in vals):
+        raise InputError(f"detector file {path}: no MTF parameters (mtf_a, ..., gain) in [detector]")
+    return (base or Detector()).replace(**vals)
+
+
 def _lowpass_host(a, sigma):
     from scipy.ndimage import gaussian_filter
 
@@ -516,4 +543,4 @@ def _lowpass_host(a, sigma):
 
 __all__ = ["TrainConfig", "Trainer", "train", "load_denoiser", "denoise_image", "denoise_stack",
            "model_denoise", "ModelDenoiseResult", "mtf_transfer", "image_stats", "normalise",
-           "denormalise", "CHECKPOINT_KIND"]
+           "denormalise", "CHECKPOINT_KIND", "detector_from_toml"]

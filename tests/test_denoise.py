@@ -117,3 +117,79 @@ def test_model_denoiser_gain_and_mtf_units():
     r = model_denoise(noisy * 10, detector=det.replace(dose_e_per_A2=2.0, pixel_size_A=5.0), iterations=60)
     assert abs(r.image.mean() / (10 * noisy.mean()) - 1) < 0.02
     assert abs(r.intensity.mean() / noisy.mean() - 1) < 0.02
+
+
+# ------------------------------------------------------------------------------- CLI
+def _write_input(tmp_path, data, px=3.5):
+    from cutem.io import write_mrc
+
+    path = tmp_path / "in.mrc"
+    write_mrc(path, data, px)
+    return path
+
+
+def test_cli_denoise_learned_keeps_pixel_size_and_shape(tmp_path):
+    from click.testing import CliRunner
+
+    from adjoints.nn import save_unet
+    from cutem.cli import main
+    from cutem.io import read_mrc
+
+    net = UNet(TINY)
+    p = net.init(0)
+    p["head.w"][:] = 0  # identity network: the output must equal the input
+    save_unet(tmp_path / "m.h5", net, p)
+    stack = np.random.default_rng(0).poisson(20, (2, 40, 33)).astype(np.float32)
+    inp = _write_input(tmp_path, stack)
+    res = CliRunner().invoke(main, ["denoise", str(inp), "--model", str(tmp_path / "m.h5"), "--tile", "16",
+                                    "--overlap", "4", "-q"])
+    assert res.exit_code == 0, res.output
+    out, px = read_mrc(tmp_path / "in_denoised.mrc")
+    assert px == pytest.approx(3.5) and out.shape == stack.shape
+    assert np.max(np.abs(out - stack)) < 1e-3
+    assert (tmp_path / "in_denoised.png").is_file()
+
+
+def test_cli_denoise_model_method(tmp_path):
+    from click.testing import CliRunner
+
+    from cutem.cli import main
+    from cutem.io import read_mrc
+
+    rng = np.random.default_rng(8)
+    noisy, clean = blobs(rng, n=32)
+    inp = _write_input(tmp_path, noisy)
+    res = CliRunner().invoke(main, ["denoise", str(inp), "--method", "model", "--iterations", "80",
+                                    "-o", str(tmp_path / "d.mrc"), "-q"])
+    assert res.exit_code == 0, res.output
+    out, _ = read_mrc(tmp_path / "d.mrc")
+    dr = float(clean.max() - clean.min())
+    assert psnr(clean, out, data_range=dr) > psnr(clean, noisy, data_range=dr) + 4
+
+
+def test_cli_bad_input_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    inp = _write_input(tmp_path, np.ones((16, 16), np.float32))
+    r = subprocess.run([sys.executable, "-c", "from cutem.cli import entry; entry()", "denoise", str(inp)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--model" in r.stderr
+    r = subprocess.run([sys.executable, "-c", "from cutem.cli import entry; entry()", "denoise", str(inp),
+                        "--model", str(tmp_path / "missing.h5")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_detector_from_fit_mtf_toml(tmp_path):
+    from cutem.denoise import detector_from_toml
+
+    f = tmp_path / "fit.toml"
+    f.write_text("[detector]\nmtf_a = 0.6\nmtf_b = 0.3\nmtf_c = 0.1\nmtf_alpha = 12.0\ngain = 8.0\n"
+                 "mtf_a_std = 0.01\n\n[fit]\nloss = 0.5\n")
+    d = detector_from_toml(f)
+    assert (d.mtf_a, d.mtf_b, d.mtf_alpha, d.gain) == (0.6, 0.3, 12.0, 8.0)
+    from cutem.errors import InputError
+
+    (tmp_path / "bad.toml").write_text("[detector]\nnx = 64\n")
+    with pytest.raises(InputError, match="no MTF parameters"):
+        detector_from_toml(tmp_path / "bad.toml")

@@ -1,0 +1,163 @@
+"""``cutem train-denoiser`` and ``cutem denoise``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import device_option, fail, quiet_option
+
+
+def _range(text, name, lo=None, hi=None):
+    """'a,b' or 'a' -> (a, b) floats."""
+    try:
+        parts = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        fail(f"--{name} {text!r}: expected one number or two separated by a comma")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or parts[0] > parts[1]:
+        fail(f"--{name} {text!r}: expected LOW,HIGH with LOW <= HIGH")
+    if (lo is not None and parts[0] < lo) or (hi is not None and parts[1] > hi):
+        fail(f"--{name} {text!r}: must lie in [{lo}, {hi}]")
+    return tuple(parts)
+
+
+@click.command("train-denoiser")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out", default="denoiser.h5", show_default=True,
+              help="Checkpoint / model file (HDF5); written every --checkpoint-every steps.")
+@click.option("--steps", type=int, default=None, help="Adam steps [default 1500].")
+@click.option("--batch", type=int, default=None, help="Patches per step [default 8].")
+@click.option("--patch", type=int, default=None, help="Patch side in pixels [default 64].")
+@click.option("--lr", type=float, default=None, help="Initial learning rate [default 2e-3].")
+@click.option("--loss", type=click.Choice(["l2", "l1"]), default=None, help="Training loss [default l2].")
+@click.option("--depth", type=int, default=2, show_default=True, help="U-Net levels below the top.")
+@click.option("--width", type=int, default=16, show_default=True, help="U-Net channels at the top level.")
+@click.option("--convs", type=int, default=2, show_default=True, help="3x3 convolutions per level and side.")
+@click.option("--noise2noise", is_flag=True, help="Targets are a second independent noisy draw.")
+@click.option("--image-size", type=int, default=192, show_default=True, help="Side of each simulated image (pixels).")
+@click.option("--pixel-size", type=float, default=None, help="Pixel size in Å [default: config or 2.0].")
+@click.option("--dose", default="5,60", show_default=True, help="Dose range, e-/Å² per image.")
+@click.option("--defocus", default="5000,30000", show_default=True, help="Defocus range, Å (underfocus +).")
+@click.option("--ice", default="150,500", show_default=True, help="Ice thickness range, Å.")
+@click.option("--particles", default="2,8", show_default=True, help="Particles per image (range).")
+@click.option("--structure", "structures", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="PDB/mmCIF files to draw particles from (repeatable; default: the packaged set).")
+@click.option("--mtf", "mtf_file", type=click.Path(exists=True, dir_okay=False),
+              help="Detector parameters from a `cutem fit-mtf` result (TOML).")
+@click.option("--pool", type=int, default=None, help="Simulated images kept for patch sampling [default 12].")
+@click.option("--refresh-every", type=int, default=None, help="Steps between new simulations [default 20].")
+@click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints [default 250].")
+@click.option("--resume", is_flag=True, help="Continue from --out if it exists.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+@quiet_option
+def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, convs, noise2noise, image_size,
+                   pixel_size, dose, defocus, ice, particles, structures, mtf_file, pool, refresh_every,
+                   checkpoint_every, resume, seed, device, quiet):
+    """Train a U-Net denoiser on simulated (noisy, noise-free) pairs generated on the fly.
+
+    CONFIG (optional TOML or TEM-simulator file) supplies optics, detector and sample
+    defaults; the ranges below are drawn per image.
+    """
+    import time
+
+    import adjoints.backend as B
+    from adjoints.nn import UNetConfig
+    from cutem.denoise import SimulatorPairs, TrainConfig, detector_from_toml, train
+
+    xp = B.get_xp(device)
+    kw = {k: v for k, v in dict(steps=steps, batch=batch, patch=patch, lr=lr, loss=loss, pool=pool,
+                                refresh_every=refresh_every, checkpoint_every=checkpoint_every).items()
+          if v is not None}
+    cfg = TrainConfig(seed=seed, noise2noise=noise2noise, **kw)
+    try:
+        net_cfg = UNetConfig(depth=depth, width=width, convs=convs)
+    except ValueError as exc:
+        fail(str(exc))
+    base = None
+    if config:
+        from cutem.config import load_config
+
+        base = load_config(config)
+    detector = detector_from_toml(mtf_file, base.detector if base else None) if mtf_file else None
+    n_lo, n_hi = _range(particles, "particles", 0, 1000)
+    source = SimulatorPairs(base=base, image_size=image_size, pixel_size_A=pixel_size,
+                            dose_range=_range(dose, "dose", 0, 1e5), defocus_range=_range(defocus, "defocus", -2e5, 2e5),
+                            ice_range=_range(ice, "ice", 0, 1e5), particles_range=(int(n_lo), int(n_hi)),
+                            structures=structures or None, detector=detector, noise2noise=noise2noise, xp=xp)
+    if resume and Path(out).is_file():
+        click.echo(f"resuming from {out}", err=True)
+    t0 = time.perf_counter()
+    tr = train(source, net_cfg, cfg, checkpoint=out, resume=resume, xp=xp, progress=not quiet,
+               source_info=source.describe())
+    dt = time.perf_counter() - t0
+    import numpy as np
+
+    click.echo(f"trained {tr.step_count} steps ({tr.net.n_params()} weights) in {dt:.0f} s; "
+               f"final loss {np.mean(tr.history[-50:]):.4f}; model: {out}")
+
+
+@click.command()
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", default=None, help="Output MRC [default: INPUT_denoised.mrc]; a PNG preview is written beside it.")
+@click.option("--method", type=click.Choice(["learned", "model"]), default="learned", show_default=True)
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Trained network (learned method).")
+@click.option("--tile", type=int, default=256, show_default=True, help="Tile side for the network.")
+@click.option("--overlap", type=int, default=64, show_default=True, help="Tile overlap in pixels.")
+@click.option("--detector", "det_file", type=click.Path(dir_okay=False),
+              help="Model method: detector parameters (fit-mtf result or run config TOML).")
+@click.option("--gain", type=float, default=None, help="Model method: counts per electron (overrides --detector).")
+@click.option("--beta", type=float, default=4.0, show_default=True, help="Model method: smoothness weight.")
+@click.option("--iterations", type=int, default=300, show_default=True, help="Model method: Adam iterations.")
+@click.option("--draws", type=int, default=4, show_default=True, help="Model method: noisy simulations per iteration.")
+@click.option("--estimator", type=click.Choice(["pathwise", "score"]), default="pathwise", show_default=True)
+@click.option("--no-png", is_flag=True, help="Do not write the PNG preview.")
+@device_option
+@quiet_option
+def denoise(input, out, method, model_path, tile, overlap, det_file, gain, beta, iterations, draws, estimator,
+            no_png, device, quiet):
+    """Denoise a micrograph or tilt-series stack (MRC); writes MRC (pixel size kept) + PNG."""
+    import numpy as np
+    from tqdm import tqdm
+
+    import adjoints.backend as B
+    from cutem.denoise import denoise_stack, detector_from_toml, load_denoiser, model_denoise
+    from cutem.io import read_mrc, write_mrc, write_png
+
+    data, px = read_mrc(input, ndim=(2, 3), name="input")
+    xp = B.get_xp(device)
+    if tile < 8 or overlap < 0 or overlap >= tile:
+        fail(f"--tile {tile} / --overlap {overlap}: need tile >= 8 and 0 <= overlap < tile")
+    if method == "learned":
+        if not model_path:
+            fail("--method learned needs --model MODEL.h5 (train one with `cutem train-denoiser`)")
+        net, params, info = load_denoiser(model_path, xp)
+        result = denoise_stack(net, params, data, tile=tile, overlap=overlap, progress=not quiet)
+    else:
+        if iterations < 1 or draws < 1 or beta < 0:
+            fail("--iterations and --draws must be >= 1 and --beta >= 0")
+        det = detector_from_toml(det_file) if det_file else None
+        if gain is not None:
+            if gain <= 0:
+                fail(f"--gain {gain} must be > 0")
+            det = det.replace(gain=gain) if det is not None else None
+        secs = data[None] if data.ndim == 2 else data
+        res = []
+        for s in tqdm(secs, disable=quiet or len(secs) == 1, desc="sections", unit="image"):
+            r = model_denoise(s, detector=det, gain=gain or 1.0, beta=beta, iterations=iterations, draws=draws,
+                              estimator=estimator, xp=xp, progress=not quiet)
+            res.append(r.image)
+        result = np.stack(res) if data.ndim == 3 else res[0]
+    out = Path(out) if out else Path(input).with_name(Path(input).stem + "_denoised.mrc")
+    write_mrc(out, result, px, label=f"cutem denoise --method {method}")
+    msg = f"wrote {out} ({'x'.join(map(str, result.shape))}, {px:g} Å/px)"
+    if not no_png:
+        png = out.with_suffix(".png")
+        write_png(png, result if result.ndim == 2 else result[len(result) // 2])
+        msg += f" and {png}"
+    click.echo(msg)
+
+
+COMMANDS = [train_denoiser, denoise]
