@@ -124,3 +124,27 @@ def test_cupy_render_matches_numpy(rng):
     a = R.render(vol, "dvr", "cryo", 25, 10)
     b = R.render(cp.asarray(vol), "dvr", "cryo", 25, 10)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_render_command_writes_png_and_gif(tmp_path, rng):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from cutem import io
+
+    vol = rng.random((10, 12, 14)).astype(np.float32)
+    io.write_volume(tmp_path / "v.mrc", vol, 5.0)
+    for args, name in ((["--mode", "dvr", "--tf", "bone"], "d.png"), (["--mode", "mip"], "m.png"),
+                       (["--mode", "slices"], "s.png"), (["--orbit", "3", "-q"], "o.gif")):
+        r = subprocess.run([sys.executable, "-c", "from cutem.cli import entry; entry()", "render", str(tmp_path / "v.mrc"), *args,
+                            "--out", str(tmp_path / name)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        with Image.open(tmp_path / name) as im:
+            assert im.size[0] > 10
+            if name == "o.gif":
+                assert im.n_frames == 3
+    r = subprocess.run([sys.executable, "-c", "from cutem.cli import entry; entry()", "render", str(tmp_path / "v.mrc"), "--tf", "nope",
+                        "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert r.returncode == 2 and "nope" in r.stderr
