@@ -113,7 +113,8 @@ class Conv2d(Stage):
         shape_pad, kh, kw, sh, sw, ho, wo, n, h, wd = ctx.geom
         w = ctx.w
         co = w.shape[0]
-        dcols = xp.conj(w.reshape(co, -1)).T @ gm
+        wm = w.reshape(co, -1)
+        dcols = (xp.conj(wm) if xp.iscomplexobj(wm) else wm).T @ gm
         dcols = dcols.reshape(w.shape[1], kh, kw, n, ho, wo)
         gpad = _col2im(dcols, shape_pad, kh, kw, sh, sw, ho, wo)
         ph, pw = self.padding
@@ -128,7 +129,8 @@ class Conv2d(Stage):
         xp = B.array_module(g)
         co = ctx.w.shape[0]
         gm = xp.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(co, -1)
-        gw = (gm @ xp.conj(ctx.cols).T).reshape(ctx.w.shape)
+        cols = xp.conj(ctx.cols) if xp.iscomplexobj(ctx.cols) else ctx.cols  # conj copies: only if complex
+        gw = (cols @ gm.T).T.reshape(ctx.w.shape)  # (K, N·ho·wo) @ (N·ho·wo, C_out): the fast BLAS layout
         gx = self._gx(ctx, gm)
         if ctx.n_inputs == 3:
             return gx, gw, g.sum(axis=(0, 2, 3))
