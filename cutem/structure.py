@@ -1,0 +1,380 @@
+"""Atomic models: read PDB/mmCIF (gemmi), build assemblies, keep atoms compactly.
+
+:class:`Atoms` is the container every later step uses: ``positions`` (n, 3) in Å,
+``elements`` (n,) a small integer index into ``species`` (the atomic numbers present), so the
+potential can group atoms by element with one ``argsort``; ``b_factors`` (n,) in Å² and
+``occupancies`` (n,). Arrays are NumPy (host); the potential moves what it needs to the device.
+
+Reading (:func:`read_structure`): the first model of a PDB or mmCIF file (gzip allowed), every
+ATOM/HETATM site including alternate locations (each weighted by its occupancy, so the
+alternatives of one atom add up to one atom), hydrogens optional. Bad files raise
+:class:`cutem.errors.InputError` naming the file: missing, unreadable, truncated, no atoms,
+non-finite coordinates, unknown elements (``infer_elements=True`` takes the element from the
+atom name where the element column is empty or unknown).
+
+Assemblies: PDB ``REMARK 350 BIOMT`` / mmCIF ``pdbx_struct_assembly_gen``
+(:func:`biological_assembly`; 1f2n: 60 operators) and TEM-simulator transform files
+(``pdb_transf_file_in``; :func:`read_transform_file`). The transform file of the TMV example
+(2OM3_transf.txt) holds the same numbers as REMARK 350 of 2OM3.pdb, and its translations are in
+Å like the PDB coordinates they act on, not nm (the 49 subunits step by 1.408 Å along the helix
+axis, the TMV rise); tests/test_structure.py checks both.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import elements as E
+from .errors import InputError
+
+
+@dataclass
+class Atoms:
+    """A set of atoms: positions (Å), element index into ``species``, B (Å²), occupancy."""
+
+    positions: np.ndarray       #: (n, 3) x, y, z in Å
+    elements: np.ndarray        #: (n,) int16 index into ``species``
+    species: tuple              #: atomic numbers, one per element index
+    b_factors: np.ndarray       #: (n,) Å²
+    occupancies: np.ndarray     #: (n,)
+
+    def __post_init__(self):
+        n = len(self.positions)
+        self.positions = np.asarray(self.positions).reshape(n, 3)
+        self.elements = np.asarray(self.elements, dtype=np.int16).reshape(n)
+        self.species = tuple(int(z) for z in self.species)
+        self.b_factors = np.asarray(self.b_factors, dtype=np.float32).reshape(n)
+        self.occupancies = np.asarray(self.occupancies, dtype=np.float32).reshape(n)
+
+    def __len__(self):
+        return len(self.positions)
+
+    @property
+    def n(self) -> int:
+        return len(self.positions)
+
+    @property
+    def atomic_numbers(self) -> np.ndarray:
+        return np.asarray(self.species, dtype=np.int16)[self.elements]
+
+    def counts(self) -> dict:
+        """Number of atoms per element symbol."""
+        c = np.bincount(self.elements, minlength=len(self.species))
+        return {E.symbol(z): int(k) for z, k in zip(self.species, c) if k}
+
+    def select(self, mask) -> "Atoms":
+        return Atoms(self.positions[mask], self.elements[mask], self.species, self.b_factors[mask],
+                     self.occupancies[mask])
+
+    def transformed(self, rotation=None, translation=None, dtype=None) -> "Atoms":
+        """Atoms at R·x + t (R (3, 3), t (3,) in Å); other fields shared."""
+        p = self.positions if dtype is None else self.positions.astype(dtype, copy=False)
+        if rotation is not None:
+            p = p @ np.asarray(rotation, dtype=p.dtype).T
+        if translation is not None:
+            p = p + np.asarray(translation, dtype=p.dtype)
+        return Atoms(p, self.elements, self.species, self.b_factors, self.occupancies)
+
+    def bounding_box(self):
+        """``(min (3,), max (3,))`` of the positions in Å."""
+        return self.positions.min(0), self.positions.max(0)
+
+    def centered(self, how="bbox") -> "Atoms":
+        """Shift so that the bounding-box centre (``"bbox"``) or the mean (``"mean"``) is at 0."""
+        if how == "mean":
+            c = self.positions.mean(0)
+        elif how == "bbox":
+            lo, hi = self.bounding_box()
+            c = 0.5 * (lo + hi)
+        else:
+            raise InputError(f"centre must be bbox or mean, not {how!r}")
+        return self.transformed(translation=-c)
+
+    def radius(self) -> float:
+        """Largest distance of an atom from the bounding-box centre (Å)."""
+        lo, hi = self.bounding_box()
+        return float(np.sqrt(((self.positions - 0.5 * (lo + hi)) ** 2).sum(1).max()))
+
+    @staticmethod
+    def concatenate(parts) -> "Atoms":
+        """Join atom sets; element indices are remapped onto the union of the species."""
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return Atoms(np.zeros((0, 3)), np.zeros(0), (), np.zeros(0), np.zeros(0))
+        species = tuple(sorted({z for p in parts for z in p.species}))
+        lut = {z: i for i, z in enumerate(species)}
+        elems = [np.asarray([lut[z] for z in p.species], dtype=np.int16)[p.elements] if p.n else
+                 np.zeros(0, np.int16) for p in parts]
+        dtype = np.result_type(*[p.positions.dtype for p in parts])
+        return Atoms(np.concatenate([p.positions.astype(dtype, copy=False) for p in parts]),
+                     np.concatenate(elems), species,
+                     np.concatenate([p.b_factors for p in parts]),
+                     np.concatenate([p.occupancies for p in parts]))
+
+
+def _element_from_name(name: str):
+    """Element guessed from a PDB atom name: first letters that make a known symbol."""
+    letters = "".join(ch for ch in name.strip() if ch.isalpha()).upper()
+    for cand in (letters[:1], letters[:2]):  # protein names (CA = C alpha) start with the element
+        if cand:
+            try:
+                return E.atomic_number(cand)
+            except InputError:
+                continue
+    return None
+
+
+def _check_truncated(path):
+    """Detect a PDB file cut in the middle of a coordinate record (gemmi may accept it)."""
+    low = path.lower()
+    if low.endswith((".cif", ".mmcif", ".cif.gz")):
+        return
+    opener = open
+    if low.endswith(".gz"):
+        import gzip
+        opener = gzip.open
+    with opener(path, "rt", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.startswith(("ATOM", "HETATM")) and len(line.rstrip("\n")) < 54:
+                raise InputError(f"{path}: line {lineno} is a truncated ATOM/HETATM record")
+
+
+def read_structure(path, *, hydrogens=True, infer_elements=False, model=0, with_chains=False):
+    """Atoms of the first model of a PDB or mmCIF file.
+
+    Parameters
+    ----------
+    path : str
+        PDB (``.pdb``, ``.ent``) or mmCIF (``.cif``) file, optionally gzipped.
+    hydrogens : bool
+        Keep hydrogen (and deuterium) atoms.
+    infer_elements : bool
+        Where the element column is empty or not an element, take it from the atom name
+        instead of refusing the file.
+    model : int
+        Model index (0: the first).
+    with_chains : bool
+        Also return the chain name and subchain (label_asym_id) of every atom (for assemblies).
+
+    Returns
+    -------
+    Atoms, or (Atoms, chains, subchains) with ``with_chains``.
+    """
+    import gemmi
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"structure file {path} does not exist")
+    try:
+        _check_truncated(path)
+        st = gemmi.read_structure(path)
+    except InputError:
+        raise
+    except Exception as exc:  # gemmi raises RuntimeError/ValueError with its own message
+        raise InputError(f"{path}: cannot read as PDB or mmCIF ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if len(st) <= model:
+        raise InputError(f"{path}: no model {model + 1} (the file has {len(st)} models and no atoms"
+                         f"{'' if len(st) else ' at all'})")
+    st.setup_entities()
+    m = st[model]
+    zs, pos, bs, occ, chains, subs = [], [], [], [], [], []
+    for ch in m:
+        for res in ch:
+            sub = res.subchain
+            for at in res:
+                el = at.element
+                z = el.atomic_number
+                if z < 1 or z > E.MAX_Z or el.name in ("X", ""):
+                    guess = _element_from_name(at.name) if infer_elements else None
+                    if guess is None:
+                        raise InputError(f"{path}: atom {at.name!r} of {res.name} {res.seqid.num} chain "
+                                         f"{ch.name} has unknown element {el.name!r} "
+                                         f"(use infer_elements / --infer-elements to take it from the name)")
+                    z = guess
+                if z == 1 and not hydrogens:
+                    continue
+                zs.append(z)
+                p = at.pos
+                pos.append((p.x, p.y, p.z))
+                bs.append(at.b_iso)
+                occ.append(at.occ)
+                if with_chains:
+                    chains.append(ch.name)
+                    subs.append(sub)
+    if not zs:
+        raise InputError(f"{path}: the model has no atoms" + ("" if hydrogens else " (hydrogens excluded)"))
+    positions = np.asarray(pos, dtype=np.float64)
+    if not np.isfinite(positions).all():
+        bad = int(np.flatnonzero(~np.isfinite(positions).all(1))[0])
+        raise InputError(f"{path}: atom {bad + 1} has non-finite coordinates")
+    bs = np.asarray(bs, dtype=np.float32)
+    occ = np.asarray(occ, dtype=np.float32)
+    if not (np.isfinite(bs).all() and np.isfinite(occ).all()):
+        raise InputError(f"{path}: non-finite B-factor or occupancy")
+    species, elements = np.unique(np.asarray(zs, dtype=np.int16), return_inverse=True)
+    atoms = Atoms(positions, elements, tuple(int(z) for z in species), bs, occ)
+    if with_chains:
+        return atoms, np.asarray(chains), np.asarray(subs)
+    return atoms
+
+
+def assembly_operators(path, assembly=0):
+    """Operators of a biological assembly: list of (chains, subchains, R (k,3,3), t (k,3))."""
+    import gemmi
+
+    try:
+        st = gemmi.read_structure(os.fspath(path))
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read as PDB or mmCIF ({exc})") from None
+    if not st.assemblies:
+        raise InputError(f"{path}: no assembly (REMARK 350 BIOMT / pdbx_struct_assembly) in the file")
+    if assembly >= len(st.assemblies):
+        raise InputError(f"{path}: assembly {assembly + 1} requested, the file has {len(st.assemblies)}")
+    out = []
+    for gen in st.assemblies[assembly].generators:
+        R = np.array([np.array(op.transform.mat.tolist()) for op in gen.operators])
+        t = np.array([op.transform.vec.tolist() for op in gen.operators])
+        out.append((list(gen.chains), list(gen.subchains), R, t))
+    return out
+
+
+def apply_operators(atoms: Atoms, rotations, translations) -> Atoms:
+    """Copies of ``atoms`` at Rₖ·x + tₖ for every operator k (one array op per copy)."""
+    R = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+    t = np.asarray(translations, dtype=np.float64).reshape(-1, 3)
+    k, n = len(R), atoms.n
+    pos = np.empty((k * n, 3), dtype=atoms.positions.dtype)
+    for i in range(k):
+        pos[i * n:(i + 1) * n] = atoms.positions @ R[i].T + t[i]
+    return Atoms(pos, np.tile(atoms.elements, k), atoms.species, np.tile(atoms.b_factors, k),
+                 np.tile(atoms.occupancies, k))
+
+
+def biological_assembly(path, assembly=0, **read_kw) -> Atoms:
+    """The atoms of a biological assembly (PDB BIOMT or mmCIF assembly generators)."""
+    atoms, chains, subs = read_structure(path, with_chains=True, **read_kw)
+    parts = []
+    for gen_chains, gen_subs, R, t in assembly_operators(path, assembly):
+        if gen_subs:
+            mask = np.isin(subs, gen_subs)
+        elif gen_chains:
+            mask = np.isin(chains, gen_chains)
+        else:
+            mask = np.ones(atoms.n, bool)
+        if mask.any():
+            parts.append(apply_operators(atoms.select(mask), R, t))
+    if not parts:
+        raise InputError(f"{path}: the assembly's operators apply to chains that have no atoms")
+    return Atoms.concatenate(parts)
+
+
+def _read_matrix_text(path, what):
+    """TEM-simulator's matrix text format: '#' comments, a 'rows cols' line, then the rows."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{what} {path} does not exist")
+    rows, header = [], None
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            s = line.split("#", 1)[0].strip()
+            if not s:
+                continue
+            try:
+                vals = [float(v) for v in s.split()]
+            except ValueError:
+                raise InputError(f"{path}: line {lineno} is not a row of numbers: {s[:40]!r}") from None
+            if header is None:
+                if len(vals) != 2 or vals[0] != int(vals[0]) or vals[1] != int(vals[1]) or vals[0] < 1:
+                    raise InputError(f"{path}: line {lineno} must be the size line 'rows columns', got {s!r}")
+                header = (int(vals[0]), int(vals[1]))
+                continue
+            if len(vals) != header[1]:
+                raise InputError(f"{path}: line {lineno} has {len(vals)} numbers, the size line says {header[1]}")
+            rows.append(vals)
+    if header is None:
+        raise InputError(f"{path}: empty {what} (no 'rows columns' line)")
+    if len(rows) != header[0]:
+        raise InputError(f"{path}: {len(rows)} data rows, the size line says {header[0]} (truncated file?)")
+    data = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(data).all():
+        raise InputError(f"{path}: non-finite number in the {what}")
+    return data
+
+
+def euler_matrix(phi_deg, theta_deg, psi_deg):
+    """Rotation of TEM-simulator's Euler angles: R = Rz(ψ) · Rx(θ) · Rz(φ) (active, right-handed).
+
+    A body point p goes to R·p: first φ about z, then θ about the (fixed) x axis, then ψ about
+    z. This is the transpose of the matrix TEM-simulator builds for its sample-to-particle map
+    (``rotate_particle``: Rz(−φ)·Rx(−θ)·Rz(−ψ), as in its port diff_tem/particleset.py,
+    ``get_particle_rotation_matrix``), and it matches the example TMV_coord.txt: angles
+    (0, 90, 90) mean "90° about x, then 90° about z". Works on arrays of angles ((..., 3, 3)).
+    """
+    f, t, p = (np.radians(np.asarray(a, dtype=np.float64)) for a in (phi_deg, theta_deg, psi_deg))
+    cf, sf, ct, st, cp, sp = np.cos(f), np.sin(f), np.cos(t), np.sin(t), np.cos(p), np.sin(p)
+    one, zero = np.ones_like(cf), np.zeros_like(cf)
+
+    def rz(c, s):
+        return np.stack([np.stack([c, -s, zero], -1), np.stack([s, c, zero], -1),
+                         np.stack([zero, zero, one], -1)], -2)
+
+    rx = np.stack([np.stack([one, zero, zero], -1), np.stack([zero, ct, -st], -1),
+                   np.stack([zero, st, ct], -1)], -2)
+    return rz(cp, sp) @ rx @ rz(cf, sf)
+
+
+def read_transform_file(path):
+    """A TEM-simulator ``pdb_transf_file_in``: ``(R (k,3,3), t (k,3) in Å)``.
+
+    Four columns: k blocks of three rows [R | t] (a BIOMT-like 3×4 matrix). Six columns: one row
+    per copy, ``x y z phi theta psi`` (translation in Å, Euler angles in degrees, see
+    :func:`euler_matrix`).
+    """
+    data = _read_matrix_text(path, "transform file")
+    if data.shape[1] == 4:
+        if len(data) % 3:
+            raise InputError(f"{path}: {len(data)} rows is not a multiple of 3 (3 rows per transform)")
+        m = data.reshape(-1, 3, 4)
+        R, t = m[:, :, :3], m[:, :, 3]
+    elif data.shape[1] == 6:
+        t = data[:, :3]
+        R = euler_matrix(data[:, 3], data[:, 4], data[:, 5])
+    else:
+        raise InputError(f"{path}: {data.shape[1]} columns; a transform file has 4 or 6")
+    det = np.linalg.det(R)
+    if not np.allclose(det, 1.0, atol=1e-3):
+        k = int(np.argmax(np.abs(det - 1)))
+        raise InputError(f"{path}: transform {k + 1} is not a rotation (determinant {det[k]:.4f})")
+    return R, t
+
+
+def load_particle(path, transform_file=None, *, assembly=None, center="bbox", **read_kw) -> Atoms:
+    """One particle: a structure, optionally expanded by a transform file or a biological assembly,
+    then centred (``center``: ``"bbox"``, ``"mean"`` or None)."""
+    if assembly is not None:
+        atoms = biological_assembly(path, assembly, **read_kw)
+    else:
+        atoms = read_structure(path, **read_kw)
+    if transform_file is not None:
+        R, t = read_transform_file(transform_file)
+        atoms = apply_operators(atoms, R, t)
+    return atoms.centered(center) if center else atoms
+
+
+def _data_path(*parts):
+    from importlib import resources
+
+    return str(resources.files("cutem.data").joinpath(*parts))
+
+
+def tmv_fragment(center="bbox") -> Atoms:
+    """The TEM-simulator example particle: 2OM3 (first model) × the 49 transforms of
+    2OM3_transf.txt (62,671 atoms), shipped in cutem/data/tmv."""
+    return load_particle(_data_path("tmv", "2OM3_model1.pdb"), _data_path("tmv", "2OM3_transf.txt"),
+                         center=center)
+
+
+__all__ = ["Atoms", "read_structure", "assembly_operators", "apply_operators", "biological_assembly",
+           "read_transform_file", "euler_matrix", "load_particle", "tmv_fragment"]
