@@ -327,6 +327,106 @@ def train(source, net_config: UNetConfig | None = None, cfg: TrainConfig | None 
     return tr
 
 
+# ------------------------------------------------------------------ simulated pairs
+def default_structures():
+    """The packaged particle: TEM-simulator's TMV fragment (2OM3 × 49 transforms)."""
+    from importlib.resources import files
+
+    d = files("cutem.data") / "tmv"
+    return [(str(d / "2OM3_model1.pdb"), str(d / "2OM3_transf.txt"))]
+
+
+class SimulatorPairs:
+    """Training pairs from the simulator: ``pairs(rng) -> (noisy, target)``.
+
+    Each call draws a new scene and imaging condition: 1 ≤ n particles (random
+    structures from ``structures``, random positions and orientations, placed by the
+    specimen builder) in ice of a random thickness, a random defocus (with up to
+    ``astigmatism_A`` of astigmatism at a random angle), a random dose and, when
+    ``tilt_range`` is not (0, 0), a random tilt. Optics, sample and simulation settings
+    come from ``base`` (a :class:`cutem.config.RunConfig`; default: cutem's embedded TMV
+    configuration); the detector from ``detector`` (e.g. a ``cutem fit-mtf`` result)
+    or ``base``. The target is the noise-free twin (gain · MTF ⊛ expected counts) or,
+    with ``noise2noise``, a second independent noisy draw of the same scene.
+
+    ``structures``: paths, or ``(structure, transforms)`` pairs for TEM-simulator
+    transform files.
+    """
+
+    def __init__(self, base=None, image_size=192, pixel_size_A=None, dose_range=(5.0, 60.0),
+                 defocus_range=(5000.0, 30000.0), ice_range=(150.0, 500.0), particles_range=(2, 8),
+                 structures=None, detector=None, noise2noise=False, tilt_range=(0.0, 0.0),
+                 astigmatism_A=500.0, padding_A=100.0, xp=np):
+        from .config import default_config
+
+        self.base = base or default_config()
+        self.image_size = int(image_size)
+        if self.image_size < 16:
+            raise InputError(f"image size {image_size} must be >= 16 pixels")
+        self.pixel_size_A = float(pixel_size_A or (base.detector.pixel_size_A if base else 3.0))
+        self.dose_range, self.defocus_range, self.ice_range = dose_range, defocus_range, ice_range
+        self.particles_range, self.tilt_range = particles_range, tilt_range
+        self.astigmatism_A, self.padding_A = float(astigmatism_A), float(padding_A)
+        self.structures = [s if isinstance(s, (tuple, list)) else (str(s), None)
+                           for s in (structures or default_structures())]
+        self.detector = detector or self.base.detector
+        self.noise2noise, self.xp = bool(noise2noise), xp
+
+    def describe(self):
+        """JSON-able record of the ranges (stored in checkpoints)."""
+        return {"image_size": self.image_size, "pixel_size_A": self.pixel_size_A,
+                "dose_range": list(self.dose_range), "defocus_range": list(self.defocus_range),
+                "ice_range": list(self.ice_range), "particles_range": list(self.particles_range),
+                "tilt_range": list(self.tilt_range), "structures": [list(map(str, s)) for s in self.structures],
+                "noise2noise": self.noise2noise, "detector": self.detector.to_dict()}
+
+    def config(self, rng):
+        """A random :class:`~cutem.config.RunConfig` for one training image."""
+        from .config import ParticleSpec
+        from .params import Geometry
+
+        b = self.base
+        n = int(rng.integers(self.particles_range[0], self.particles_range[1] + 1))
+        picks = rng.integers(len(self.structures), size=n)
+        particles = []
+        for i, (path, transforms) in enumerate(self.structures):
+            count = int(np.sum(picks == i))
+            if count:
+                particles.append(ParticleSpec(name=f"p{i}", structure=str(path), transforms=transforms,
+                                              placement="random", count=count))
+        df = float(rng.uniform(*self.defocus_range))
+        da = float(rng.uniform(0, self.astigmatism_A))
+        optics = b.optics.replace(defocus_u_A=df + da / 2, defocus_v_A=df - da / 2,
+                                  astigmatism_angle_deg=float(rng.uniform(-90, 90)))
+        t = float(rng.uniform(*self.ice_range))
+        sample = b.sample.replace(thickness_center_A=t, thickness_edge_A=t, offset_x_A=0.0, offset_y_A=0.0)
+        detector = self.detector.replace(nx=self.image_size, ny=self.image_size, pixel_size_A=self.pixel_size_A,
+                                         dose_e_per_A2=float(rng.uniform(*self.dose_range)))
+        tilt = float(rng.uniform(*self.tilt_range))
+        sim = b.simulation.replace(padding_A=max(b.simulation.padding_A, self.padding_A))
+        return b.replace(optics=optics, sample=sample, detector=detector, simulation=sim,
+                         geometry=Geometry(tilt_angles_deg=(tilt,)), particles=tuple(particles),
+                         seed=int(rng.integers(2**31)))
+
+    def __call__(self, rng):
+        from .pipeline import Grid, build_scene, image_model, specimen_potential, tilt_settings
+
+        cfg = self.config(rng)
+        xp = self.xp
+        grid = Grid.from_config(cfg)
+        scene = build_scene(cfg)
+        angle, optics, detector = tilt_settings(cfg, 0)
+        atoms = scene.atoms(angle, cfg.geometry.tilt_axis_deg)
+        v, v_abs = specimen_potential(atoms, cfg, grid, angle, xp, np.dtype(cfg.simulation.dtype))
+        seeds = rng.integers(2**31, size=2)
+        d = image_model(v, v_abs, cfg, grid, optics, detector, rng=B.default_rng(int(seeds[0]), xp))
+        noisy = B.to_numpy(unwrap(d.image))
+        if self.noise2noise:
+            d2 = image_model(v, v_abs, cfg, grid, optics, detector, rng=B.default_rng(int(seeds[1]), xp))
+            return noisy, B.to_numpy(unwrap(d2.image))
+        return noisy, B.to_numpy(unwrap(d.noise_free))
+
+
 # ------------------------------------------------------------------------ inference
 def _starts(n, tile, step):
     if n <= tile:
@@ -543,4 +643,5 @@ def _lowpass_host(a, sigma):
 
 __all__ = ["TrainConfig", "Trainer", "train", "load_denoiser", "denoise_image", "denoise_stack",
            "model_denoise", "ModelDenoiseResult", "mtf_transfer", "image_stats", "normalise",
-           "denormalise", "CHECKPOINT_KIND", "detector_from_toml"]
+           "denormalise", "CHECKPOINT_KIND", "detector_from_toml", "SimulatorPairs",
+           "default_structures"]
