@@ -193,3 +193,23 @@ def test_detector_from_fit_mtf_toml(tmp_path):
     (tmp_path / "bad.toml").write_text("[detector]\nnx = 64\n")
     with pytest.raises(InputError, match="no MTF parameters"):
         detector_from_toml(tmp_path / "bad.toml")
+
+
+def test_simulator_pairs_draw_conditions_within_ranges():
+    from cutem.denoise import SimulatorPairs
+
+    src = SimulatorPairs(image_size=32, pixel_size_A=4.0, dose_range=(10, 30), defocus_range=(8000, 9000),
+                         ice_range=(200, 300), particles_range=(1, 3), tilt_range=(-30, 30), astigmatism_A=100)
+    rng = np.random.default_rng(0)
+    cfgs = [src.config(rng) for _ in range(20)]
+    for c in cfgs:
+        assert 10 <= c.detector.dose_e_per_A2 <= 30 and c.detector.shape == (32, 32)
+        assert c.detector.pixel_size_A == 4.0
+        mean_df = (c.optics.defocus_u_A + c.optics.defocus_v_A) / 2
+        assert 8000 <= mean_df <= 9000 and 0 <= c.optics.defocus_u_A - c.optics.defocus_v_A <= 100
+        assert 200 <= c.sample.thickness_center_A == c.sample.thickness_edge_A <= 300
+        assert 1 <= sum(p.count for p in c.particles) <= 3
+        assert all(p.placement == "random" for p in c.particles)
+        assert -30 <= c.geometry.tilt_angles_deg[0] <= 30
+    assert len({c.seed for c in cfgs}) == 20
+    assert len({round(c.detector.dose_e_per_A2, 6) for c in cfgs}) == 20
