@@ -593,3 +593,229 @@ def exact_fourier_potential(atoms, shape, pixel_size_A, *, b_factor_A2=0.0, solv
             fz = fz - solvent_V * v * np.exp(-np.pi * v ** (2 / 3) * q2)
         spec += acc * fz
     return (np.fft.irfft2(spec, s=(ny, nx)) / px ** 2)[None]
+
+
+# ----------------------------------------------------------------------------------- ice
+def _ice_geometry(sample, shape, px, tilt_deg, tilt_axis_deg):
+    """Per pixel: sample-plane (x, y) where the beam line crosses the mid-plane, its z in the
+    microscope frame, and 1/|n_z| (path length per unit slab thickness)."""
+    from .specimen import tilt_matrix
+
+    ny, nx = (int(n) for n in shape)
+    T = tilt_matrix(tilt_deg, tilt_axis_deg)
+    nrm = T[:, 2]  # the sample normal in the microscope frame
+    if abs(nrm[2]) < 1e-6:
+        raise InputError(f"tilt {tilt_deg}° puts the ice layer edge-on to the beam")
+    x = (np.arange(nx) - nx / 2) * px
+    y = (np.arange(ny) - ny / 2) * px
+    X, Y = np.meshgrid(x, y)
+    zm = -(nrm[0] * X + nrm[1] * Y) / nrm[2]
+    P = np.stack([X, Y, zm], -1) @ T  # T^T applied to each point (row vectors)
+    return P[..., 0], P[..., 1], zm, 1.0 / abs(nrm[2])
+
+
+def _overlap(zm, L, z0, z1):
+    """Length of [zm − L/2, zm + L/2] inside [z0, z1), and its derivative d/dL."""
+    top, bot = zm + L / 2, zm - L / 2
+    hi = np.minimum(top, z1)
+    lo = np.maximum(bot, z0)
+    ov = np.maximum(hi - lo, 0.0)
+    pos = ov > 0
+    d = 0.5 * ((top < z1) & pos) + 0.5 * ((bot > z0) & pos)
+    return ov, d
+
+
+def _slice_bounds(slice_thickness_A, z_range_A):
+    if z_range_A is None:
+        if slice_thickness_A is not None:
+            raise InputError("ice_potential with slices needs z_range_A (the extent of the slice stack)")
+        return [(-np.inf, np.inf)]
+    z0, z1 = (float(v) for v in z_range_A)
+    if slice_thickness_A is None:
+        return [(z0, z1)]
+    n = max(1, int(math.ceil((z1 - z0) / float(slice_thickness_A) - 1e-9)))
+    return [(z0 + k * slice_thickness_A, z0 + (k + 1) * slice_thickness_A) for k in range(n)]
+
+
+@register
+class IcePotentialStage(Stage):
+    """Projected potential of the ice layer (and support film) per slice, V·Å.
+
+    ``forward(ctx, thickness_center_A (), thickness_edge_A ()) -> (n_slices, ny, nx)``:
+    V_ice · (length of the ice slab inside each slice along the beam) + V_carbon · (film length),
+    the slab being the sample's parabolic hole profile h(r) = t_c + (t_e − t_c)(2r/D)²
+    (cutem.specimen) tilted with the specimen (locally flat: path length h/|n_z|, centred on the
+    mid-plane crossing). VJP: ∂/∂t_c = V_ice Σ g·(∂overlap/∂L)·(1 − ρ²)/|n_z|, ∂/∂t_e likewise
+    with ρ² (ρ = 2r/D; 1 outside the hole when the ice continues there).
+    """
+
+    def __init__(self, sample, shape, pixel_size_A, *, slice_thickness_A=None, z_range_A=None,
+                 tilt_deg=0.0, tilt_axis_deg=0.0, ice_V=None):
+        self.sample = sample
+        self.shape = tuple(int(n) for n in shape)
+        self.px = float(pixel_size_A)
+        self.bounds = _slice_bounds(slice_thickness_A, z_range_A)
+        xs, ys, self.zm, self.inv_nz = _ice_geometry(sample, self.shape, self.px, tilt_deg, tilt_axis_deg)
+        dx, dy = xs - sample.offset_x_A, ys - sample.offset_y_A
+        self.rho2 = (dx * dx + dy * dy) * (4.0 / sample.diameter_A ** 2)
+        self.inside = self.rho2 <= 1.0
+        self.ice_V = ice_potential_V() if ice_V is None else float(ice_V)
+        from .specimen import support_thickness_A
+
+        self.carbon = support_thickness_A(sample, xs, ys) * self.inv_nz  # path length in the film
+        self.carbon_out = sample.support_film == "carbon"
+
+    def _h(self, tc, te):
+        h_out = 0.0 if self.carbon_out else te
+        return np.where(self.inside, tc + (te - tc) * self.rho2, h_out)
+
+    def forward(self, ctx, thickness_center_A, thickness_edge_A):
+        xp = B.array_module(thickness_center_A)
+        dtype = B.real_dtype(np.asarray(B.to_numpy(thickness_center_A)).dtype)
+        tc = float(B.to_numpy(thickness_center_A))
+        te = float(B.to_numpy(thickness_edge_A))
+        L = self._h(tc, te) * self.inv_nz
+        out, dls = [], []
+        for z0, z1 in self.bounds:
+            ov, d = _overlap(self.zm, L, z0, z1)
+            v = self.ice_V * ov
+            if self.carbon_out:
+                ovc, _ = _overlap(self.zm, self.carbon, z0, z1)
+                v = v + carbon_potential_V() * ovc
+            out.append(v)
+            dls.append(d)
+        ctx.dls, ctx.xp, ctx.dtype = dls, xp, dtype
+        return xp.asarray(np.stack(out).astype(dtype))
+
+    def vjp(self, ctx, g):
+        gh = np.zeros(self.shape)
+        gn = B.to_numpy(g).astype(np.float64)
+        for k, d in enumerate(ctx.dls):
+            gh += gn[k] * d
+        gh *= self.ice_V * self.inv_nz
+        d_tc = float((gh * np.where(self.inside, 1 - self.rho2, 0.0)).sum())
+        d_te = float((gh * np.where(self.inside, self.rho2, 0.0 if self.carbon_out else 1.0)).sum())
+        xp = ctx.xp
+        return xp.asarray(np.asarray(d_tc, ctx.dtype)), xp.asarray(np.asarray(d_te, ctx.dtype))
+
+    @classmethod
+    def cases(cls, xp, dtype, rng):
+        from .params import Sample
+
+        # a small hole so that the field holds its rim; slices cut through the slab
+        s = Sample(diameter_A=40.0, thickness_center_A=30.0, thickness_edge_A=45.0)
+        tc = xp.asarray(np.asarray(31.3, dtype=dtype))
+        te = xp.asarray(np.asarray(44.1, dtype=dtype))
+        return [(cls(s, (24, 28), 2.0, slice_thickness_A=7.0, z_range_A=(-40.0, 40.0), tilt_deg=23.0,
+                     tilt_axis_deg=17.0), (tc, te)),
+                (cls(s, (16, 16), 3.0), (tc, te))]
+
+
+def ice_potential(sample, shape, pixel_size_A, *, slice_thickness_A=None, z_range_A=None, tilt_deg=0.0,
+                  tilt_axis_deg=0.0, xp=np, dtype=np.float32):
+    """Projected potential of the ice (and support film), (n_slices, ny, nx) in V·Å.
+
+    ``sample``: :class:`cutem.params.Sample`. Without slices and z range the whole layer is
+    projected (projection approximation); with ``slice_thickness_A`` give ``z_range_A`` (the
+    same as for :func:`projected_potential`). See :class:`IcePotentialStage`.
+    """
+    st = IcePotentialStage(sample, shape, pixel_size_A, slice_thickness_A=slice_thickness_A,
+                           z_range_A=z_range_A, tilt_deg=tilt_deg, tilt_axis_deg=tilt_axis_deg)
+    out = st(xp.asarray(np.asarray(sample.thickness_center_A, dtype=dtype)),
+             xp.asarray(np.asarray(sample.thickness_edge_A, dtype=dtype)))
+    return out
+
+
+def scene_z_range(scene, shape, pixel_size_A, tilt_deg=0.0, tilt_axis_deg=0.0, pad_A=1.0):
+    """(z0, z1) covering the particles and the ice over the field (microscope frame)."""
+    zlo, zhi = scene.z_extent(tilt_deg, tilt_axis_deg)
+    if scene.sample is not None and scene.sample.ice:
+        st = IcePotentialStage(scene.sample, shape, pixel_size_A, tilt_deg=tilt_deg, tilt_axis_deg=tilt_axis_deg)
+        L = st._h(scene.sample.thickness_center_A, scene.sample.thickness_edge_A) * st.inv_nz
+        L = np.maximum(L, st.carbon)
+        zlo = min(zlo, float((st.zm - L / 2).min()))
+        zhi = max(zhi, float((st.zm + L / 2).max()))
+    return zlo - pad_A, zhi + pad_A
+
+
+def scene_potential(scene, shape, pixel_size_A, *, tilt_deg=0.0, tilt_axis_deg=0.0, slice_thickness_A=None,
+                    z_range_A=None, ice=True, absorption=0.0, b_factor_A2=0.0, xp=np, dtype=np.float32,
+                    spread_order=1, b_step_A2=5.0):
+    """Projected potential of a :class:`cutem.specimen.Scene` for one tilt: atoms + ice.
+
+    Returns (n_slices, ny, nx) in V·Å: real, or complex V + i·V_abs when ``absorption`` (the
+    atoms' imaginary/real ratio) or ``scene.sample.ice_absorption`` is > 0. With ice, each atom
+    subtracts the ice it displaces (module docstring). With slices and no ``z_range_A`` the
+    stack covers the particles and the ice (:func:`scene_z_range`).
+    """
+    with_ice = bool(ice and scene.sample is not None and scene.sample.ice)
+    if slice_thickness_A is not None and z_range_A is None:
+        z_range_A = scene_z_range(scene, shape, pixel_size_A, tilt_deg, tilt_axis_deg)
+    atoms = scene.atoms(tilt_deg, tilt_axis_deg, dtype=np.float32)
+    v = projected_potential(atoms, shape, pixel_size_A, slice_thickness_A=slice_thickness_A,
+                            z_range_A=z_range_A, b_factor_A2=b_factor_A2, xp=xp, dtype=dtype,
+                            solvent_V=ice_potential_V() if with_ice else 0.0, spread_order=spread_order,
+                            b_step_A2=b_step_A2)
+    vi = None
+    if with_ice:
+        vi = ice_potential(scene.sample, shape, pixel_size_A, slice_thickness_A=slice_thickness_A,
+                           z_range_A=z_range_A, tilt_deg=tilt_deg, tilt_axis_deg=tilt_axis_deg, xp=xp, dtype=dtype)
+    ice_abs = scene.sample.ice_absorption if (with_ice and scene.sample is not None) else 0.0
+    if absorption or ice_abs:
+        im = float(absorption) * v
+        if vi is not None and ice_abs:
+            im = im + float(ice_abs) * vi
+        re = v + vi if vi is not None else v
+        return (re + 1j * im).astype(B.complex_dtype(dtype))
+    return v + vi if vi is not None else v
+
+
+# ------------------------------------------------------------------------------- volume
+def potential_volume(atoms, shape_zyx, voxel_size_A, *, b_factor_A2=0.0, b_step_A2=5.0, solvent_V=0.0,
+                     xp=np, dtype=np.float32):
+    """3D potential map V(x, y, z) in volts on a (nz, ny, nx) grid centred like the images
+    (voxel (k, i, j) at ((j − nx/2), (i − ny/2), (k − nz/2))·voxel). Same method in 3D: trilinear
+    scatter, rfftn, × K f_Z(q/2) e^{−Bq²/4} / (sinc² per axis) / voxel³, one inverse FFT."""
+    a, b_total, w = _prepare(atoms, b_factor_A2, 1.0)
+    nz, ny, nx = (int(n) for n in shape_zyx)
+    vs = float(voxel_size_A)
+    f = a.positions / vs + np.array([nx / 2, ny / 2, nz / 2])
+    inside = ((f >= 0) & (f < np.array([nx, ny, nz]))).all(1)
+    f, el, b_total, w = f[inside], a.elements[inside], b_total[inside], w[inside]
+    i0 = np.floor(f).astype(np.int64)
+    t = f - i0
+    qz = np.fft.fftfreq(nz, d=vs)
+    qy = np.fft.fftfreq(ny, d=vs)
+    qx = np.fft.rfftfreq(nx, d=vs)
+    inv_t = [1 / np.sinc(np.fft.fftfreq(nz)) ** 2, 1 / np.sinc(np.fft.fftfreq(ny)) ** 2,
+             1 / np.sinc(np.arange(nx // 2 + 1) / nx) ** 2]
+    acc = np.zeros((nz, ny, nx // 2 + 1), dtype=np.complex128 if np.dtype(dtype) == np.float64 else np.complex64)
+    groups = _Groups(el, a.species, b_total, b_step_A2)
+    for z, b_level, idx, wl in groups.entries():
+        grid = np.zeros(nz * ny * nx)
+        ii, tt, ww = i0[idx], t[idx], w[idx] * wl
+        for cz in (0, 1):
+            wz = tt[:, 2] if cz else 1 - tt[:, 2]
+            kz = (ii[:, 2] + cz) % nz
+            for cy in (0, 1):
+                wy = tt[:, 1] if cy else 1 - tt[:, 1]
+                ky = (ii[:, 1] + cy) % ny
+                for cx in (0, 1):
+                    wx = tt[:, 0] if cx else 1 - tt[:, 0]
+                    kx = (ii[:, 0] + cx) % nx
+                    grid += np.bincount((kz * ny + ky) * nx + kx, ww * wz * wy * wx, minlength=grid.size)
+        spec = np.fft.rfftn(grid.reshape(nz, ny, nx).astype(dtype))
+        aa, bb = E.scattering_params(z)
+        amp = E.POTENTIAL_CONSTANT_V_A2 * aa / vs ** 3
+        wid = (bb + b_level) / 4
+        terms = [(amp[i], wid[i]) for i in range(5)]
+        if solvent_V:
+            v = VOLUME_PER_DALTON_A3 * atomic_mass_Da(z)
+            terms.append((-solvent_V * v / vs ** 3, math.pi * v ** (2 / 3)))
+        kern = 0
+        for am, wd in terms:
+            kern = kern + am * (np.exp(-wd * qz ** 2) * inv_t[0])[:, None, None] * \
+                (np.exp(-wd * qy ** 2) * inv_t[1])[None, :, None] * (np.exp(-wd * qx ** 2) * inv_t[2])[None, None, :]
+        acc += spec * kern
+    vol = np.fft.irfftn(acc, s=(nz, ny, nx)).astype(dtype)
+    return xp.asarray(vol)

@@ -1,0 +1,389 @@
+"""The specimen: particles placed and oriented in an ice layer (TEM-simulator's sample model).
+
+Frames. *Body* frame: a particle's own atoms, centred (bounding-box centre at 0). *Sample*
+frame: the ice layer lies in the plane z = 0 (its mid-plane), particle ``k`` at
+``x = Rₖ·p + tₖ``. *Microscope* frame (what the potential and the image use): the sample turned
+by the tilt, ``x_mic = T(θ, φ)·x_sample``, with T the right-handed rotation by the tilt angle θ
+about the in-plane axis (cos φ, sin φ, 0) — φ = ``tilt_axis_deg`` measured counter-clockwise
+from the image x axis; φ = 0 is TEM-simulator's default (tilt about x). The beam runs along +z
+of the microscope frame; image pixel (i, j) sits at x = (j − nx/2)·px, y = (i − ny/2)·px
+(cutem.potential). The atoms are rotated, never a voxel map: :meth:`Scene.atoms` is what the
+pipeline calls once per tilt.
+
+Orientations: TEM-simulator Euler angles (φ, θ, ψ) in degrees, R = Rz(ψ)·Rx(θ)·Rz(φ)
+(:func:`cutem.structure.euler_matrix`, which cites the convention). Coordinate files
+(``coord_file_in``, e.g. TMV_coord.txt): a ``rows 6`` line, then ``x y z φ θ ψ`` per particle
+with positions in nm (converted to Å here).
+
+Ice (TEM-simulator ``sample``, Rullgård et al., J. Microsc. 243:234, 2011): a circular hole of
+diameter D centred at (offset_x, offset_y); inside it the ice is a slab symmetric about z = 0
+whose thickness grows parabolically from ``thickness_center`` at the centre to
+``thickness_edge`` at the rim, h(r) = t_c + (t_e − t_c)·(2r/D)² (the surfaces
+z = ±(t_c/2 + 2(t_e − t_c) r²/D²) of TEM-simulator's particle placement, as in its port
+diff_tem/particleset.py). Outside the hole TEM-simulator has the support slab, of thickness
+``thickness_edge``: here, with ``support_film="carbon"``, amorphous carbon (2.0 g/cm³) of
+thickness ``support_thickness_A`` (``thickness_edge`` when 0); without a support film the ice
+simply continues outside the hole at ``thickness_edge``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+from .params import Sample
+from .structure import Atoms, euler_matrix, load_particle, _read_matrix_text
+
+
+# ------------------------------------------------------------------------------ geometry
+def tilt_matrix(tilt_deg=0.0, tilt_axis_deg=0.0):
+    """Right-handed rotation by ``tilt_deg`` about the in-plane axis at ``tilt_axis_deg`` from x."""
+    th = math.radians(float(tilt_deg))
+    ph = math.radians(float(tilt_axis_deg))
+    a = np.array([math.cos(ph), math.sin(ph), 0.0])
+    K = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + math.sin(th) * K + (1 - math.cos(th)) * (K @ K)
+
+
+def ice_thickness_A(sample: Sample, x, y):
+    """Ice thickness (Å) at sample-frame positions (x, y) in Å (TEM-simulator's parabolic hole)."""
+    x = np.asarray(x, dtype=np.float64) - sample.offset_x_A
+    y = np.asarray(y, dtype=np.float64) - sample.offset_y_A
+    rho2 = (x * x + y * y) * (4.0 / sample.diameter_A ** 2)
+    inside = rho2 <= 1.0
+    h_in = sample.thickness_center_A + (sample.thickness_edge_A - sample.thickness_center_A) * rho2
+    if sample.support_film == "carbon":
+        h_out = 0.0
+    else:
+        h_out = sample.thickness_edge_A
+    return np.where(inside, h_in, h_out)
+
+
+def support_thickness_A(sample: Sample, x, y):
+    """Carbon support film thickness (Å) at sample-frame (x, y): outside the hole only."""
+    if sample.support_film != "carbon":
+        return np.zeros(np.broadcast(np.asarray(x), np.asarray(y)).shape)
+    x = np.asarray(x, dtype=np.float64) - sample.offset_x_A
+    y = np.asarray(y, dtype=np.float64) - sample.offset_y_A
+    outside = (x * x + y * y) * (4.0 / sample.diameter_A ** 2) > 1.0
+    t = sample.support_thickness_A or sample.thickness_edge_A
+    return np.where(outside, t, 0.0)
+
+
+# ------------------------------------------------------------------------------- scene
+@dataclass
+class Particle:
+    """One placed particle: body-frame atoms (shared between copies), rotation, translation (Å)."""
+
+    atoms: Atoms
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
+    translation: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    name: str = "particle"
+
+
+class Scene:
+    """Particles in an ice layer. ``Scene.atoms(tilt_deg, tilt_axis_deg)`` gives all atoms in the
+    microscope frame for one tilt (one pass per particle into one preallocated array)."""
+
+    def __init__(self, particles=(), sample: Sample | None = None):
+        self.particles = list(particles)
+        self.sample = sample
+        self._static = None
+
+    def __len__(self):
+        return len(self.particles)
+
+    @property
+    def n_atoms(self) -> int:
+        return sum(p.atoms.n for p in self.particles)
+
+    def add(self, atoms, rotation=None, translation=None, name="particle"):
+        self.particles.append(Particle(atoms, np.eye(3) if rotation is None else np.asarray(rotation, float),
+                                       np.zeros(3) if translation is None else np.asarray(translation, float),
+                                       name))
+        self._static = None
+        return self
+
+    def _static_arrays(self):
+        """Element index, B and occupancy of all atoms (the same for every tilt; cached)."""
+        if self._static is None:
+            species = tuple(sorted({z for p in self.particles for z in p.atoms.species}))
+            lut = {z: i for i, z in enumerate(species)}
+            n = self.n_atoms
+            el = np.empty(n, np.int16)
+            b = np.empty(n, np.float32)
+            o = np.empty(n, np.float32)
+            i = 0
+            for p in self.particles:
+                m = p.atoms.n
+                el[i:i + m] = np.asarray([lut[z] for z in p.atoms.species], np.int16)[p.atoms.elements]
+                b[i:i + m] = p.atoms.b_factors
+                o[i:i + m] = p.atoms.occupancies
+                i += m
+            self._static = (species, el, b, o)
+        return self._static
+
+    def atoms(self, tilt_deg=0.0, tilt_axis_deg=0.0, dtype=np.float32) -> Atoms:
+        """All atoms in the microscope frame for a tilt: x = T·(Rₖ·p + tₖ)."""
+        species, el, b, o = self._static_arrays()
+        T = tilt_matrix(tilt_deg, tilt_axis_deg)
+        pos = np.empty((self.n_atoms, 3), dtype=dtype)
+        i = 0
+        for p in self.particles:
+            m = p.atoms.n
+            M = T @ p.rotation
+            np.matmul(p.atoms.positions, M.T.astype(p.atoms.positions.dtype), out=pos[i:i + m]) \
+                if p.atoms.positions.dtype == dtype else \
+                np.copyto(pos[i:i + m], p.atoms.positions @ M.T)
+            pos[i:i + m] += (T @ p.translation).astype(dtype)
+            i += m
+        return Atoms(pos, el, species, b, o)
+
+    def z_extent(self, tilt_deg=0.0, tilt_axis_deg=0.0):
+        """(zmin, zmax) in Å of the particles' bounding spheres in the microscope frame."""
+        if not self.particles:
+            return (-1.0, 1.0)
+        T = tilt_matrix(tilt_deg, tilt_axis_deg)
+        z = np.array([(T @ p.translation)[2] for p in self.particles])
+        r = np.array([p.atoms.radius() for p in self.particles])
+        return float((z - r).min()), float((z + r).max())
+
+
+# ---------------------------------------------------------------------------- placement
+def read_coord_file(path):
+    """TEM-simulator particle coordinate file → (positions (k,3) Å, Euler angles (k,3) degrees)."""
+    data = _read_matrix_text(path, "particle coordinate file")
+    if data.shape[1] not in (3, 6):
+        raise InputError(f"{path}: {data.shape[1]} columns; a coordinate file has 6 (x y z phi theta psi) or 3")
+    pos = data[:, :3] * 10.0  # nm -> Å
+    ang = data[:, 3:6] if data.shape[1] == 6 else np.zeros((len(data), 3))
+    return pos, ang
+
+
+def scene_from_list(atoms: Atoms, placements, sample=None, name="particle") -> Scene:
+    """Scene from ``[(x_A, y_A, z_A, phi_deg, theta_deg, psi_deg), ...]``."""
+    sc = Scene(sample=sample)
+    for row in placements:
+        row = [float(v) for v in row]
+        if len(row) not in (3, 6) or not all(math.isfinite(v) for v in row):
+            raise InputError(f"particle placement {row} must be x, y, z (Å) and optionally phi, theta, psi (deg)")
+        ang = row[3:6] if len(row) == 6 else (0, 0, 0)
+        sc.add(atoms, euler_matrix(*ang), row[:3], name)
+    return sc
+
+
+def scene_from_coord_file(atoms: Atoms, path, sample=None, name="particle", num_particles=None) -> Scene:
+    """Scene from a TEM-simulator coordinate file (positions nm, Euler angles degrees)."""
+    pos, ang = read_coord_file(path)
+    if num_particles is not None:
+        if num_particles > len(pos):
+            raise InputError(f"{path}: num_particles = {num_particles} but the file lists {len(pos)}")
+        pos, ang = pos[:num_particles], ang[:num_particles]
+    sc = Scene(sample=sample)
+    R = euler_matrix(ang[:, 0], ang[:, 1], ang[:, 2])
+    for k in range(len(pos)):
+        sc.add(atoms, R[k], pos[k], name)
+    return sc
+
+
+def random_rotations(n, rng):
+    """Uniformly distributed rotations (Shoemake's quaternion method), (n, 3, 3)."""
+    u1, u2, u3 = rng.random((3, n))
+    q = np.stack([np.sqrt(1 - u1) * np.sin(2 * np.pi * u2), np.sqrt(1 - u1) * np.cos(2 * np.pi * u2),
+                  np.sqrt(u1) * np.sin(2 * np.pi * u3), np.sqrt(u1) * np.cos(2 * np.pi * u3)], 1)
+    x, y, z, w = q.T
+    return np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+                     np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+                     np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], 1)
+
+
+def random_scene(atoms: Atoms, *, region_A, count=None, concentration_per_um3=None, sample=None,
+                 seed=0, rng=None, max_tries=200000, name="particle", keep_in_ice=True,
+                 margin_A=0.0) -> Scene:
+    """Particles at random non-overlapping positions and uniformly random orientations.
+
+    Parameters
+    ----------
+    atoms : Atoms
+        Body-frame atoms of the particle (centred).
+    region_A : (width, height)
+        The xy extent (Å) centred on the optical axis in which particle centres are drawn
+        (usually the field of view).
+    count, concentration_per_um3 : int or float
+        How many: a number, or a concentration in particles per µm³ of ice in the region.
+    sample : cutem.params.Sample
+        The ice layer; with ``keep_in_ice`` every particle lies entirely inside the ice
+        (|z| + radius ≤ h/2 at its xy) — a particle that cannot fit is an error.
+    seed, rng : reproducible draws.
+
+    Overlap is judged on bounding spheres (radius = farthest atom from the centre, plus
+    ``margin_A``), which is conservative for elongated particles.
+    """
+    rng = np.random.default_rng(seed) if rng is None else rng
+    sample = sample if sample is not None else Sample()
+    w, h = (float(v) for v in region_A)
+    r = atoms.radius() + float(margin_A)
+    if count is None:
+        if concentration_per_um3 is None:
+            raise InputError("random placement needs count or concentration_per_um3")
+        gx = np.linspace(-w / 2, w / 2, 64)
+        gy = np.linspace(-h / 2, h / 2, 64)
+        mean_t = float(ice_thickness_A(sample, gx[None, :], gy[:, None]).mean())
+        count = int(round(float(concentration_per_um3) * w * h * mean_t * 1e-12))
+    count = int(count)
+    if count < 0:
+        raise InputError(f"particle count {count} must be >= 0")
+    centres = np.zeros((0, 3))
+    tries = 0
+    while len(centres) < count:
+        tries += 1
+        if tries > max_tries:
+            raise InputError(f"could place only {len(centres)} of {count} particles (radius {r:.0f} Å) "
+                             f"without overlap in {w:.0f}×{h:.0f} Å; lower the count or enlarge the region")
+        x = rng.uniform(-w / 2 + r, w / 2 - r) if w > 2 * r else 0.0
+        y = rng.uniform(-h / 2 + r, h / 2 - r) if h > 2 * r else 0.0
+        half = 0.5 * float(ice_thickness_A(sample, x, y))
+        if keep_in_ice:
+            room = half - r
+            if room < 0:
+                if float(ice_thickness_A(sample, 0, 0)) < 2 * r and float(
+                        np.max(ice_thickness_A(sample, np.linspace(-w / 2, w / 2, 9), 0))) < 2 * r:
+                    raise InputError(f"particle diameter {2 * r:.0f} Å does not fit in the ice "
+                                     f"({2 * half:.0f} Å thick here); thicken the ice or keep_in_ice=False")
+                continue
+            zc = rng.uniform(-room, room)
+        else:
+            zc = rng.uniform(-half, half) if half > 0 else 0.0
+        c = np.array([x, y, zc])
+        if len(centres) and (((centres - c) ** 2).sum(1) < (2 * r) ** 2).any():
+            continue
+        centres = np.vstack([centres, c])
+    sc = Scene(sample=sample)
+    R = random_rotations(count, rng)
+    for k in range(count):
+        sc.add(atoms, R[k], centres[k], name)
+    return sc
+
+
+# ---------------------------------------------------------------- TEM-simulator input files
+def parse_tem_simulator(path):
+    """Sections of a TEM-simulator input file: list of (type, label, {key: value-string})."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"input file {path} does not exist")
+    sections, cur = [], None
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            s = line.split("#", 1)[0].strip()
+            if not s:
+                continue
+            if s.startswith("="):
+                head = s.strip("=").strip().split()
+                if not head:
+                    raise InputError(f"{path}: line {lineno}: empty section header")
+                cur = (head[0], head[1] if len(head) > 1 else None, {})
+                sections.append(cur)
+                continue
+            if "=" not in s or cur is None:
+                raise InputError(f"{path}: line {lineno}: expected 'key = value' inside a '=== section ===', got {s[:40]!r}")
+            k, v = (t.strip() for t in s.split("=", 1))
+            cur[2][k] = v
+    return sections
+
+
+def _num(d, key, path, section, default=None):
+    if key not in d:
+        if default is None:
+            raise InputError(f"{path}: [{section}] needs {key}")
+        return default
+    try:
+        v = float(d[key])
+    except ValueError:
+        raise InputError(f"{path}: [{section}] {key} = {d[key]!r} is not a number") from None
+    if not math.isfinite(v):
+        raise InputError(f"{path}: [{section}] {key} must be finite")
+    return v
+
+
+def sample_from_tem_simulator(sec, path) -> Sample:
+    """cutem.params.Sample from a TEM-simulator [sample] section (nm → Å)."""
+    return Sample(diameter_A=_num(sec, "diameter", path, "sample") * 10,
+                  thickness_center_A=_num(sec, "thickness_center", path, "sample") * 10,
+                  thickness_edge_A=_num(sec, "thickness_edge", path, "sample") * 10,
+                  offset_x_A=_num(sec, "offset_x", path, "sample", 0.0) * 10,
+                  offset_y_A=_num(sec, "offset_y", path, "sample", 0.0) * 10)
+
+
+def _resolve(base, name):
+    p = name if os.path.isabs(name) else os.path.join(base, name)
+    if not os.path.exists(p):
+        stem, ext = os.path.splitext(p)
+        alt = f"{stem}_model1{ext}"  # the package ships only the first model of 2OM3
+        if os.path.exists(alt):
+            return alt
+    return p
+
+
+def scene_from_tem_simulator(path, seed=0, field_A=None) -> Scene:
+    """Scene (particles and sample) of a TEM-simulator input file: its [sample], [particle] and
+    [particleset] sections (``source = pdb``; coordinates from a file or random)."""
+    path = os.fspath(path)
+    base = os.path.dirname(os.path.abspath(path))
+    secs = parse_tem_simulator(path)
+    sample = None
+    particles = {}
+    for typ, label, d in secs:
+        if typ == "sample":
+            sample = sample_from_tem_simulator(d, path)
+        elif typ == "particle":
+            if d.get("source", "pdb") != "pdb":
+                raise InputError(f"{path}: [particle {label}] source = {d.get('source')!r}: only pdb is supported")
+            if "pdb_file_in" not in d:
+                raise InputError(f"{path}: [particle {label}] needs pdb_file_in")
+            tf = d.get("pdb_transf_file_in")
+            particles[label] = load_particle(_resolve(base, d["pdb_file_in"]),
+                                             _resolve(base, tf) if tf else None)
+    if sample is None:
+        raise InputError(f"{path}: no [sample] section")
+    scene = Scene(sample=sample)
+    rng = np.random.default_rng(seed)
+    for typ, label, d in secs:
+        if typ != "particleset":
+            continue
+        ptype = d.get("particle_type")
+        if ptype not in particles:
+            raise InputError(f"{path}: [particleset] particle_type = {ptype!r} names no [particle] section "
+                             f"(known: {', '.join(str(k) for k in particles) or 'none'})")
+        atoms = particles[ptype]
+        how = d.get("particle_coords", "file")
+        num = int(_num(d, "num_particles", path, "particleset", -1))
+        if how == "file":
+            if "coord_file_in" not in d:
+                raise InputError(f"{path}: [particleset] particle_coords = file needs coord_file_in")
+            sub = scene_from_coord_file(atoms, _resolve(base, d["coord_file_in"]), sample, ptype,
+                                        None if num < 0 else num)
+        elif how == "rand":
+            region = field_A or (sample.diameter_A / 2, sample.diameter_A / 2)
+            conc = d.get("particle_conc")
+            sub = random_scene(atoms, region_A=region, count=None if num < 0 else num,
+                               concentration_per_um3=float(conc) if conc else None, sample=sample, rng=rng,
+                               name=ptype)
+        else:
+            raise InputError(f"{path}: [particleset] particle_coords = {how!r}: file or rand")
+        scene.particles.extend(sub.particles)
+    return scene
+
+
+def default_scene() -> Scene:
+    """The embedded TEM-simulator TMV example: three 62,671-atom fragments in 50-100 nm of ice."""
+    from importlib import resources
+
+    return scene_from_tem_simulator(str(resources.files("cutem.data").joinpath("tmv", "input_TMV.txt")))
+
+
+__all__ = ["tilt_matrix", "ice_thickness_A", "support_thickness_A", "Particle", "Scene", "read_coord_file",
+           "scene_from_list", "scene_from_coord_file", "random_rotations", "random_scene",
+           "parse_tem_simulator", "sample_from_tem_simulator", "scene_from_tem_simulator", "default_scene"]
