@@ -4,8 +4,11 @@ Geometry
 --------
 A volume is an array ``(nz, ny, nx)`` (z along the beam at zero tilt), a tilt stack is
 ``(n_tilts, ny, nx)`` with the same in-plane shape as the volume. The tilt axis lies in
-the image plane at ``axis_deg`` from image x (``Geometry.tilt_axis_deg``), through the
-centre ``((n - 1) / 2`` in every axis). At tilt θ the specimen is rotated right-handedly
+the image plane at ``axis_deg`` from image x (``Geometry.tilt_axis_deg``) and passes
+through the origin: with ``origin="fft"`` (default) voxel/pixel index n/2 along every
+axis, the project's grid convention (:mod:`cutem.potential`: pixel j at x = (j − n/2)·px,
+slice k of a volume at z = (k − nz/2)·dz), so simulated tilt series reconstruct in
+register; ``origin="middle"`` puts it at (n − 1)/2 (the array's middle). At tilt θ the specimen is rotated right-handedly
 by θ about the axis direction a = (cos φ, sin φ, 0) (x, y, z) and projected along z:
 
     p_θ(u) = ∫ f(R_θᵀ (u + s e_z)) ds,
@@ -147,18 +150,20 @@ def _inplane_rotation_matrices(shape, axis_deg):
     return to_aligned, from_aligned
 
 
-def radon_matrix(nz, ny, angles_deg, dtype=np.float64):
+def radon_matrix(nz, ny, angles_deg, dtype=np.float64, cy=None, cz=None):
     """The 2D voxel-driven Radon matrix of one (z, y) slice, CSR (n_tilts·ny, nz·ny).
 
     Column ``z·ny + y`` (voxel), row ``tilt·ny + t`` (detector pixel). Voxel (z, y) lands at
     ``t = (y − c_y) cos θ − (z − c_z) sin θ + c_y`` and is shared linearly by the two
     neighbouring pixels; weights outside the detector are dropped. Entries are line
     integrals in voxel lengths (each voxel's weights sum to 1 where fully on the detector).
+    The rotation centre (c_z, c_y) defaults to the middle ((n − 1)/2).
     """
     import scipy.sparse as sp
 
     th = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
-    cz, cy = (nz - 1) / 2.0, (ny - 1) / 2.0
+    cz = (nz - 1) / 2.0 if cz is None else float(cz)
+    cy = (ny - 1) / 2.0 if cy is None else float(cy)
     zz, yy = np.meshgrid(np.arange(nz) - cz, np.arange(ny) - cy, indexing="ij")
     zz, yy = zz.ravel(), yy.ravel()
     col = np.arange(nz * ny, dtype=np.int64)
@@ -179,10 +184,33 @@ def radon_matrix(nz, ny, angles_deg, dtype=np.float64):
     return a
 
 
-class _Plan:
-    """Cached matrices of one geometry (shapes, angles, axis, dtype, device)."""
+ORIGINS = ("fft", "middle")
 
-    def __init__(self, vol_shape, angles_deg, axis_deg, dtype, xp):
+
+def _centre(n, origin):
+    return n / 2.0 if origin == "fft" else (n - 1) / 2.0
+
+
+def _aligned_centre_y(shape, axis_deg, origin):
+    """Row coordinate of the rotation centre in the axis-aligned frame."""
+    ny, nx = shape
+    cy, cx = _centre(ny, origin), _centre(nx, origin)
+    k = _axis_quarter_turns(axis_deg)
+    if k is not None:
+        for _ in range(k):  # one step: (y, x) -> (nx - 1 - x, y), shapes swap
+            cy, cx, ny, nx = nx - 1 - cx, cy, nx, ny
+        return cy
+    phi = np.deg2rad(axis_deg)
+    y, x = cy - (ny - 1) / 2.0, cx - (nx - 1) / 2.0
+    return -x * np.sin(phi) + y * np.cos(phi) + (ny - 1) / 2.0
+
+
+class _Plan:
+    """Cached matrices of one geometry (shapes, angles, axis, origin, dtype, device)."""
+
+    def __init__(self, vol_shape, angles_deg, axis_deg, dtype, xp, origin="fft"):
+        if origin not in ORIGINS:
+            raise InputError(f"tomography origin must be one of {', '.join(ORIGINS)}, not {origin!r}")
         nz, ny, nx = vol_shape
         self.vol_shape = tuple(vol_shape)
         self.n_tilts = len(angles_deg)
@@ -196,7 +224,8 @@ class _Plan:
             self.aligned = (ny, nx)
         else:
             self.aligned = (nx, ny) if self.k % 2 else (ny, nx)
-        a = radon_matrix(nz, self.aligned[0], angles_deg, dtype)
+        a = radon_matrix(nz, self.aligned[0], angles_deg, dtype, cy=_aligned_centre_y((ny, nx), axis_deg, origin),
+                         cz=_centre(nz, origin))
         self.A = _to_device(a, xp)
         self.AT = _to_device(a.T.tocsr(), xp)
 
@@ -239,19 +268,22 @@ class _Plan:
 class _TomoStage(Stage):
     linear = True
 
-    def __init__(self, angles_deg, axis_deg=0.0, thickness=None):
+    def __init__(self, angles_deg, axis_deg=0.0, thickness=None, origin="fft"):
         self.angles_deg = tuple(float(a) for a in np.atleast_1d(angles_deg))
         if not self.angles_deg:
             raise InputError("tomography: at least one tilt angle is needed")
+        if origin not in ORIGINS:
+            raise InputError(f"tomography origin must be one of {', '.join(ORIGINS)}, not {origin!r}")
         self.axis_deg = float(axis_deg)
         self.thickness = thickness
+        self.origin = origin
         self._plans = {}
 
     def plan(self, vol_shape, dtype, xp):
         key = (tuple(vol_shape), np.dtype(dtype).str, xp.__name__)
         p = self._plans.get(key)
         if p is None:
-            p = self._plans[key] = _Plan(vol_shape, self.angles_deg, self.axis_deg, dtype, xp)
+            p = self._plans[key] = _Plan(vol_shape, self.angles_deg, self.axis_deg, dtype, xp, self.origin)
         return p
 
 
@@ -291,10 +323,10 @@ class BackProject(_TomoStage):
     Linear; its adjoint is the projector. ``thickness`` (nz) is required.
     """
 
-    def __init__(self, angles_deg, axis_deg=0.0, thickness=None):
+    def __init__(self, angles_deg, axis_deg=0.0, thickness=None, origin="fft"):
         if thickness is None or int(thickness) < 1:
             raise InputError("BackProject: thickness (nz of the volume) must be a positive integer")
-        super().__init__(angles_deg, axis_deg, int(thickness))
+        super().__init__(angles_deg, axis_deg, int(thickness), origin)
 
     def forward(self, ctx, stack):
         xp = B.array_module(stack)
@@ -390,7 +422,7 @@ def _check_stack(stack, angles_deg):
         raise InputError(f"{len(angles_deg)} tilt angles for a stack of {stack.shape[0]} images")
 
 
-def wbp(stack, angles_deg, axis_deg=0.0, thickness=None, filter="ram-lak", cutoff=1.0):
+def wbp(stack, angles_deg, axis_deg=0.0, thickness=None, filter="ram-lak", cutoff=1.0, origin="fft"):
     """Weighted back-projection: f ≈ Σ_θ w_θ Aᵀ(h * p_θ), h the apodised ramp.
 
     ``stack`` (n_tilts, ny, nx); returns (thickness, ny, nx) (default thickness = ny of
@@ -405,7 +437,7 @@ def wbp(stack, angles_deg, axis_deg=0.0, thickness=None, filter="ram-lak", cutof
     ny, nx = stack.shape[1:]
     aligned = (nx, ny) if (k or 0) % 2 else (ny, nx)
     nz = int(thickness) if thickness else aligned[0]
-    plan = _Plan((nz, ny, nx), tuple(float(a) for a in angles_deg), axis_deg, stack.dtype, xp)
+    plan = _Plan((nz, ny, nx), tuple(float(a) for a in angles_deg), axis_deg, stack.dtype, xp, origin)
     if k is None:
         # interpolating rotations: images into the aligned frame by inverse sampling
         stack_a = plan._apply_inplane(plan.to_a, stack)
@@ -425,7 +457,7 @@ class SirtResult:
 
 
 def sirt(stack, angles_deg, axis_deg=0.0, thickness=None, iterations=20, relaxation=1.0,
-         positivity=False, x0=None, progress=None):
+         positivity=False, x0=None, progress=None, origin="fft"):
     """SIRT: x ← P₊(x + λ C Aᵀ R (b − A x)), R = 1/(A 1), C = 1/(Aᵀ 1).
 
     Gregor & Benson (IEEE TMI 27:918, 2008): for 0 < λ < 2 the R-weighted residual
@@ -442,7 +474,7 @@ def sirt(stack, angles_deg, axis_deg=0.0, thickness=None, iterations=20, relaxat
     k = _axis_quarter_turns(axis_deg)
     aligned_ny = stack.shape[2] if (k or 0) % 2 else stack.shape[1]
     nz = int(thickness) if thickness else aligned_ny
-    op = Project(angles_deg, axis_deg)
+    op = Project(angles_deg, axis_deg, origin=origin)
     vol_shape = (nz,) + stack.shape[1:]
     plan = op.plan(vol_shape, stack.dtype, xp)
     ones_v = xp.ones(vol_shape, dtype=stack.dtype)
@@ -467,13 +499,13 @@ def sirt(stack, angles_deg, axis_deg=0.0, thickness=None, iterations=20, relaxat
 
 
 def reconstruct(stack, angles_deg, axis_deg=0.0, thickness=None, method="wbp", filter="ram-lak",
-                cutoff=1.0, iterations=20, relaxation=1.0, positivity=False, progress=None):
+                cutoff=1.0, iterations=20, relaxation=1.0, positivity=False, progress=None, origin="fft"):
     """Reconstruct a volume (thickness, ny, nx) from a tilt stack by ``wbp`` or ``sirt``."""
     if method == "wbp":
-        return wbp(stack, angles_deg, axis_deg, thickness, filter, cutoff)
+        return wbp(stack, angles_deg, axis_deg, thickness, filter, cutoff, origin)
     if method == "sirt":
         return sirt(stack, angles_deg, axis_deg, thickness, iterations, relaxation, positivity,
-                    progress=progress).volume
+                    progress=progress, origin=origin).volume
     raise InputError(f"reconstruction method must be wbp or sirt, not {method!r}")
 
 
