@@ -619,3 +619,340 @@ def _wavelength(voltage_kV):
     from .electron import wavelength_A
 
     return wavelength_A(voltage_kV)
+
+
+# ============================================================== detector / MTF models
+MTF_SHAPE_NAMES = ("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "mtf_p", "mtf_q")
+#: physical bounds of the detector parameters (cutem.params.Detector's ranges)
+DETECTOR_BOUNDS = {"mtf_a": (0.0, 1.0), "mtf_b": (0.0, 1.0), "mtf_c": (0.0, 1.0),
+                   "mtf_alpha": (0.0, 1e4), "mtf_beta": (0.0, 1e4), "mtf_p": (1e-3, 10.0),
+                   "mtf_q": (1e-3, 10.0), "gain": (1e-6, 1e6), "dqe": (1e-3, 1.0),
+                   "readout_noise": (0.0, 1e6), "dose_e_per_A2": (1e-9, 1e5)}
+DETECTOR_SCALES = {"mtf_a": 1.0, "mtf_b": 1.0, "mtf_c": 1.0, "mtf_alpha": 10.0, "mtf_beta": 10.0,
+                   "mtf_p": 1.0, "mtf_q": 1.0, "gain": 1.0, "dqe": 1.0, "readout_noise": 1.0,
+                   "dose_e_per_A2": 1.0}
+
+
+def detector_free_params(detector, names, start=None):
+    """:class:`FreeParam` list for detector fields ``names`` (start: dict of values, else the detector's)."""
+    out = []
+    for n in names:
+        if n not in DETECTOR_BOUNDS:
+            raise InputError(f"unknown detector parameter {n!r}; free ones can be {sorted(DETECTOR_BOUNDS)}")
+        v = float((start or {}).get(n, getattr(detector, n)))
+        lo, hi = DETECTOR_BOUNDS[n]
+        v = min(max(v, lo), hi)
+        scale = DETECTOR_SCALES[n] if n != "gain" else max(abs(v), 1e-3)
+        if n == "dose_e_per_A2":
+            scale = max(abs(v), 1e-6)
+        out.append(FreeParam(n, v, lo, hi, "bounds", scale))
+    return out
+
+
+def mtf_on_grid(shape, theta):
+    """The detector's MTF (× gain) on the FFT grid as a taped value.
+
+    Uses :class:`cutem.detector.MTF` on a unit impulse: the blurred impulse is the PSF
+    IFFT[MTF], and its FFT is MTF(q) on the grid. (The MTF stage only blurs images; this
+    is the smallest way to get the MTF itself on the tape.)
+    """
+    from .detector import MTF, MTF_PARAM_NAMES
+
+    xp = np
+    delta = xp.zeros(shape, dtype=np.float64)
+    delta[0, 0] = 1.0
+    psf = MTF()(delta, *[_as_input(theta[k]) for k in MTF_PARAM_NAMES])
+    return ops.real(ops.fft2(psf))
+
+
+def _as_input(v):
+    return v if isinstance(v, Var) else np.asarray(float(B.to_numpy(v)), dtype=np.float64)
+
+
+def blank_expected_ps(shape, pixel_size_A, theta, intensity=1.0):
+    """Expected power spectrum of blank micrographs (taped), FFT layout.
+
+    For a uniform intensity I, N̄ = dose·pixel²·I; the counts are white with variance
+    N̄/DQE (Poisson then the Wald DQE model), blurred by the MTF (which holds the gain),
+    plus white readout noise σ²: S(q) = N̄/DQE · MTF(q)² + σ² (the convention of
+    :func:`cutem.spectra.power_spectrum`). ``theta`` holds every detector parameter
+    (Vars where free).
+    """
+    m = mtf_on_grid(shape, theta)
+    nbar = theta["dose_e_per_A2"] * (float(pixel_size_A) ** 2 * float(intensity))
+    s = (m * m) * (nbar / theta["dqe"])
+    r = theta.get("readout_noise", 0.0)
+    if isinstance(r, Var) or float(B.to_numpy(r)) > 0:
+        s = s + r * r
+    return s
+
+
+def blank_mean(pixel_size_A, theta, intensity=1.0):
+    """Expected mean of a blank micrograph: gain · N̄ (taped)."""
+    return theta["gain"] * theta["dose_e_per_A2"] * (float(pixel_size_A) ** 2 * float(intensity))
+
+
+def normalised_mtf_params(p):
+    """(a, b, c)/(a + b + c): what the MTF actually depends on (besides α, β, p, q, gain)."""
+    s = p["mtf_a"] + p["mtf_b"] + p["mtf_c"]
+    return {"a_n": p["mtf_a"] / s, "b_n": p["mtf_b"] / s, "c_n": p["mtf_c"] / s}
+
+
+@dataclass
+class MTFFit:
+    detector: object             #: cutem.params.Detector with the fitted values
+    fit: FitResult
+    errors: dict                 #: 1-σ standard errors (Gauss–Newton), incl. a_n, b_n, c_n
+    profile: dict                #: x (cycles/pixel), data, model, residual
+
+
+def _detector_theta(detector):
+    from .detector import PARAM_NAMES
+
+    return {k: float(getattr(detector, k)) for k in PARAM_NAMES}
+
+
+def _normalised_errors(vals, cov, names):
+    """Delta-method errors of (a, b, c)/(a+b+c) from the covariance of the free set."""
+    if not all(k in names for k in ("mtf_a", "mtf_b", "mtf_c")):
+        return {}
+    ii = [names.index(k) for k in ("mtf_a", "mtf_b", "mtf_c")]
+    a = np.array([vals[k] for k in ("mtf_a", "mtf_b", "mtf_c")])
+    s = a.sum()
+    G = (np.eye(3) * s - a[:, None] * np.ones(3)[None, :]) / s ** 2   # d(a_i/s)/d a_j
+    C = cov[np.ix_(ii, ii)]
+    cn = G @ C @ G.T
+    return dict(zip(("a_n", "b_n", "c_n"), np.sqrt(np.maximum(np.diag(cn), 0))))
+
+
+def fit_mtf_blank(images=None, detector=None, free=("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "gain"),
+                  start=None, ps=None, mean=None, intensity=1.0, method="lbfgsb", maxiter=200, lr=0.1,
+                  qmax_cycles=None, mean_weight=1.0, weighting="count", n_images=1):
+    """Fit detector parameters to blank micrographs (or their power spectrum).
+
+    Objective: the log radially averaged power-spectrum loss between the data and the
+    expected spectrum :func:`blank_expected_ps` (rings of one Fourier pixel, DC
+    excluded, out to the corner unless ``qmax_cycles``), plus ``mean_weight`` × the
+    squared log ratio of the expected and observed image means (this pins the gain
+    independently of N̄/DQE). Deterministic, so L-BFGS-B converges in a few dozen
+    iterations; errors from Gauss–Newton with the exact Jacobian.
+
+    Parameters
+    ----------
+    images : (n, ny, nx) or (ny, nx) blank micrographs; or give ``ps`` (FFT layout,
+        as :func:`cutem.spectra.power_spectrum` makes it) and ``mean``.
+    detector : :class:`cutem.params.Detector` with the fixed values (pixel size, dose,
+        DQE, ...) and, for parameters not in ``start``, the start values.
+    free : detector fields to fit.
+    """
+    from .params import Detector
+    from .spectra import RadialBins, power_spectrum
+
+    if detector is None:
+        detector = Detector()
+    imgs = None
+    if images is not None:
+        imgs = np.asarray(B.to_numpy(images), dtype=np.float64)
+        if imgs.ndim == 2:
+            imgs = imgs[None]
+        ps = power_spectrum(imgs)
+        mean = float(imgs.mean())
+    if ps is None:
+        raise InputError("fit_mtf_blank: give images or a power spectrum")
+    ps = np.asarray(ps, dtype=np.float64)
+    shape = ps.shape
+    px = detector.pixel_size_A
+    qmax = None if qmax_cycles is None else qmax_cycles / px
+    bins = RadialBins(shape, px, qmax=qmax if qmax is not None else np.sqrt(2) * 0.5 / px + 1e-9)
+    data = bins.average(ps)
+    # weights ∝ samples per ring: the log of a mean of n periodogram values (each
+    # exponentially distributed about S) has variance ≈ 1/n, so this is the efficient
+    # (approximately maximum-likelihood, Whittle) weighting
+    # (the loss is then ≈ χ² with one degree of freedom per ring: O(#rings) at the optimum,
+    # which also keeps L-BFGS-B's relative stopping rule meaningful)
+    nimg = imgs.shape[0] if imgs is not None else int(n_images)
+    # (q and −q carry the same periodogram value, hence the ½)
+    w = bins.count_np * nimg / 2.0 if weighting == "count" else np.ones(bins.nbins)
+    w[bins.q <= 0] = 0.0
+    # the image mean: Var(mean) = S(0)/n_pixels for correlated noise; S(0) from the first ring
+    sd_logmean = math.sqrt(max(float(data[1]), 1e-300) / (nimg * shape[0] * shape[1])) / mean if mean else 1.0
+    theta0 = _detector_theta(detector)
+    fixed = {k: v for k, v in theta0.items() if k not in free}
+    par = Parametrisation(detector_free_params(detector, free, start), fixed)
+    use_mean = mean is not None and mean > 0 and mean_weight > 0
+
+    def residuals(theta):
+        r = log_radial_residuals(blank_expected_ps(shape, px, theta, intensity), data, bins, w)
+        if use_mean:
+            rm = (ops.log(blank_mean(px, theta, intensity)) - math.log(mean)) * (math.sqrt(mean_weight) / sd_logmean)
+            r = ops.concat([r, ops.reshape(rm, (1,))])
+        return r
+
+    def loss(theta, _step):
+        r = residuals(theta)
+        return ops.sum(r * r)
+
+    res = fit(loss, par, method, maxiter=maxiter, lr=lr)
+    vals = dict(fixed)
+    vals.update(res.params)
+    se, cov, r = gauss_newton_covariance(residuals, vals, par.names)
+    errs = {k: float(v) for k, v in se.items()}
+    errs.update({k: float(v) for k, v in _normalised_errors(vals, cov, par.names).items()})
+    det = detector.replace(**{k: float(v) for k, v in res.params.items()})
+    model = bins.average(np.asarray(unwrap(blank_expected_ps(shape, px, vals, intensity))))
+    profile = {"x": bins.q * px, "data": data, "model": model,
+               "residual": np.log(model) - np.log(data), "weights": w}
+    return MTFFit(det, res, errs, profile)
+
+
+def fit_mtf_curve(freq_cycles, mtf_values, free=("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "mtf_p", "mtf_q"),
+                  start=None, detector=None, weights=None, maxiter=500, n_starts=8, seed=0):
+    """Fit the TEM-simulator MTF form to a measured curve (x in cycles/pixel, MTF(0) = 1).
+
+    Least squares on the curve values (gain fixed at 1 since measured MTFs are
+    normalised) with L-BFGS-B from ``n_starts`` starts (the first ``start``/the
+    detector's values, the rest random in the bounds); the best fit is kept. The model
+    is :class:`cutem.detector.MTF` evaluated on a one-row grid finely sampling
+    0..0.5 cycles/pixel and interpolated linearly (exact at the grid points), so its
+    gradient is the stage's exact one.
+    """
+    from .detector import MTF, MTF_PARAM_NAMES
+    from .params import Detector
+
+    x = np.asarray(freq_cycles, dtype=np.float64)
+    y = np.asarray(mtf_values, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape or len(x) < 3:
+        raise InputError("fit_mtf_curve: frequency and MTF must be 1D arrays of the same length (>= 3)")
+    if np.any(x < 0) or np.any(x > 0.5 + 1e-9):
+        raise InputError("fit_mtf_curve: frequencies must be in cycles per pixel, 0..0.5")
+    detector = detector or Detector(mtf_a=0.7, mtf_b=0.2, mtf_c=0.1, mtf_alpha=10.0, mtf_beta=40.0, gain=1.0)
+    n = 2048
+    line_x = np.arange(n // 2 + 1) / n     # 0..0.5 cycles/pixel
+    # linear interpolation matrix from the line to the data frequencies
+    pos = x * n
+    i0 = np.clip(np.floor(pos).astype(int), 0, n // 2 - 1)
+    f = pos - i0
+    Wi = np.zeros((len(x), n // 2 + 1))
+    Wi[np.arange(len(x)), i0] = 1 - f
+    Wi[np.arange(len(x)), i0 + 1] = f
+    wts = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
+    sw = np.sqrt(wts / wts.sum())
+    delta = np.zeros((1, n))
+    delta[0, 0] = 1.0
+
+    def model_line(theta):
+        psf = MTF()(delta, *[_as_input(theta[k]) for k in MTF_PARAM_NAMES])
+        return ops.real(ops.fft2(psf))[0, : n // 2 + 1]
+
+    def residuals(theta):
+        m = ops.matmul(Wi, ops.reshape(model_line(theta), (n // 2 + 1, 1)))
+        return (ops.reshape(m, (len(x),)) - y) * sw
+
+    def loss(theta, _s):
+        r = residuals(theta)
+        return ops.sum(r * r)
+
+    theta0 = _detector_theta(detector)
+    theta0["gain"] = 1.0
+    fixed = {k: v for k, v in theta0.items() if k not in free}
+    rng = np.random.default_rng(seed)
+    best = None
+    for k in range(max(1, n_starts)):
+        if k == 0:
+            st = start
+        else:
+            st = {"mtf_a": rng.uniform(0.05, 1), "mtf_b": rng.uniform(0.05, 1), "mtf_c": rng.uniform(0, 0.3),
+                  "mtf_alpha": 10 ** rng.uniform(-0.5, 2.5), "mtf_beta": 10 ** rng.uniform(-0.5, 3),
+                  "mtf_p": rng.uniform(0.3, 4), "mtf_q": rng.uniform(0.3, 4)}
+        par = Parametrisation(detector_free_params(detector.replace(gain=1.0), free, st), fixed)
+        res = fit(loss, par, "lbfgsb", maxiter=maxiter)
+        if best is None or res.loss < best[0].loss:
+            best = (res, par)
+    res, par = best
+    vals = dict(fixed)
+    vals.update(res.params)
+    se, cov, r = gauss_newton_covariance(residuals, vals, par.names)
+    errs = {k: float(v) for k, v in se.items()}
+    errs.update({k: float(v) for k, v in _normalised_errors(vals, cov, par.names).items()})
+    model = Wi @ np.asarray(unwrap(model_line(vals)))
+    det = detector.replace(gain=1.0, **{k: float(v) for k, v in res.params.items()})
+    profile = {"x": x, "data": y, "model": model, "residual": model - y}
+    return MTFFit(det, res, errs, profile)
+
+
+# ====================================================== simulated vs real spectra
+def simulated_ice_spectrum(shape, pixel_size_A, voltage_kV, cs_mm, ctf: CTFFit, detector,
+                           signal_level, b_factor_A2):
+    """Expected power spectrum of an ice-only specimen (FFT layout).
+
+    A weak-phase amorphous-ice layer with a structure spectrum signal_level·exp(−B q²/2)
+    (white, Debye–Waller-damped) imaged through the fitted CTF (:class:`cutem.optics.CTF2D`
+    with the fitted defocus, astigmatism and amplitude contrast) and the fitted detector
+    (:class:`cutem.detector.MTF` and its shot-noise level N̄/DQE):
+    S(q) = MTF(q)² [N̄/DQE + signal_level · e^{−B q²/2} · CTF(q)²].
+    """
+    from .optics import CTF2D, PARAM_NAMES
+
+    st = CTF2D(shape, pixel_size_A, voltage_kV, None, nyquist_cut=False, envelope=False)
+    inp = _ctf_inputs(voltage_kV, cs_mm, defocus_u_A=ctf.defocus_u_A, defocus_v_A=ctf.defocus_v_A,
+                      astigmatism_angle_rad=math.radians(ctf.astigmatism_angle_deg),
+                      amplitude_contrast=ctf.amplitude_contrast)
+    c, _ = st.apply(*[inp[k] for k in PARAM_NAMES])
+    theta = _detector_theta(detector)
+    noise = np.asarray(unwrap(blank_expected_ps(shape, pixel_size_A, theta)))
+    m2 = noise / (theta["dose_e_per_A2"] * pixel_size_A ** 2 / theta["dqe"])
+    qy, qx = B.freq_grid(shape, pixel_size_A, np, np.float64)
+    q2 = qx ** 2 + qy ** 2
+    return noise + m2 * signal_level * np.exp(-0.5 * b_factor_A2 * q2) * np.asarray(c) ** 2
+
+
+def simulated_spectrum_correlation(ps, pixel_size_A, voltage_kV, cs_mm, ctf: CTFFit, centred=True,
+                                   q_range=(1 / 30, 1 / 5), return_profiles=False):
+    """Correlation of background-subtracted radial profiles: simulated vs real spectrum.
+
+    1. A detector is fitted to the spectrum (:func:`fit_mtf_blank` on the spectrum, free
+       MTF a, b, c, α, β and the noise level), giving MTF² and N̄/DQE.
+    2. The ice signal level and its B-factor are fitted (B on a grid, level by linear least
+       squares) to the part of the radial profile above the detector background.
+    3. :func:`simulated_ice_spectrum` with the fitted optics and detector; both radial
+       profiles are background-subtracted (:func:`cutem.spectra.subtract_background`,
+       window of two Thon-ring periods in q²) and correlated over ``q_range``.
+    """
+    from .params import Detector
+    from .spectra import RadialBins, subtract_background, to_corner
+
+    ps = np.asarray(B.to_numpy(ps), dtype=np.float64)
+    ps = to_corner(ps) if centred else ps
+    shape = ps.shape
+    det0 = Detector(nx=shape[1], ny=shape[0], pixel_size_A=pixel_size_A, dose_e_per_A2=1.0, dqe=1.0,
+                    mtf_a=0.7, mtf_b=0.2, mtf_c=0.1, mtf_alpha=10.0, mtf_beta=40.0, gain=1.0)
+    bins = RadialBins(shape, pixel_size_A)
+    prof = bins.average(ps)
+    # a first noise level from the outer half of the spectrum, so the fit starts nearby
+    level = float(np.median(prof[len(prof) // 2:])) / 0.3 ** 2 / pixel_size_A ** 2
+    det0 = det0.replace(dose_e_per_A2=min(max(level, 1e-9), 1e5))
+    dfit = fit_mtf_blank(None, det0, free=("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "dose_e_per_A2"),
+                         ps=ps, mean=None, weighting="uniform").detector
+    base = simulated_ice_spectrum(shape, pixel_size_A, voltage_kV, cs_mm, ctf, dfit, 0.0, 0.0)
+    sig1 = simulated_ice_spectrum(shape, pixel_size_A, voltage_kV, cs_mm, ctf, dfit, 1.0, 0.0) - base
+    pb, s1 = bins.average(base), bins.average(sig1)
+    sel = (bins.q >= q_range[0]) & (bins.q <= q_range[1])
+    best = None
+    for bf in np.arange(0.0, 400.0, 10.0):
+        g = s1 * np.exp(-0.5 * bf * bins.q ** 2)
+        lv = max(float(np.dot(g[sel], (prof - pb)[sel]) / np.dot(g[sel], g[sel])), 0.0)
+        r = (pb + lv * g - prof)[sel]
+        if best is None or r @ r < best[0]:
+            best = (float(r @ r), lv, bf)
+    sim = simulated_ice_spectrum(shape, pixel_size_A, voltage_kV, cs_mm, ctf, dfit, best[1], best[2])
+    psim = bins.average(sim)
+    lam = _wavelength(voltage_kV)
+    window = 2.0 / (lam * ctf.defocus_mean_A)       # two ring periods in q²
+    wide = (bins.q >= 0.5 * q_range[0]) & (bins.q <= min(1.2 * q_range[1], bins.q.max()))
+    a = subtract_background(prof[wide], bins.q[wide], window)
+    b = subtract_background(psim[wide], bins.q[wide], window)
+    inner = (bins.q[wide] >= q_range[0]) & (bins.q[wide] <= q_range[1])
+    corr = float(np.corrcoef(a[inner], b[inner])[0, 1])
+    if return_profiles:
+        return corr, {"q": bins.q[wide][inner], "real": a[inner], "sim": b[inner], "detector": dfit}
+    return corr
