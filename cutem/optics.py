@@ -200,12 +200,17 @@ def _transfer(geom, p, lam, k, kappa, offset, derivs=False, eta_everywhere=False
     return phase, loge, dphase, dloge
 
 
-def _aperture(geom, q_max, nyquist_cut, xp, dtype):
-    keep = xp.ones(geom.q2.shape, dtype=bool)
+def _aperture(shape, pixel_size_A, q_max, nyquist_cut, xp, dtype, rfft):
+    # decided in float64 whatever the dtype: grid points can lie exactly on the Nyquist
+    # circle, and float32/float64 runs must keep the same frequencies
+    qy, qx = B.freq_grid(shape, pixel_size_A, xp, np.float64, rfft=rfft)
+    q2 = qx * qx + qy * qy
+    keep = xp.ones(q2.shape, dtype=bool)
     if q_max is not None:
-        keep &= geom.q2 <= q_max * q_max
+        keep &= q2 <= q_max * q_max
     if nyquist_cut:
-        keep &= geom.q2 <= geom.q_nyq * geom.q_nyq * (1 + 1e-9)
+        q_nyq = 0.5 / pixel_size_A
+        keep &= q2 <= q_nyq * q_nyq * (1 + 1e-9)
     return keep.astype(dtype)
 
 
@@ -225,7 +230,8 @@ class _OpticsBase(Stage):
         key = (xp.__name__, np.dtype(dtype).name, rfft)
         if key not in self._geom:
             g = _Geometry(self.shape, self.pixel_size_A, xp, dtype, rfft)
-            g.aperture = _aperture(g, self.aperture_q_max, self.nyquist_cut, xp, dtype)
+            g.aperture = _aperture(self.shape, self.pixel_size_A, self.aperture_q_max, self.nyquist_cut,
+                                   xp, dtype, rfft)
             self._geom = {key: g}  # keep one: a stage lives on one device/dtype
         return self._geom[key]
 

@@ -70,7 +70,9 @@ from .electron import interaction_constant, wavelength_A
 
 def bandlimit_mask(shape, pixel_size_A, xp=np, dtype=np.float64, fraction=2.0 / 3.0):
     """1 on the disc |q| ≤ fraction · 1/(2 pixel), else 0, on the FFT grid (DC at [0, 0])."""
-    qy, qx = B.freq_grid(shape, pixel_size_A, xp, dtype)
+    # decided in float64 whatever the dtype, so that float32 and float64 runs keep the same
+    # frequencies (grid points can lie exactly on the circle)
+    qy, qx = B.freq_grid(shape, pixel_size_A, xp, np.float64)
     qc = fraction * 0.5 / pixel_size_A
     return ((qx * qx + qy * qy) <= qc * qc * (1 + 1e-9)).astype(dtype)
 
