@@ -817,5 +817,5 @@ def potential_volume(atoms, shape_zyx, voxel_size_A, *, b_factor_A2=0.0, b_step_
             kern = kern + am * (np.exp(-wd * qz ** 2) * inv_t[0])[:, None, None] * \
                 (np.exp(-wd * qy ** 2) * inv_t[1])[None, :, None] * (np.exp(-wd * qx ** 2) * inv_t[2])[None, None, :]
         acc += spec * kern
-    vol = np.fft.irfftn(acc, s=(nz, ny, nx)).astype(dtype)
+    vol = np.fft.irfftn(acc, s=(nz, ny, nx), axes=(0, 1, 2)).astype(dtype)
     return xp.asarray(vol)

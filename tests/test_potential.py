@@ -1,0 +1,155 @@
+"""Projected potential: analytic single atom, exact Fourier sum, slices, ice, gradients."""
+import numpy as np
+import pytest
+
+from adjoints import check_vjp, REGISTRY
+from cutem import elements as E
+from cutem import potential as P
+from cutem import structure as S
+from cutem.params import Sample
+from cutem.structure import Atoms
+
+
+def _atom(x, y, z=0.0, el=6, b=0.0, occ=1.0):
+    return Atoms(np.array([[x, y, z]]), [0], (el,), [b], [occ])
+
+
+@pytest.mark.parametrize("pos", [(0.0, 0.0), (0.0123, -0.031)])
+def test_single_carbon_matches_analytic_formula(pos):
+    # fine grid (0.005 Å): the atom's transform is negligible beyond Nyquist (q = 100 Å⁻¹)
+    px, n = 0.005, 2048
+    v = P.projected_potential(_atom(*pos), (n, n), px, dtype=np.float64)[0]
+    yy, xx = (np.mgrid[:n, :n] - n / 2) * px
+    ref = E.projected_atom_potential(6, np.hypot(xx - pos[0], yy - pos[1]))
+    assert np.abs(v - ref).max() / ref.max() < 1e-3
+    assert v.sum() * px * px == pytest.approx(E.POTENTIAL_CONSTANT_V_A2 * E.f0(6), rel=1e-9)
+    assert v.sum() * px * px == pytest.approx(120.1, abs=0.05)
+
+
+def test_grid_convention_pixel_centre():
+    # an atom at (3 px, −2 px) peaks at pixel (ny/2 − 2, nx/2 + 3)
+    v = P.projected_potential(_atom(3 * 0.5, -2 * 0.5, b=20), (32, 40), 0.5)[0]
+    assert np.unravel_index(np.argmax(v), v.shape) == (16 - 2, 20 + 3)
+
+
+def test_b_factor_and_occupancy():
+    px, n = 0.1, 256
+    yy, xx = (np.mgrid[:n, :n] - n / 2) * px
+    # on the B lattice; half way between two levels of a 1 Å² lattice; of the default 5 Å² lattice
+    for b, step, tol in ((20.0, 5.0, 1e-5), (22.5, 1.0, 2e-4), (22.5, 5.0, 5e-3)):
+        v = P.projected_potential(_atom(0.03, 0.07, b=b, occ=0.5), (n, n), px, dtype=np.float64,
+                                  spread_order=3, b_step_A2=step)[0]
+        ref = 0.5 * E.projected_atom_potential(6, np.hypot(xx - 0.03, yy - 0.07), b)
+        assert np.linalg.norm(v - ref) / np.linalg.norm(ref) < tol
+
+
+def test_tmv_fragment_matches_exact_fourier_sum():
+    frag = S.tmv_fragment()
+    assert frag.n == 62671
+    ref = P.exact_fourier_potential(frag, (96, 96), 1.0)[0]
+    cubic = P.projected_potential(frag, (96, 96), 1.0, dtype=np.float64, spread_order=3)[0]
+    lin = P.projected_potential(frag, (96, 96), 1.0, dtype=np.float64)[0]
+    err3 = np.linalg.norm(cubic - ref) / np.linalg.norm(ref)
+    err1 = np.linalg.norm(lin - ref) / np.linalg.norm(ref)
+    assert err3 < 1e-3          # cubic B-spline scatter
+    assert err1 < 1e-2          # bilinear (the fast default): measured 6e-3
+    assert cubic.mean() == pytest.approx(ref.mean(), rel=1e-9)
+
+
+def test_slices_add_up_to_the_projection_and_hold_their_atoms():
+    rng = np.random.default_rng(3)
+    pos = rng.uniform(-8, 8, (40, 3))
+    atoms = Atoms(pos, rng.integers(0, 2, 40), (6, 8), np.full(40, 30.0), np.ones(40))
+    one = P.projected_potential(atoms, (32, 32), 1.0, dtype=np.float64)[0]
+    sl = P.projected_potential(atoms, (32, 32), 1.0, slice_thickness_A=4.0, z_range_A=(-8, 8), dtype=np.float64)
+    assert sl.shape == (4, 32, 32)
+    np.testing.assert_allclose(sl.sum(0), one, atol=1e-9 * np.abs(one).max())
+    # each slice integrates to K Σ f(0) of the atoms whose centre it holds
+    f0 = np.array([E.f0(6), E.f0(8)])[atoms.elements] * E.POTENTIAL_CONSTANT_V_A2
+    s = np.floor((pos[:, 2] + 8) / 4).astype(int)
+    np.testing.assert_allclose(sl.sum((1, 2)), np.bincount(s, f0, minlength=4), rtol=1e-9)
+
+
+def test_float32_agrees_with_float64():
+    frag = S.tmv_fragment()
+    a = P.projected_potential(frag, (128, 128), 1.0, dtype=np.float32)[0]
+    b = P.projected_potential(frag, (128, 128), 1.0, dtype=np.float64)[0]
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-5
+
+
+def test_ice_mean_potential_per_angstrom():
+    s = Sample(diameter_A=1e6, thickness_center_A=400.0, thickness_edge_A=400.0)
+    v = P.ice_potential(s, (32, 32), 4.0)[0]
+    assert v.mean() / 400.0 == pytest.approx(4.88, rel=0.01)
+    sl = P.ice_potential(s, (32, 32), 4.0, slice_thickness_A=30.0, z_range_A=(-250, 250))
+    np.testing.assert_allclose(sl.sum(0), v, rtol=1e-5)
+    # tilted by 60°, the beam crosses twice as much ice
+    t = P.ice_potential(s, (32, 32), 4.0, tilt_deg=60.0)[0]
+    assert t.mean() == pytest.approx(2 * v.mean(), rel=1e-5)
+
+
+def test_ice_follows_the_hole_profile():
+    s = Sample(diameter_A=200.0, thickness_center_A=50.0, thickness_edge_A=150.0)
+    v = P.ice_potential(s, (64, 64), 5.0, dtype=np.float64)[0] / P.ice_potential_V()
+    assert v[32, 32] == pytest.approx(50.0)            # centre
+    assert v[32, 32 + 10] == pytest.approx(50 + 100 * (2 * 50 / 200) ** 2)   # r = 50 Å
+    assert v[0, 0] == pytest.approx(150.0)             # outside the hole: ice at thickness_edge
+    c = P.ice_potential(s.replace(support_film="carbon", support_thickness_A=120.0), (64, 64), 5.0)[0]
+    assert c[0, 0] == pytest.approx(120 * P.carbon_potential_V(), rel=1e-5)
+
+
+def test_displaced_solvent_is_subtracted_once():
+    atoms = Atoms(np.array([[0.0, 0, 0], [3.0, 1, 0]]), [0, 1], (6, 8), [20, 20], [1, 1])
+    vice = P.ice_potential_V()
+    v = P.projected_potential(atoms, (64, 64), 0.5, dtype=np.float64, solvent_V=vice)[0]
+    expect = E.POTENTIAL_CONSTANT_V_A2 * (E.f0(6) + E.f0(8)) - vice * P.VOLUME_PER_DALTON_A3 * (
+        P.atomic_mass_Da(6) + P.atomic_mass_Da(8))
+    assert v.sum() * 0.25 == pytest.approx(expect, rel=1e-9)
+
+
+def test_volume_projects_to_the_projected_potential():
+    frag = S.tmv_fragment()
+    vol = P.potential_volume(frag, (128, 64, 64), 2.0, dtype=np.float64)
+    proj = P.projected_potential(frag, (64, 64), 2.0, dtype=np.float64)[0]
+    np.testing.assert_allclose(vol.sum(0) * 2.0, proj, rtol=1e-8, atol=1e-8 * proj.max())
+
+
+def test_scene_potential_complex_with_absorption():
+    from cutem.specimen import scene_from_list
+
+    frag = S.tmv_fragment()
+    scene = scene_from_list(frag, [(0, 0, 0, 0, 90, 0)], sample=Sample(diameter_A=1e5, thickness_center_A=300,
+                                                                        thickness_edge_A=300, ice_absorption=0.02))
+    v = P.scene_potential(scene, (128, 128), 2.0, absorption=0.1)
+    assert np.iscomplexobj(v)
+    real = P.scene_potential(scene.__class__(scene.particles, scene.sample.replace(ice_absorption=0.0)), (128, 128), 2.0)
+    np.testing.assert_allclose(v.real, real, rtol=1e-5, atol=1e-3)
+    vice = P.ice_potential(scene.sample, (128, 128), 2.0)
+    np.testing.assert_allclose(v.imag, 0.1 * (real - vice) + 0.02 * vice, rtol=1e-4, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["cutem.potential.ProjectedPotentialStage", "cutem.potential.IcePotentialStage"])
+def test_stage_vjps_match_finite_differences(name):
+    cls = REGISTRY[name]
+    for stage, inputs in cls.cases(np, np.float64, np.random.default_rng(0)):
+        r = check_vjp(stage, inputs, tol=1e-6)
+        assert r.passed, r.details
+
+
+def test_stage_forward_equals_function():
+    frag = S.tmv_fragment().select(slice(0, 3000))
+    st = P.ProjectedPotentialStage(frag, (64, 64), 1.0)
+    out = st(frag.positions, frag.b_factors.astype(np.float64), np.asarray(2.0))
+    ref = P.projected_potential(frag, (64, 64), 1.0, dtype=np.float64, scale=2.0)
+    np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10 * ref.max())
+
+
+def test_bad_arguments():
+    from cutem.errors import InputError
+
+    with pytest.raises(InputError):
+        P.projected_potential(_atom(0, 0), (64, 64), 0.0)
+    with pytest.raises(InputError):
+        P.projected_potential(_atom(0, 0), (64, 64), 1.0, slice_thickness_A=-1)
+    with pytest.raises(InputError):
+        P.projected_potential(_atom(0, 0, b=5), (64, 64), 1.0, b_factor_A2=-10)
