@@ -14,11 +14,11 @@ Public API (names are stable; other modules depend on them)
     0-d arrays of those parameters from a :class:`cutem.params.Optics` (mm/deg
     converted to Å/rad). Pass them (or Vars made from them) to the stages below.
 
-``TransferFunction(shape, pixel_size_A, voltage_kV, aperture_q_max=None, nyquist_cut=True, defocus_offset_A=0.0)``
+``TransferFunction(shape, pixel_size_A, voltage_kV, aperture_q_max=None, nyquist_cut=True, defocus_offset_A=0.0, param_grads=True)``
     Stage. ``forward(wave, *params)`` with ``wave`` complex (..., ny, nx) in real space
     (the exit wave, plane-wave amplitude 1) and the nine 0-d parameters in ``PARAM_NAMES``
     order; returns the image wave in real space. VJPs for the wave and every parameter.
-    ``TransferFunction.from_optics(optics, shape, pixel_size_A, defocus_offset_A=0.0)``.
+    ``TransferFunction.from_optics(optics, shape, pixel_size_A, defocus_offset_A=0.0, nyquist_cut=True, param_grads=True)``.
 
 ``CTF2D(shape, pixel_size_A, voltage_kV, aperture_q_max=None, nyquist_cut=True, rfft=False, envelope=True)``
     Stage. ``forward(*params)`` returns the real CTF sin-form on the FFT grid (DC at [0, 0];
@@ -154,8 +154,9 @@ class _Geometry:
 def _transfer(geom, p, lam, k, kappa, offset, derivs=False, eta_everywhere=False, xp=np):
     """Phase χ̃ = χ + η s, log-envelope, and (optionally) their parameter derivatives.
 
-    ``p`` are the nine parameters (0-d arrays). Returns ``(phase, logE, dphase, dlogE)``
-    with ``dphase[i]``/``dlogE[i]`` the derivatives for parameter i (None if zero).
+    ``p`` are the nine parameters (0-d arrays). Returns ``(phase, logE, pairs)`` with
+    ``pairs`` (when ``derivs``) an iterator over the parameters in :data:`PARAM_NAMES`
+    order giving ``(∂phase/∂p, ∂logE/∂p)``, None where identically zero.
     """
     u, v, ta, cs, al_mrad, de, cc, w, ph = p
     al = al_mrad * 1e-3  # the input is in mrad (keeps it O(1) for optimisers and checks)
@@ -176,28 +177,27 @@ def _transfer(geom, p, lam, k, kappa, offset, derivs=False, eta_everywhere=False
     loge = (-0.25 * a2 * df * df * xi2 + (0.5 * df * cs * a2 - temporal) * xi4 / k ** 2
             - 0.25 * cs * cs * a2 * xi6 / k ** 4)
     if not derivs:
-        return phase, loge, None, None
+        return phase, loge, None
 
-    dchi_ddf = math.pi * lam * q2
-    dloge_ddf = -0.5 * a2 * df * xi2 + 0.5 * cs * a2 * xi4 / k ** 2
-    ddf = (0.5 * (1 + cos_d), 0.5 * (1 - cos_d), (u - v) * sin_d)
-    dphase = [dchi_ddf * d for d in ddf]
-    dloge = [dloge_ddf * d for d in ddf]
-    dphase.append(-0.5 * math.pi * lam ** 3 * q4)                       # Cs
-    dloge.append(0.5 * df * a2 * xi4 / k ** 2 - 0.5 * cs * a2 * xi6 / k ** 4)
-    dphase.append(None)                                                 # α
-    dloge.append(2e-3 * al * (-0.25 * df * df * xi2 + 0.5 * df * cs * xi4 / k ** 2
-                           - 0.25 * cs * cs * xi6 / k ** 4))
-    kk = (kappa * kappa) / 16.0 * xi4 / k ** 2
-    dphase.append(None)                                                 # ΔE
-    dloge.append(-2 * de * (cc * cc) * kk)
-    dphase.append(None)                                                 # Cc
-    dloge.append(-2 * cc * (de * de) * kk)
-    dphase.append(s / xp.sqrt(1 - w * w))                               # w
-    dloge.append(None)
-    dphase.append(s * 1.0)                                              # φ
-    dloge.append(None)
-    return phase, loge, dphase, dloge
+    def pairs():
+        # one (∂χ̃/∂p, ∂log E/∂p) pair at a time, so the backward holds one extra grid,
+        # not nine (None where a derivative is identically zero)
+        dchi_ddf = math.pi * lam * q2
+        dloge_ddf = -0.5 * a2 * df * xi2 + 0.5 * cs * a2 * xi4 / k ** 2
+        for d in (0.5 * (1 + cos_d), 0.5 * (1 - cos_d), None):          # u, v, θa
+            d = (u - v) * sin_d if d is None else d
+            yield dchi_ddf * d, dloge_ddf * d
+        yield (-0.5 * math.pi * lam ** 3 * q4,                           # Cs
+               0.5 * df * a2 * xi4 / k ** 2 - 0.5 * cs * a2 * xi6 / k ** 4)
+        yield None, 2e-3 * al * (-0.25 * df * df * xi2 + 0.5 * df * cs * xi4 / k ** 2   # α (mrad)
+                                 - 0.25 * cs * cs * xi6 / k ** 4)
+        kk = (kappa * kappa) / 16.0 * xi4 / k ** 2
+        yield None, -2 * de * (cc * cc) * kk                             # ΔE
+        yield None, -2 * cc * (de * de) * kk                             # Cc
+        yield s / xp.sqrt(1 - w * w), None                               # w
+        yield s * 1.0 + 0 * q2, None                                     # φ
+
+    return phase, loge, pairs()
 
 
 def _aperture(shape, pixel_size_A, q_max, nyquist_cut, xp, dtype, rfft):
@@ -265,25 +265,29 @@ class TransferFunction(_OpticsBase):
         *below* (down-beam of) the specimen centre plane; 0 for the phase object and the
         centre-referenced multislice, +T/2 for a wave at the exit surface of a box of
         thickness T (module docstring).
+    param_grads : when False the backward returns only the wave's cotangent (saves nine
+        grid-sized reductions when only the potential is differentiated).
     """
 
     def __init__(self, shape, pixel_size_A, voltage_kV, aperture_q_max=None, nyquist_cut=True,
-                 defocus_offset_A=0.0):
+                 defocus_offset_A=0.0, param_grads=True):
         super().__init__(shape, pixel_size_A, voltage_kV, aperture_q_max, nyquist_cut)
         self.defocus_offset_A = float(defocus_offset_A)
+        self.param_grads = bool(param_grads)
 
     @classmethod
-    def from_optics(cls, optics, shape, pixel_size_A, defocus_offset_A=0.0, nyquist_cut=True):
+    def from_optics(cls, optics, shape, pixel_size_A, defocus_offset_A=0.0, nyquist_cut=True,
+                    param_grads=True):
         return cls(shape, pixel_size_A, optics.voltage_kV, aperture_cutoff_per_A(optics),
-                   nyquist_cut, defocus_offset_A)
+                   nyquist_cut, defocus_offset_A, param_grads)
 
     def transfer(self, params, xp, dtype, derivs=False):
         """H(q) on the full FFT grid (and the derivative pieces)."""
         g = self.geometry(xp, dtype)
-        phase, loge, dph, dle = _transfer(g, params, self.lam, self.k, self.kappa,
+        phase, loge, pairs = _transfer(g, params, self.lam, self.k, self.kappa,
                                           self.defocus_offset_A, derivs, False, xp)
         h = (xp.exp(1j * phase + loge) * g.aperture).astype(B.complex_dtype(dtype))
-        return h, dph, dle
+        return h, pairs
 
     def forward(self, ctx, wave, *params):
         if len(params) != N_PARAMS:
@@ -292,7 +296,7 @@ class TransferFunction(_OpticsBase):
             raise ValueError(f"wave shape {wave.shape} does not match the stage's {self.shape}")
         xp = B.array_module(wave)
         rdt = B.real_dtype(wave.dtype)
-        h, _, _ = self.transfer(params, xp, rdt)
+        h, _ = self.transfer(params, xp, rdt)
         spec = B.fft2(wave)
         ctx.spec, ctx.h, ctx.params = spec, h, params
         return B.ifft2(spec * h)
@@ -302,13 +306,15 @@ class TransferFunction(_OpticsBase):
         G = B.fft2(g)
         g_wave = B.ifft2(xp.conj(ctx.h) * G)
         rdt = B.real_dtype(ctx.h.dtype)
-        _, dph, dle = self.transfer(ctx.params, xp, rdt, derivs=True)
+        if not self.param_grads:
+            return (g_wave,) + (None,) * N_PARAMS
+        _, pairs = self.transfer(ctx.params, xp, rdt, derivs=True)
         n = self.shape[0] * self.shape[1]
         kk = xp.conj(G) * ctx.spec * ctx.h / n
         kk = kk.reshape((-1,) + self.shape).sum(axis=0)
         re, im = kk.real, kk.imag
         out = [g_wave]
-        for a, b in zip(dph, dle):
+        for a, b in pairs:
             tot = 0.0
             if a is not None:
                 tot = tot - (im * a).sum()
@@ -357,7 +363,7 @@ class CTF2D(_OpticsBase):
         xp = B.array_module(*params)
         rdt = np.result_type(*[getattr(p, "dtype", np.float64) for p in params])
         g = self.geometry(xp, rdt, self.rfft)
-        phase, loge, _, _ = _transfer(g, params, self.lam, self.k, self.kappa, 0.0, False, True, xp)
+        phase, loge, _ = _transfer(g, params, self.lam, self.k, self.kappa, 0.0, False, True, xp)
         env = xp.exp(loge) * g.aperture if self.envelope else g.aperture
         ctx.params, ctx.rdt = params, rdt
         ctx.phase, ctx.env = phase, env
@@ -366,11 +372,11 @@ class CTF2D(_OpticsBase):
     def vjp(self, ctx, g):
         xp = B.array_module(g)
         geom = self.geometry(xp, ctx.rdt, self.rfft)
-        _, _, dph, dle = _transfer(geom, ctx.params, self.lam, self.k, self.kappa, 0.0, True, True, xp)
+        _, _, pairs = _transfer(geom, ctx.params, self.lam, self.k, self.kappa, 0.0, True, True, xp)
         a = -xp.cos(ctx.phase) * ctx.env * g
         b = -xp.sin(ctx.phase) * ctx.env * g
         out = []
-        for dp, dl in zip(dph, dle):
+        for dp, dl in pairs:
             tot = 0.0
             if dp is not None:
                 tot = tot + (a * dp).sum()
