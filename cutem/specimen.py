@@ -202,7 +202,7 @@ def random_rotations(n, rng):
 
 def random_scene(atoms: Atoms, *, region_A, count=None, concentration_per_um3=None, sample=None,
                  seed=0, rng=None, max_tries=200000, name="particle", keep_in_ice=True,
-                 margin_A=0.0) -> Scene:
+                 margin_A=0.0, where="volume", existing=None) -> Scene:
     """Particles at random non-overlapping positions and uniformly random orientations.
 
     Parameters
@@ -218,6 +218,11 @@ def random_scene(atoms: Atoms, *, region_A, count=None, concentration_per_um3=No
         The ice layer; with ``keep_in_ice`` every particle lies entirely inside the ice
         (|z| + radius ≤ h/2 at its xy) — a particle that cannot fit is an error.
     seed, rng : reproducible draws.
+    where : str
+        ``"volume"`` (anywhere in the ice), ``"top"`` / ``"bottom"`` (touching the surface the
+        beam meets first, z < 0 / last, z > 0; TEM-simulator's particleset ``where``).
+    existing : Scene or None
+        Particles already placed, which the new ones must not overlap.
 
     Overlap is judged on bounding spheres (radius = farthest atom from the centre, plus
     ``margin_A``), which is conservative for elongated particles.
@@ -236,7 +241,11 @@ def random_scene(atoms: Atoms, *, region_A, count=None, concentration_per_um3=No
     count = int(count)
     if count < 0:
         raise InputError(f"particle count {count} must be >= 0")
+    if where not in ("volume", "top", "bottom"):
+        raise InputError(f"random placement where = {where!r}: volume, top or bottom")
     centres = np.zeros((0, 3))
+    old_c = np.array([p.translation for p in existing.particles]) if existing is not None and len(existing) else np.zeros((0, 3))
+    old_r = np.array([p.atoms.radius() for p in existing.particles]) if len(old_c) else np.zeros(0)
     tries = 0
     while len(centres) < count:
         tries += 1
@@ -254,11 +263,13 @@ def random_scene(atoms: Atoms, *, region_A, count=None, concentration_per_um3=No
                     raise InputError(f"particle diameter {2 * r:.0f} Å does not fit in the ice "
                                      f"({2 * half:.0f} Å thick here); thicken the ice or keep_in_ice=False")
                 continue
-            zc = rng.uniform(-room, room)
+            zc = rng.uniform(-room, room) if where == "volume" else (-room if where == "top" else room)
         else:
             zc = rng.uniform(-half, half) if half > 0 else 0.0
         c = np.array([x, y, zc])
         if len(centres) and (((centres - c) ** 2).sum(1) < (2 * r) ** 2).any():
+            continue
+        if len(old_c) and (np.sqrt(((old_c - c) ** 2).sum(1)) < old_r + r).any():
             continue
         centres = np.vstack([centres, c])
     sc = Scene(sample=sample)
@@ -377,6 +388,35 @@ def scene_from_tem_simulator(path, seed=0, field_A=None) -> Scene:
     return scene
 
 
+def scene_from_config(cfg) -> Scene:
+    """Scene of a :class:`cutem.config.RunConfig`: its sample and particle specifications
+    (placement ``file`` / ``list`` / ``random``; random draws from ``cfg.seed``, inside the
+    detector's field of view, without overlapping earlier particles)."""
+    sample = cfg.sample
+    rng = np.random.default_rng(cfg.seed)
+    scene = Scene(sample=sample)
+    cache = {}
+    det = cfg.detector
+    region = (det.nx * det.pixel_size_A, det.ny * det.pixel_size_A)
+    for spec in cfg.particles:
+        key = (spec.structure, spec.transforms, spec.assembly, spec.hydrogens, spec.infer_elements)
+        if key not in cache:
+            cache[key] = load_particle(spec.structure, spec.transforms, assembly=0 if spec.assembly else None,
+                                       hydrogens=spec.hydrogens, infer_elements=spec.infer_elements)
+        atoms = cache[key]
+        if spec.placement == "file":
+            sub = scene_from_coord_file(atoms, spec.coords_file, sample, spec.name)
+        elif spec.placement == "list":
+            ori = spec.orientations_deg or [(0.0, 0.0, 0.0)] * len(spec.positions_A)
+            sub = scene_from_list(atoms, [tuple(p) + tuple(o) for p, o in zip(spec.positions_A, ori)], sample,
+                                  spec.name)
+        else:
+            sub = random_scene(atoms, region_A=region, count=spec.count, sample=sample, rng=rng, name=spec.name,
+                               where=spec.where, existing=scene)
+        scene.particles.extend(sub.particles)
+    return scene
+
+
 def default_scene() -> Scene:
     """The embedded TEM-simulator TMV example: three 62,671-atom fragments in 50-100 nm of ice."""
     from importlib import resources
@@ -386,4 +426,5 @@ def default_scene() -> Scene:
 
 __all__ = ["tilt_matrix", "ice_thickness_A", "support_thickness_A", "Particle", "Scene", "read_coord_file",
            "scene_from_list", "scene_from_coord_file", "random_rotations", "random_scene",
-           "parse_tem_simulator", "sample_from_tem_simulator", "scene_from_tem_simulator", "default_scene"]
+           "parse_tem_simulator", "sample_from_tem_simulator", "scene_from_tem_simulator", "scene_from_config",
+           "default_scene"]
