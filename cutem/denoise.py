@@ -339,9 +339,9 @@ def default_structures():
 class SimulatorPairs:
     """Training pairs from the simulator: ``pairs(rng) -> (noisy, target)``.
 
-    Each call draws a new scene and imaging condition: 1 ≤ n particles (random
-    structures from ``structures``, random positions and orientations, placed by the
-    specimen builder) in ice of a random thickness, a random defocus (with up to
+    Each call draws a new scene and imaging condition: n particles (random structures
+    from ``structures``, random non-overlapping positions, uniformly random orientations)
+    in ice of a random thickness, a random defocus (with up to
     ``astigmatism_A`` of astigmatism at a random angle), a random dose and, when
     ``tilt_range`` is not (0, 0), a random tilt. Optics, sample and simulation settings
     come from ``base`` (a :class:`cutem.config.RunConfig`; default: cutem's embedded TMV
@@ -371,6 +371,7 @@ class SimulatorPairs:
                            for s in (structures or default_structures())]
         self.detector = detector or self.base.detector
         self.noise2noise, self.xp = bool(noise2noise), xp
+        self._cache = {}
 
     def describe(self):
         """JSON-able record of the ranges (stored in checkpoints)."""
@@ -408,13 +409,50 @@ class SimulatorPairs:
                          geometry=Geometry(tilt_angles_deg=(tilt,)), particles=tuple(particles),
                          seed=int(rng.integers(2**31)))
 
+    def _atoms(self, i):
+        from .structure import load_particle
+
+        if i not in self._cache:
+            path, transforms = self.structures[i]
+            self._cache[i] = load_particle(path, transforms, infer_elements=True)
+        return self._cache[i]
+
+    def scene(self, cfg, rng):
+        """The particles of ``cfg`` at random non-overlapping positions (bounding spheres) in
+        the field, with uniformly random orientations, inside the ice where they fit
+        (centred in z otherwise)."""
+        from .specimen import Scene, random_rotations
+
+        det = cfg.detector
+        w, h = det.nx * det.pixel_size_A, det.ny * det.pixel_size_A
+        thick = cfg.sample.thickness_center_A
+        sc = Scene(sample=cfg.sample)
+        centres, radii = [], []
+        for spec in cfg.particles:
+            i = int(spec.name[1:])
+            atoms = self._atoms(i)
+            r = float(atoms.radius())
+            for _ in range(spec.count):
+                for _try in range(200):
+                    c = np.array([rng.uniform(-w / 2, w / 2), rng.uniform(-h / 2, h / 2), 0.0])
+                    room = thick / 2 - r
+                    c[2] = rng.uniform(-room, room) if room > 0 else 0.0
+                    if all(np.sum((c[:2] - c2[:2]) ** 2) >= (r + r2) ** 2 for c2, r2 in zip(centres, radii)):
+                        break
+                else:
+                    continue  # the field is full: fewer particles this time
+                centres.append(c)
+                radii.append(r)
+                sc.add(atoms, random_rotations(1, rng)[0], c, spec.name)
+        return sc
+
     def __call__(self, rng):
-        from .pipeline import Grid, build_scene, image_model, specimen_potential, tilt_settings
+        from .pipeline import Grid, image_model, specimen_potential, tilt_settings
 
         cfg = self.config(rng)
         xp = self.xp
         grid = Grid.from_config(cfg)
-        scene = build_scene(cfg)
+        scene = self.scene(cfg, rng)
         angle, optics, detector = tilt_settings(cfg, 0)
         atoms = scene.atoms(angle, cfg.geometry.tilt_axis_deg)
         v, v_abs = specimen_potential(atoms, cfg, grid, angle, xp, np.dtype(cfg.simulation.dtype))
