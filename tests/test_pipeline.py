@@ -1,0 +1,109 @@
+"""The whole microscope: vacuum counts, gradients of the full chain, multislice vs phase object."""
+from importlib.resources import files
+
+import numpy as np
+import pytest
+
+from adjoints import Tape, ops, taylor_test
+from cutem import detector as D
+from cutem.config import ParticleSpec, RunConfig
+from cutem.params import Detector, Geometry, Optics, Sample, Simulation
+from cutem.pipeline import Grid, build_scene, image_model, simulate, specimen_potential, value_and_grad_image
+
+SUBUNIT = str(files("cutem.data") / "tmv" / "2OM3_model1.pdb")
+
+
+def small_config(method="projection", particles=True, ice=True, dtype="float64", **det):
+    detector = Detector(nx=48, ny=48, pixel_size_A=3.0, dose_e_per_A2=20.0, dqe=0.6, mtf_a=0.7, mtf_b=0.2,
+                        mtf_c=0.1, mtf_alpha=10.0, mtf_beta=40.0, gain=2.0, **det)
+    parts = (ParticleSpec(name="cp", structure=SUBUNIT, placement="list", positions_A=((0.0, 0.0, 0.0),),
+                          orientations_deg=((0.0, 30.0, 0.0),)),) if particles else ()
+    return RunConfig(optics=Optics(voltage_kV=300, defocus_u_A=15000, defocus_v_A=13000, astigmatism_angle_deg=20,
+                                   cs_mm=2.7, illumination_angle_mrad=0.05, energy_spread_eV=0.8),
+                     detector=detector, sample=Sample(thickness_center_A=200, thickness_edge_A=300, ice=ice),
+                     simulation=Simulation(method=method, slice_thickness_A=25.0, dtype=dtype, oversampling=2),
+                     geometry=Geometry(tilt_angles_deg=(0.0, 30.0)), particles=parts, seed=3)
+
+
+def test_vacuum_noise_free_image_is_exactly_gain_dose_pixel_area():
+    cfg = small_config(particles=False, ice=False)
+    res = simulate(cfg)
+    expected = cfg.detector.gain * cfg.detector.dose_e_per_A2 * cfg.detector.pixel_size_A ** 2
+    np.testing.assert_allclose(res.noise_free, expected, rtol=1e-6)
+    # the noisy image is unbiased: its mean over the field matches within 3 standard errors
+    n = res.images.size
+    std_counts = np.sqrt(cfg.detector.dose_e_per_A2 * cfg.detector.pixel_size_A ** 2 / cfg.detector.dqe)
+    assert abs(res.images.mean() - expected) < 3 * cfg.detector.gain * std_counts / np.sqrt(n) * 1.0 + 1e-9
+
+
+def test_particle_makes_contrast_and_mean_follows_dose():
+    cfg = small_config()
+    res = simulate(cfg)
+    nf = res.noise_free[0]
+    flat = cfg.detector.gain * cfg.detector.dose_e_per_A2 * cfg.detector.pixel_size_A ** 2
+    assert res.atoms_count == 1279  # 2OM3 model 1 without hydrogens
+    assert nf.std() / flat > 0.005          # the protein is visible in the noise-free image
+    assert abs(nf.mean() / flat - 1) < 0.02  # phase contrast moves little mean intensity
+    assert not np.allclose(res.noise_free[0], res.noise_free[1])  # tilts differ
+
+
+def _chain(v, cfg, grid, draws, target):
+    optics, detector = cfg.optics, cfg.detector
+    det = image_model(v, None, cfg, grid, optics, detector, estimator="pathwise", draws=draws)
+    return ops.mean(ops.square(det.image - target))
+
+
+def test_taylor_test_of_whole_pipeline_with_fixed_noise():
+    cfg = small_config()
+    grid = Grid.from_config(cfg)
+    scene = build_scene(cfg)
+    v, _ = specimen_potential(scene.atoms(0.0), cfg, grid, 0.0, np, np.float64)
+    det0 = image_model(v, None, cfg, grid, cfg.optics, cfg.detector, rng=1, estimator="pathwise")
+    target = det0.image * 1.01 + 0.5
+    draws = det0.draws
+    with Tape() as tape:
+        vv = tape.watch(v)
+        loss = _chain(vv, cfg, grid, draws, target)
+        (g,) = tape.gradient(loss, [vv])
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal(v.shape) * np.abs(v).max()
+    f = lambda x: _chain(x, cfg, grid, draws, target)
+    res = taylor_test(f, v, d, g, h0=1e-2)
+    assert res.passed, (res.slopes0, res.slopes1)
+    assert np.median(res.slopes1) == pytest.approx(2.0, abs=0.25)
+
+
+@pytest.mark.parametrize("name", ["defocus_u_A", "astigmatism_angle_rad", "mtf_alpha", "gain", "dose_e_per_A2"])
+def test_parameter_gradient_matches_finite_difference(name):
+    cfg = small_config()
+    scene = build_scene(cfg)
+    target = simulate(cfg).images[0] * 0.98
+    loss = lambda img: ops.mean(ops.square(img - target))
+    val, grads, det = value_and_grad_image(cfg, loss, [name], scene=scene, estimator="pathwise")
+    base = {**__import__("cutem.optics", fromlist=["x"]).optics_inputs(cfg.optics),
+            **D.detector_inputs(cfg.detector)}
+    x0 = float(base[name])
+    h = 1e-5 * max(abs(x0), 1.0)
+
+    def at(x):
+        grid = Grid.from_config(cfg)
+        v, _ = specimen_potential(scene.atoms(0.0), cfg, grid, 0.0, np, np.float64)
+        det_ = image_model(v, None, cfg, grid, cfg.optics, cfg.detector, estimator="pathwise",
+                           draws=det.draws, params={name: np.asarray(x)})
+        return float(loss(det_.image))
+
+    fd = (at(x0 + h) - at(x0 - h)) / (2 * h)
+    assert float(grads[name]) == pytest.approx(fd, rel=1e-5, abs=1e-12)
+
+
+def test_multislice_matches_phase_object_for_thin_specimen():
+    base = small_config(ice=False)
+    proj = simulate(base.replace(geometry=Geometry(tilt_angles_deg=(0.0,)))).noise_free[0]
+    ms = simulate(base.replace(geometry=Geometry(tilt_angles_deg=(0.0,)),
+                               simulation=base.simulation.replace(method="multislice", slice_thickness_A=10.0))
+                  ).noise_free[0]
+    flat = proj.mean()
+    contrast = np.linalg.norm(proj - flat)
+    # a ~50 Å protein: propagation inside it changes the image by a few percent of the contrast
+    assert np.linalg.norm(ms - proj) / contrast < 0.1
+    assert np.linalg.norm(ms - proj) / contrast > 1e-6  # and multislice really propagated
