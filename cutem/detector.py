@@ -17,7 +17,7 @@ Public API (names are stable; other modules depend on them)
     The TEM-simulator MTF (gain included) on the FFT grid of ``shape`` (DC at [0, 0]);
     ``params`` is a Detector or a dict with the :data:`MTF_PARAM_NAMES` keys.
 
-``detect(intensity, detector, rng=None, estimator="pathwise", params=None, draws=None, noise_free=False, dqe_curve=None)``
+``detect(intensity, detector, rng=None, estimator="pathwise", params=None, draws=None, noise_free=False, dqe_curve=None, xp=None)``
     The whole detector on the tape (see the function). Returns a :class:`Detection`
     ``(image, noise_free, log_prob, expected_counts, draws)``.
 
@@ -486,7 +486,7 @@ def score_surrogate(loss, log_prob, baseline=0.0):
 
 
 def detect(intensity, detector, rng=None, estimator="pathwise", params=None, draws=None,
-           noise_free=False, dqe_curve=None):
+           noise_free=False, dqe_curve=None, xp=None):
     """Counts on the detector for ``intensity`` (array or Var, (..., ny, nx), 1 = vacuum).
 
     Parameters
@@ -502,8 +502,14 @@ def detect(intensity, detector, rng=None, estimator="pathwise", params=None, dra
     noise_free : also return gain · MTF ⊛ N̄.
     dqe_curve : ``(x_frac_nyquist, dqe)`` for noise shaping (default: ``detector.dqe_curve``
         loaded with :func:`load_dqe_curve`); pathwise only.
+    xp : array module to run on (default: the intensity's own); a plain array on another
+        device is moved there once (a Var must already live there).
     """
     val = unwrap(intensity)
+    if xp is not None and B.array_module(val) is not xp:
+        if isinstance(intensity, Var):
+            raise ValueError("detect: the intensity Var lives on another device than xp")
+        intensity = val = B.asarray(val, xp)
     xp = B.array_module(val)
     rdt = _rdt(val)
     inputs = detector_inputs(detector, xp, rdt)
