@@ -183,3 +183,12 @@ def test_exit_wave_convenience_dispatches(atoms):
     assert np.array_equal(b, Multislice((N_PIX, N_PIX), PX, KV, 5.0)(v))
     with pytest.raises(ValueError):
         exit_wave(v, KV, PX, "multislice")
+
+
+@pytest.mark.gpu
+def test_multislice_on_gpu_matches_cpu(atoms):
+    import cupy as cp
+    v = _slices(atoms, 20.0, 4)
+    a = Multislice((N_PIX, N_PIX), PX, KV, 5.0)(v)
+    b = Multislice((N_PIX, N_PIX), PX, KV, 5.0)(cp.asarray(v))
+    assert np.max(np.abs(a - cp.asnumpy(b))) < 1e-12
