@@ -1,5 +1,4 @@
 """Detector: dose, MTF reference values, noise power spectra, estimators, VJPs."""
-import math
 
 import numpy as np
 import pytest
