@@ -141,6 +141,26 @@ def _check_truncated(path):
                 raise InputError(f"{path}: line {lineno} is a truncated ATOM/HETATM record")
 
 
+def _normalise_alternates(occ, site):
+    """Scale the alternate locations of each atom so that those present sum to one atom.
+
+    Ensemble models such as 2OM3 store one conformer per MODEL as altloc A..E with
+    occupancy 0.2 each; taking model 1 alone must still give whole atoms. Where all the
+    alternates of a site are in the model (the usual crystallographic case) their
+    occupancies already sum to one and nothing changes; atoms without an altloc keep
+    their occupancy (a partially occupied ligand stays partial).
+    """
+    groups = {}
+    for i, key in enumerate(site):
+        if key is not None:
+            groups.setdefault(key, []).append(i)
+    for idx in groups.values():
+        total = float(occ[idx].sum())
+        if total > 0:
+            occ[idx] = occ[idx] / total
+    return occ
+
+
 def read_structure(path, *, hydrogens=True, infer_elements=False, model=0, with_chains=False):
     """Atoms of the first model of a PDB or mmCIF file.
 
@@ -179,7 +199,7 @@ def read_structure(path, *, hydrogens=True, infer_elements=False, model=0, with_
                          f"{'' if len(st) else ' at all'})")
     st.setup_entities()
     m = st[model]
-    zs, pos, bs, occ, chains, subs = [], [], [], [], [], []
+    zs, pos, bs, occ, chains, subs, site = [], [], [], [], [], [], []
     for ch in m:
         for res in ch:
             sub = res.subchain
@@ -200,6 +220,7 @@ def read_structure(path, *, hydrogens=True, infer_elements=False, model=0, with_
                 pos.append((p.x, p.y, p.z))
                 bs.append(at.b_iso)
                 occ.append(at.occ)
+                site.append((ch.name, res.seqid.num, res.seqid.icode, at.name) if at.altloc != "\0" else None)
                 if with_chains:
                     chains.append(ch.name)
                     subs.append(sub)
@@ -213,6 +234,7 @@ def read_structure(path, *, hydrogens=True, infer_elements=False, model=0, with_
     occ = np.asarray(occ, dtype=np.float32)
     if not (np.isfinite(bs).all() and np.isfinite(occ).all()):
         raise InputError(f"{path}: non-finite B-factor or occupancy")
+    occ = _normalise_alternates(occ, site)
     species, elements = np.unique(np.asarray(zs, dtype=np.int16), return_inverse=True)
     atoms = Atoms(positions, elements, tuple(int(z) for z in species), bs, occ)
     if with_chains:

@@ -42,7 +42,7 @@ def test_particle_makes_contrast_and_mean_follows_dose():
     nf = res.noise_free[0]
     flat = cfg.detector.gain * cfg.detector.dose_e_per_A2 * cfg.detector.pixel_size_A ** 2
     assert res.atoms_count == 1279  # 2OM3 model 1 without hydrogens
-    assert nf.std() / flat > 0.005          # the protein is visible in the noise-free image
+    assert nf.std() / flat > 0.002  # the subunit is visible (0.4%; 0.08% if alternates kept occupancy 0.2)
     assert abs(nf.mean() / flat - 1) < 0.02  # phase contrast moves little mean intensity
     assert not np.allclose(res.noise_free[0], res.noise_free[1])  # tilts differ
 
