@@ -338,7 +338,7 @@ class UNetConfig:
     out_channels: int = 1
     depth: int = 2
     width: int = 16
-    convs: int = 2
+    convs: int = 1
     kernel: int = 3
     pool: str = "max"
     slope: float = 0.1

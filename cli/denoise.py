@@ -27,14 +27,14 @@ def _range(text, name, lo=None, hi=None):
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out", default="denoiser.h5", show_default=True,
               help="Checkpoint / model file (HDF5); written every --checkpoint-every steps.")
-@click.option("--steps", type=int, default=None, help="Adam steps [default 1500].")
+@click.option("--steps", type=int, default=None, help="Adam steps [default 1200].")
 @click.option("--batch", type=int, default=None, help="Patches per step [default 8].")
 @click.option("--patch", type=int, default=None, help="Patch side in pixels [default 64].")
 @click.option("--lr", type=float, default=None, help="Initial learning rate [default 2e-3].")
 @click.option("--loss", type=click.Choice(["l2", "l1"]), default=None, help="Training loss [default l2].")
 @click.option("--depth", type=int, default=2, show_default=True, help="U-Net levels below the top.")
 @click.option("--width", type=int, default=16, show_default=True, help="U-Net channels at the top level.")
-@click.option("--convs", type=int, default=2, show_default=True, help="3x3 convolutions per level and side.")
+@click.option("--convs", type=int, default=1, show_default=True, help="3x3 convolutions per level and side.")
 @click.option("--noise2noise", is_flag=True, help="Targets are a second independent noisy draw.")
 @click.option("--image-size", type=int, default=192, show_default=True, help="Side of each simulated image (pixels).")
 @click.option("--pixel-size", type=float, default=None, help="Pixel size in Å [default: config or 2.0].")
@@ -42,8 +42,9 @@ def _range(text, name, lo=None, hi=None):
 @click.option("--defocus", default="5000,30000", show_default=True, help="Defocus range, Å (underfocus +).")
 @click.option("--ice", default="150,500", show_default=True, help="Ice thickness range, Å.")
 @click.option("--particles", default="2,8", show_default=True, help="Particles per image (range).")
-@click.option("--structure", "structures", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="PDB/mmCIF files to draw particles from (repeatable; default: the packaged set).")
+@click.option("--structure", "structures", multiple=True,
+              help="PDB/mmCIF file to draw particles from, or 'tmv' for the packaged TMV fragment "
+                   "(repeatable; default: tmv).")
 @click.option("--mtf", "mtf_file", type=click.Path(exists=True, dir_okay=False),
               help="Detector parameters from a `cutem fit-mtf` result (TOML).")
 @click.option("--pool", type=int, default=None, help="Simulated images kept for patch sampling [default 12].")
@@ -83,10 +84,20 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
         base = load_config(config)
     detector = detector_from_toml(mtf_file, base.detector if base else None) if mtf_file else None
     n_lo, n_hi = _range(particles, "particles", 0, 1000)
+    from cutem.denoise import default_structures
+
+    structs = []
+    for s in structures:
+        if s.lower() == "tmv":
+            structs += default_structures()
+        elif not Path(s).is_file():
+            fail(f"--structure {s}: no such file")
+        else:
+            structs.append((s, None))
     source = SimulatorPairs(base=base, image_size=image_size, pixel_size_A=pixel_size,
                             dose_range=_range(dose, "dose", 0, 1e5), defocus_range=_range(defocus, "defocus", -2e5, 2e5),
                             ice_range=_range(ice, "ice", 0, 1e5), particles_range=(int(n_lo), int(n_hi)),
-                            structures=structures or None, detector=detector, noise2noise=noise2noise, xp=xp)
+                            structures=structs or None, detector=detector, noise2noise=noise2noise, xp=xp)
     if resume and Path(out).is_file():
         click.echo(f"resuming from {out}", err=True)
     t0 = time.perf_counter()

@@ -81,7 +81,7 @@ def denormalise(z, stats):
 class TrainConfig:
     """How to train (everything a resumed run must repeat)."""
 
-    steps: int = 1500                 #: Adam steps
+    steps: int = 1200                 #: Adam steps
     batch: int = 8                    #: patches per step
     patch: int = 64                   #: patch side (a multiple of 2**depth)
     lr: float = 2e-3                  #: Adam learning rate at the start

@@ -26,7 +26,8 @@ from adjoints.nn import UNet, UNetConfig
 from cutem.denoise import TrainConfig, Trainer
 
 CONFIGS = [
-    ("default (depth 2, width 16, 2 convs)", UNetConfig(), 8, 64),
+    ("default (depth 2, width 16, 1 conv)", UNetConfig(), 8, 64),
+    ("depth 2, width 16, 2 convs", UNetConfig(convs=2), 8, 64),
     ("small (depth 2, width 8, 1 conv)", UNetConfig(depth=2, width=8, convs=1), 8, 64),
     ("deep (depth 3, width 16, 2 convs)", UNetConfig(depth=3, width=16, convs=2), 8, 64),
     ("default, batch 16 of 96²", UNetConfig(), 16, 96),
