@@ -5,6 +5,7 @@ an internal failure exits 1 with the traceback.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 
@@ -17,7 +18,21 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "gpu"
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so that every ``finally``/atomic write cleans up (a
+    BaseException, as KeyboardInterrupt is, but not one: click turns those into Abort)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def run_guarded(group) -> int:
+    try:
+        # SIGTERM (kill, batch schedulers) unwinds like SIGINT: temporaries are removed
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (embedded use): leave the handler alone
+        pass
     try:
         rc = group.main(standalone_mode=False)
         return rc if isinstance(rc, int) else 0
@@ -32,6 +47,9 @@ def run_guarded(group) -> int:
     except BadInput as exc:
         click.echo(f"cutem: error: {exc}", err=True)
         return 2
+    except Terminated:
+        click.echo("cutem: terminated", err=True)
+        return 143
     except KeyboardInterrupt:
         click.echo("cutem: interrupted", err=True)
         return 130

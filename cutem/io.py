@@ -60,6 +60,10 @@ def _write_mrc(path, data, pixel_size_A, stack, origin_A=None, label=None):
         raise RuntimeError(f"refusing to write non-finite values to {path}")
     with atomic_path(path, suffix=".mrc") as tmp:
         with mrcfile.new(tmp, overwrite=True) as m:
+            # mrcfile stamps label 0 with the creation time; the same run must give
+            # bit-identical files, so the labels are cutem's own only
+            m.header.label[:] = b""
+            m.header.nlabl = 0
             m.set_data(arr)
             if stack and arr.ndim == 3:
                 m.set_image_stack()

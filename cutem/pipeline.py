@@ -215,15 +215,16 @@ def simulate_tilt(scene, cfg: RunConfig, k: int, xp=None, grid=None):
     return det.image, det.noise_free
 
 
-def simulate(cfg: RunConfig, device=None, progress=False, done=None, on_tilt=None):
+def simulate(cfg: RunConfig, device=None, progress=False, done=None, on_tilt=None, scene=None):
     """Simulate every tilt of ``cfg``; returns a :class:`Result` (host float32 arrays).
 
     ``done`` maps tilt index → (image, noise_free) already computed (resume); ``on_tilt``
     is called as ``on_tilt(k, image, noise_free)`` after each new tilt (checkpointing).
+    ``scene``: the scene of ``cfg`` if already built (:func:`cutem.validate.preflight`).
     """
     xp = B.get_xp(device)
     grid = Grid.from_config(cfg)
-    scene = build_scene(cfg)
+    scene = scene if scene is not None else build_scene(cfg)
     n = len(cfg.geometry.tilt_angles_deg)
     ny, nx = grid.detector_shape
     images = np.empty((n, ny, nx), np.float32)
@@ -247,13 +248,47 @@ def simulate(cfg: RunConfig, device=None, progress=False, done=None, on_tilt=Non
                   atoms_count=scene.n_atoms)
 
 
+#: names :func:`value_and_grad_image` differentiates besides the optics and detector inputs
+SPECIMEN_PARAMS = ("potential", "positions", "b_factors", "potential_scale", "thickness_center_A",
+                   "thickness_edge_A")
+
+
+def specimen_potential_on_tape(atoms, cfg: RunConfig, grid: Grid, tilt_deg, xp, dtype, inputs):
+    """(V, V_abs) like :func:`specimen_potential`, built from the potential *stages*, so that
+    atom positions (microscope frame, Å), B-factors, the potential scale and the ice
+    thicknesses in ``inputs`` (arrays or watched Vars) get gradients."""
+    from .potential import IcePotentialStage, ProjectedPotentialStage
+
+    sim, s = cfg.simulation, cfg.sample
+    dz = sim.slice_thickness_A if sim.method == "multislice" else None
+    zr = _z_range(atoms, cfg, tilt_deg)
+    solvent = ice_potential_V() if s.ice else 0.0
+    st = ProjectedPotentialStage(atoms, grid.shape, grid.pixel_size_A, slice_thickness_A=dz, z_range_A=zr,
+                                 b_factor_A2=sim.b_factor_A2, solvent_V=solvent)
+    v_atoms = st(inputs["positions"], inputs["b_factors"], inputs["potential_scale"])
+    v_abs = v_atoms * sim.absorption if sim.absorption > 0 else None
+    v = v_atoms
+    if s.ice:
+        ist = IcePotentialStage(s, grid.shape, grid.pixel_size_A, slice_thickness_A=dz, z_range_A=zr,
+                                tilt_deg=tilt_deg, tilt_axis_deg=cfg.geometry.tilt_axis_deg)
+        vi = ist(inputs["thickness_center_A"], inputs["thickness_edge_A"])
+        v = v + vi
+        if s.ice_absorption > 0:
+            v_abs = vi * s.ice_absorption if v_abs is None else v_abs + vi * s.ice_absorption
+    return v, v_abs
+
+
 def value_and_grad_image(cfg: RunConfig, loss, wrt, *, tilt=0, scene=None, estimator="pathwise", draws=None,
                          seed=None, device=None):
     """Loss of one simulated image and its gradient for the parameters named in ``wrt``.
 
-    ``loss(image_var) -> scalar Var``. ``wrt`` names optics or detector parameters
-    (``cutem.optics.PARAM_NAMES``, ``cutem.detector.PARAM_NAMES``) and ``"potential"`` (the
-    projected potential slices). The noise draw is fixed by ``seed`` (or ``draws``).
+    ``loss(image_var) -> scalar Var``. ``wrt`` names optics or detector inputs
+    (:data:`cutem.optics.PARAM_NAMES`, :data:`cutem.detector.PARAM_NAMES`) and the specimen
+    (:data:`SPECIMEN_PARAMS`: ``"potential"`` — the projected-potential slices themselves —,
+    ``"positions"`` (n, 3) Å in the microscope frame of the tilt, ``"b_factors"`` (n,) Å²,
+    ``"potential_scale"``, ``"thickness_center_A"``, ``"thickness_edge_A"``). The noise draw
+    is fixed by ``seed`` (default: the tilt's own stream) or ``draws``; ``estimator`` is
+    ``"pathwise"`` or ``"score"`` (then the score-function surrogate is differentiated).
     Returns ``(loss value, {name: gradient}, detection)``.
     """
     from adjoints import Tape
@@ -264,25 +299,32 @@ def value_and_grad_image(cfg: RunConfig, loss, wrt, *, tilt=0, scene=None, estim
     angle, optics, detector = tilt_settings(cfg, tilt)
     atoms = scene.atoms(angle, cfg.geometry.tilt_axis_deg)
     dtype = np.dtype(cfg.simulation.dtype)
-    v, v_abs = specimen_potential(atoms, cfg, grid, angle, xp, dtype)
     base = {**O.optics_inputs(optics, xp, dtype), **D.detector_inputs(detector, xp, dtype)}
+    spec = {"positions": xp.asarray(atoms.positions, dtype=dtype), "b_factors": xp.asarray(atoms.b_factors, dtype=dtype),
+            "potential_scale": xp.asarray(1.0, dtype=dtype),
+            "thickness_center_A": xp.asarray(cfg.sample.thickness_center_A, dtype=dtype),
+            "thickness_edge_A": xp.asarray(cfg.sample.thickness_edge_A, dtype=dtype)}
+    for name in wrt:
+        if name not in base and name not in SPECIMEN_PARAMS:
+            raise KeyError(f"cannot differentiate with respect to {name!r}; known: "
+                           f"{sorted(base) + list(SPECIMEN_PARAMS)}")
     rng = B.default_rng(tilt_seed(cfg.seed if seed is None else seed, tilt), xp)
     with Tape() as tape:
-        watched = {}
-        params = {}
+        watched, params = {}, {}
         for name in wrt:
-            if name == "potential":
-                v = watched[name] = tape.watch(v)
-            elif name in base:
+            if name in base:
                 params[name] = watched[name] = tape.watch(base[name])
-            else:
-                raise KeyError(f"cannot differentiate with respect to {name!r}")
+            elif name in spec:
+                spec[name] = watched[name] = tape.watch(spec[name])
+        if any(n in spec for n in watched):
+            v, v_abs = specimen_potential_on_tape(atoms, cfg, grid, angle, xp, dtype, spec)
+        else:
+            v, v_abs = specimen_potential(atoms, cfg, grid, angle, xp, dtype)
+        if "potential" in wrt:
+            v = watched["potential"] = tape.watch(unwrap(v))
         det = image_model(v, v_abs, cfg, grid, optics, detector, rng=rng, estimator=estimator,
                           params=params, draws=draws)
         val = loss(det.image)
-        if estimator == "score" and det.log_prob is not None:
-            val_sur = D.score_surrogate(val, det.log_prob)
-        else:
-            val_sur = val
-        grads = tape.gradient(val_sur, list(watched.values()))
+        target = D.score_surrogate(val, det.log_prob) if (estimator == "score" and det.log_prob is not None) else val
+        grads = tape.gradient(target, list(watched.values()))
     return unwrap(val), dict(zip(watched, grads)), det

@@ -53,8 +53,18 @@ def _load_checkpoints(ckdir: Path, key: str, n: int):
     return done
 
 
-def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=True):
-    """Simulate ``cfg`` and write its outputs to ``out_dir``; returns (Result, paths)."""
+def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=True, log=None):
+    """Simulate ``cfg`` and write its outputs to ``out_dir``; returns (Result, paths).
+
+    The whole input is checked first (:func:`cutem.validate.preflight`: files, values, grid,
+    scene); ``log(message)`` receives its warnings and a note when checkpoints are resumed.
+    """
+    from .validate import preflight
+
+    pre = preflight(cfg)
+    for w in pre.warnings:
+        if log is not None:
+            log(w)
     paths = output_paths(out_dir, cfg.output)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     n = len(cfg.geometry.tilt_angles_deg)
@@ -70,7 +80,10 @@ def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=T
             with open(tmp, "wb") as fh:
                 np.savez(fh, image=image, noise_free=noise_free)
 
-    result = simulate(cfg, device=device, progress=progress, done=done, on_tilt=on_tilt)
+    if done and log is not None:
+        log(f"resuming: {len(done)} of {n} tilts from checkpoints in {ckdir}")
+    result = simulate(cfg, device=device, progress=progress, done=done, on_tilt=on_tilt, scene=pre.scene)
+    result.extra["resumed_tilts"] = sorted(done)
     stack = n > 1
     label = f"cutem {cfg.output} seed={cfg.seed}"
     io.write_mrc(paths["image"], result.images if stack else result.images[0], cfg.detector.pixel_size_A,
