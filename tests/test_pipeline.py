@@ -107,3 +107,35 @@ def test_multislice_matches_phase_object_for_thin_specimen():
     # a ~50 Å protein: propagation inside it changes the image by a few percent of the contrast
     assert np.linalg.norm(ms - proj) / contrast < 0.1
     assert np.linalg.norm(ms - proj) / contrast > 1e-6  # and multislice really propagated
+
+
+@pytest.mark.parametrize("name", ["positions", "b_factors", "potential_scale", "thickness_center_A"])
+def test_specimen_gradients_match_finite_differences(name):
+    cfg = small_config(particles=True, ice=True)
+    # B = 90 Å² sits on the potential's B-interpolation lattice (a kink); move off it
+    cfg = cfg.replace(simulation=cfg.simulation.replace(b_factor_A2=2.3))
+    scene = build_scene(cfg)
+    target = simulate(cfg).images[0]  # a noisy observation: the loss and its gradient are O(1)
+    loss = lambda img: ops.mean(ops.square(img - target))
+    val, grads, det = value_and_grad_image(cfg, loss, [name], scene=scene, estimator="none")
+    g = grads[name]
+    from cutem.pipeline import specimen_potential_on_tape
+    grid = Grid.from_config(cfg)
+    atoms = scene.atoms(0.0)
+    base = {"positions": atoms.positions.astype(np.float64), "b_factors": atoms.b_factors.astype(np.float64),
+            "potential_scale": np.asarray(1.0), "thickness_center_A": np.asarray(float(cfg.sample.thickness_center_A)),
+            "thickness_edge_A": np.asarray(float(cfg.sample.thickness_edge_A))}
+    rng = np.random.default_rng(5)
+    d = rng.standard_normal(np.shape(base[name]))
+    if name == "positions":
+        d[:, 2] = 0.0  # the slice an atom falls in is piecewise constant in z
+    h = 1e-4
+
+    def at(t):
+        inp = dict(base)
+        inp[name] = base[name] + t * d
+        v, va = specimen_potential_on_tape(atoms, cfg, grid, 0.0, np, np.float64, inp)
+        return float(loss(image_model(v, va, cfg, grid, cfg.optics, cfg.detector, estimator="none").image))
+
+    fd = (at(h) - at(-h)) / (2 * h)
+    assert float(np.sum(g * d)) == pytest.approx(fd, rel=2e-4)
