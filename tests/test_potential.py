@@ -153,3 +153,16 @@ def test_bad_arguments():
         P.projected_potential(_atom(0, 0), (64, 64), 1.0, slice_thickness_A=-1)
     with pytest.raises(InputError):
         P.projected_potential(_atom(0, 0, b=5), (64, 64), 1.0, b_factor_A2=-10)
+
+
+def test_agrees_with_gemmi_density_calculator():
+    from validation.potential_checks import gemmi_projection
+
+    frag = S.tmv_fragment()
+    sub = frag.select(slice(0, 1279))  # one subunit
+    sub = sub.transformed(translation=-0.5 * (sub.bounding_box()[0] + sub.bounding_box()[1]))
+    gem = gemmi_projection(sub, 96.0)
+    ref = P.exact_fourier_potential(sub, (96, 96), 1.0)[0]
+    cubic = P.projected_potential(sub, (96, 96), 1.0, dtype=np.float64, spread_order=3)[0]
+    assert np.linalg.norm(ref - gem) / np.linalg.norm(gem) < 1e-3
+    assert np.linalg.norm(cubic - gem) / np.linalg.norm(gem) < 2e-3
