@@ -38,6 +38,8 @@ from . import detector as D
 from . import optics as O
 from .config import RunConfig
 from .errors import InputError
+from .memory import check as memory_check
+from .memory import projected_potential_chunked
 from .potential import ice_potential, ice_potential_V, projected_potential
 from .propagation import exit_wave
 
@@ -94,19 +96,21 @@ def _z_range(atoms, cfg: RunConfig, tilt_deg):
     return lo, hi
 
 
-def specimen_potential(atoms, cfg: RunConfig, grid: Grid, tilt_deg, xp, dtype, scale=1.0):
+def specimen_potential(atoms, cfg: RunConfig, grid: Grid, tilt_deg, xp, dtype, scale=1.0, atom_chunk=None):
     """(V, V_abs) per slice in V·Å for the atoms of one tilt plus the ice layer.
 
     One slice for the projection approximation; slices of ``slice_thickness_A`` tiling the
     ice layer (and every atom) for multislice. ``V_abs`` is None without absorption.
+    ``atom_chunk``: atoms per potential call (:mod:`cutem.memory`; None = all at once).
     """
     sim, s = cfg.simulation, cfg.sample
     multislice = sim.method == "multislice"
     dz = sim.slice_thickness_A if multislice else None
     zr = _z_range(atoms, cfg, tilt_deg)
     solvent = ice_potential_V() if s.ice else 0.0
-    v = projected_potential(atoms, grid.shape, grid.pixel_size_A, slice_thickness_A=dz, z_range_A=zr,
-                            b_factor_A2=sim.b_factor_A2, xp=xp, dtype=dtype, solvent_V=solvent, scale=scale)
+    v = projected_potential_chunked(atoms, grid.shape, grid.pixel_size_A, slice_thickness_A=dz, z_range_A=zr,
+                                    b_factor_A2=sim.b_factor_A2, xp=xp, dtype=dtype, solvent_V=solvent,
+                                    scale=scale, atom_chunk=atom_chunk)
     v_abs = v * sim.absorption if sim.absorption > 0 else None
     if s.ice:
         vi = ice_potential(s, grid.shape, grid.pixel_size_A, slice_thickness_A=dz, z_range_A=zr,
@@ -202,14 +206,14 @@ def build_scene(cfg: RunConfig):
     return scene
 
 
-def simulate_tilt(scene, cfg: RunConfig, k: int, xp=None, grid=None):
+def simulate_tilt(scene, cfg: RunConfig, k: int, xp=None, grid=None, atom_chunk=None):
     """Tilt ``k`` of the run: (noisy image, noise-free image) as device arrays (ny, nx)."""
     xp = xp or np
     grid = grid or Grid.from_config(cfg)
     dtype = np.dtype(cfg.simulation.dtype)
     angle, optics, detector = tilt_settings(cfg, k)
     atoms = scene.atoms(angle, cfg.geometry.tilt_axis_deg)
-    v, v_abs = specimen_potential(atoms, cfg, grid, angle, xp, dtype)
+    v, v_abs = specimen_potential(atoms, cfg, grid, angle, xp, dtype, atom_chunk=atom_chunk)
     rng = B.default_rng(tilt_seed(cfg.seed, k), xp)
     det = image_model(v, v_abs, cfg, grid, optics, detector, rng=rng, estimator="score")
     return det.image, det.noise_free
@@ -225,6 +229,9 @@ def simulate(cfg: RunConfig, device=None, progress=False, done=None, on_tilt=Non
     xp = B.get_xp(device)
     grid = Grid.from_config(cfg)
     scene = scene if scene is not None else build_scene(cfg)
+    # refuse before any work when the run cannot fit; chunk the atoms when only they do not
+    plan = memory_check(cfg, scene.n_atoms, "gpu" if xp is not np else "cpu",
+                        z_extent_A=scene.z_extent() if cfg.simulation.method == "multislice" else None)
     n = len(cfg.geometry.tilt_angles_deg)
     ny, nx = grid.detector_shape
     images = np.empty((n, ny, nx), np.float32)
@@ -239,7 +246,7 @@ def simulate(cfg: RunConfig, device=None, progress=False, done=None, on_tilt=Non
         if k in done:
             images[k], clean[k] = done[k]
             continue
-        img, nf = simulate_tilt(scene, cfg, k, xp, grid)
+        img, nf = simulate_tilt(scene, cfg, k, xp, grid, atom_chunk=plan.atom_chunk)
         images[k] = B.to_numpy(img)
         clean[k] = B.to_numpy(nf)
         if on_tilt is not None:

@@ -1,0 +1,324 @@
+"""Memory plan: the peak memory of a run, estimated before it starts, and the refusal.
+
+A run keeps one tilt in flight (:func:`cutem.pipeline.simulate`); its peak is the largest of
+three phases, each a sum of terms in the atom count ``n`` and the simulation-grid pixel
+count ``P`` (padded, oversampled), with ``S`` slices (1 for the phase object):
+
+1. *atom potential* (:func:`cutem.potential.projected_potential`): the tilt's atom arrays
+   plus the scatter's per-atom temporaries (float64 B and weights, slice/group indices,
+   corner indices and weights, the float64 weights ``bincount`` converts to) —
+   ``ATOM_BYTES`` per atom — and the Fourier accumulation (float64 scatter grid, its
+   float32 copy, half-spectrum, kernel, accumulator, output: ``POTENTIAL_GRID_BYTES`` per
+   pixel) plus the output slices, 4·S bytes per pixel (float32);
+2. *ice* (:func:`cutem.potential.ice_potential`): per-pixel float64 geometry of the tilted
+   layer (``ICE_GRID_BYTES``) plus per slice its overlap and derivative grids in float64,
+   their stack and float32 copy (``ICE_SLICE_BYTES`` per pixel and slice), while the atoms'
+   slices (4·S) and atoms (``RETAINED_ATOM_BYTES``) are alive;
+3. *image* (exit wave, optics, binning, detector): the slices, complex waves, CTF and
+   envelope grids, the intensity and the detector's noise and MTF grids:
+   ``IMAGE_GRID_BYTES`` per pixel plus the slices (4·S) and, in multislice,
+   ``MULTISLICE_SLICE_BYTES`` per pixel and slice,
+
+plus the scene (``SCENE_ATOM_BYTES`` per atom: static element/B/occupancy arrays) and the
+result stack (8 bytes per detector pixel and tilt). float64 doubles every array term.
+The coefficients were read off the code and checked against tracemalloc peaks
+(validation/bench.py writes estimate vs measured for every benchmark scene).
+
+Atoms are processed in chunks when the atom term alone would not fit
+(:func:`projected_potential_chunked`: the potential is linear in the atoms, so the chunks'
+potentials add up exactly); tilts are computed one at a time. When even the grid terms
+exceed the free memory (on the CPU ``MemAvailable`` of /proc/meminfo; on a GPU the
+device's free memory plus CuPy's pool), :func:`check` raises a one-line
+:class:`cutem.errors.InputError` naming the setting that would fit. ``CUTEM_MEMORY_LIMIT``
+(bytes, or with a K/M/G suffix) overrides the free memory (for tests and shared machines).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+#: bytes per atom during the atom scatter (positions and everything the scatter allocates)
+ATOM_BYTES = 200
+#: bytes per atom alive after the potential (the tilt's positions and what is left of them)
+RETAINED_ATOM_BYTES = 110
+#: bytes per atom held by the scene for the whole run (element, B, occupancy, particle copies)
+SCENE_ATOM_BYTES = 12
+#: bytes per pixel of the Fourier accumulation of the atom potential (float32 run)
+POTENTIAL_GRID_BYTES = 26
+#: bytes per pixel of the ice geometry (float64 grids) and per pixel and slice
+ICE_GRID_BYTES = 76
+ICE_SLICE_BYTES = 30
+#: bytes per pixel of exit wave + optics + detector, and per pixel and slice in multislice
+IMAGE_GRID_BYTES = 72
+MULTISLICE_SLICE_BYTES = 4
+#: headroom for what the model leaves out (FFT plans, Python objects)
+FIXED_BYTES = 32 * 2 ** 20
+
+LIMIT_ENV = "CUTEM_MEMORY_LIMIT"
+
+
+@dataclass
+class Estimate:
+    """Peak memory of a run on one device, with its parts (bytes)."""
+
+    peak: int
+    phases: dict            #: phase name -> bytes at that phase's peak
+    n_atoms: int
+    grid_shape: tuple
+    n_slices: int
+    device: str
+    atom_chunk: int         #: atoms per potential chunk (n_atoms: no chunking)
+
+    def gb(self) -> float:
+        return self.peak / 1e9
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in self.phases.items())
+        return (f"{self.peak / 1e9:.2f} GB on {self.device} ({self.n_atoms} atoms, grid "
+                f"{self.grid_shape[0]}x{self.grid_shape[1]}, {self.n_slices} slice(s); {parts} GB)")
+
+
+def parse_bytes(text) -> int:
+    """``"200M"`` → 200·2²⁰; plain numbers are bytes."""
+    s = str(text).strip().upper().rstrip("B")
+    mult = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+    try:
+        if s and s[-1] in mult:
+            return int(float(s[:-1]) * mult[s[-1]])
+        return int(float(s))
+    except ValueError:
+        raise InputError(f"{LIMIT_ENV}={text!r} is not a size (bytes or a number with K, M, G)") from None
+
+
+def available_bytes(device="cpu") -> int:
+    """Free memory of ``device`` (``"cpu"`` or ``"gpu"``), or ``$CUTEM_MEMORY_LIMIT``."""
+    env = os.environ.get(LIMIT_ENV)
+    if env:
+        return parse_bytes(env)
+    if device == "gpu":
+        import cupy as cp
+
+        free, _ = cp.cuda.runtime.memGetInfo()
+        return int(free + cp.get_default_memory_pool().free_bytes())
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def grid_of(cfg):
+    from .pipeline import Grid
+
+    return Grid.from_config(cfg)
+
+
+def n_slices(cfg, z_extent_A=None) -> int:
+    """Slices of the run's thickest tilt: 1 for the phase object; multislice: the ice layer's
+    path at the steepest tilt and the particles' z extent, cut every ``slice_thickness_A``."""
+    sim, s = cfg.simulation, cfg.sample
+    if sim.method != "multislice":
+        return 1
+    tilts = cfg.geometry.tilt_angles_deg or (0.0,)
+    worst = max(abs(float(a)) for a in tilts)
+    t = max(s.thickness_center_A, s.thickness_edge_A) if s.ice else 0.0
+    t /= max(math.cos(math.radians(worst)), 0.05)
+    lo, hi = -t / 2, t / 2
+    if z_extent_A is not None:
+        lo, hi = min(lo, z_extent_A[0] - 1.0), max(hi, z_extent_A[1] + 1.0)
+    return max(1, int(math.ceil((hi - lo) / sim.slice_thickness_A - 1e-9)))
+
+
+def _device_name(device) -> str:
+    import adjoints.backend as B
+
+    return B.resolve_device(device)
+
+
+def estimate(cfg, n_atoms: int, device=None, *, z_extent_A=None, atom_chunk=None) -> Estimate:
+    """Peak memory of simulating ``cfg`` with ``n_atoms`` atoms (module docstring)."""
+    dev = device if device in ("cpu", "gpu") else _device_name(device)
+    g = grid_of(cfg)
+    P = int(g.shape[0]) * int(g.shape[1])
+    S = n_slices(cfg, z_extent_A)
+    k = 2 if cfg.simulation.dtype == "float64" else 1
+    n = int(n_atoms)
+    chunk = n if atom_chunk is None else max(1, min(int(atom_chunk), n))
+    ny, nx = g.detector_shape
+    n_tilts = max(1, len(cfg.geometry.tilt_angles_deg))
+    fixed = FIXED_BYTES + SCENE_ATOM_BYTES * n + 8 * ny * nx * n_tilts
+    slices = 4 * k * S * P
+    # chunked: the running sum of the slices is alive beside the chunk's output
+    acc = slices if chunk < n else 0
+    phases = {"potential": fixed + ATOM_BYTES * chunk + k * POTENTIAL_GRID_BYTES * P + slices + acc}
+    if cfg.sample.ice:
+        phases["ice"] = fixed + RETAINED_ATOM_BYTES * n + slices + k * (ICE_GRID_BYTES + ICE_SLICE_BYTES * S) * P
+    img = k * IMAGE_GRID_BYTES * P + slices
+    if cfg.simulation.method == "multislice":
+        img += k * MULTISLICE_SLICE_BYTES * S * P
+    phases["image"] = fixed + RETAINED_ATOM_BYTES * n + img
+    return Estimate(int(max(phases.values())), {p: int(v) for p, v in phases.items()}, n, tuple(g.shape), S,
+                    dev, chunk)
+
+
+def atom_chunk(cfg, n_atoms: int, budget: int, device=None, z_extent_A=None) -> int:
+    """Largest atom chunk whose potential phase fits in ``budget`` bytes (at least 10⁴ atoms)."""
+    full = estimate(cfg, n_atoms, device, z_extent_A=z_extent_A)
+    if full.phases["potential"] <= budget:
+        return int(n_atoms)
+    grid_part = estimate(cfg, 0, device, z_extent_A=z_extent_A).phases["potential"]
+    fixed_atoms = SCENE_ATOM_BYTES * n_atoms
+    slices = 4 * (2 if cfg.simulation.dtype == "float64" else 1) * full.n_slices * int(np.prod(full.grid_shape))
+    room = budget - grid_part - fixed_atoms - slices
+    return int(max(10_000, min(n_atoms, room // ATOM_BYTES)))
+
+
+def _alternatives(cfg):
+    """(setting text, config) pairs that lower the grid terms, most useful first."""
+    sim, det = cfg.simulation, cfg.detector
+    out = []
+    for o in range(sim.oversampling - 1, 0, -1):
+        out.append((f"simulation.oversampling = {o}", cfg.replace(simulation=sim.replace(oversampling=o))))
+    if sim.method == "multislice":
+        for f in (2, 4, 8):
+            dz = sim.slice_thickness_A * f
+            out.append((f"simulation.slice_thickness_A = {dz:g}", cfg.replace(simulation=sim.replace(slice_thickness_A=dz))))
+        out.append(("simulation.method = \"projection\"", cfg.replace(simulation=sim.replace(method="projection"))))
+    if sim.dtype == "float64":
+        out.append(("simulation.dtype = \"float32\"", cfg.replace(simulation=sim.replace(dtype="float32"))))
+    if sim.padding_A > 0:
+        out.append(("simulation.padding_A = 0", cfg.replace(simulation=sim.replace(padding_A=0.0))))
+    for f in (2, 4, 8):
+        if det.nx // f >= 16 and det.ny // f >= 16:
+            out.append((f"detector nx, ny = {det.nx // f}, {det.ny // f}",
+                        cfg.replace(detector=det.replace(nx=det.nx // f, ny=det.ny // f))))
+    return out
+
+
+def check(cfg, n_atoms: int, device=None, *, z_extent_A=None, available=None) -> Estimate:
+    """Estimate the peak and refuse (InputError, one line) when it cannot fit.
+
+    Atoms are chunked as needed (the returned estimate's ``atom_chunk``); if the smallest
+    chunk still does not fit, the message names the first setting of
+    :func:`_alternatives` whose estimate does.
+    """
+    dev = device if device in ("cpu", "gpu") else _device_name(device)
+    avail = available_bytes(dev) if available is None else int(available)
+    est = estimate(cfg, n_atoms, dev, z_extent_A=z_extent_A)
+    if est.peak <= avail:
+        return est
+    chunk = atom_chunk(cfg, n_atoms, avail, dev, z_extent_A)
+    est = estimate(cfg, n_atoms, dev, z_extent_A=z_extent_A, atom_chunk=chunk)
+    if est.peak <= avail:
+        return est
+    hint = "a smaller detector or fewer atoms"
+    for text, alt in _alternatives(cfg):
+        c = atom_chunk(alt, n_atoms, avail, dev, z_extent_A)
+        e = estimate(alt, n_atoms, dev, z_extent_A=z_extent_A, atom_chunk=c)
+        if e.peak <= avail:
+            hint = f"{text} would fit ({e.peak / 1e9:.2f} GB)"
+            break
+    raise InputError(f"estimated peak memory {est.peak / 1e9:.2f} GB ({n_atoms} atoms, grid {est.grid_shape[0]}x"
+                     f"{est.grid_shape[1]}, {est.n_slices} slice(s)) exceeds the {avail / 1e9:.2f} GB free on "
+                     f"{dev}; {hint}")
+
+
+def projected_potential_chunked(atoms, shape, pixel_size_A, *, atom_chunk=None, **kw):
+    """:func:`cutem.potential.projected_potential` over chunks of ``atom_chunk`` atoms, summed.
+
+    The potential is a sum over atoms, so the chunks add up to the one-call result (up to
+    float rounding); peak memory of the atom terms drops to one chunk's. ``z_range_A`` must
+    be given when slicing (each chunk would otherwise take its own z extent).
+    """
+    from .potential import projected_potential
+
+    n = len(atoms)
+    if atom_chunk is None or atom_chunk >= n:
+        return projected_potential(atoms, shape, pixel_size_A, **kw)
+    if kw.get("slice_thickness_A") is not None and kw.get("z_range_A") is None:
+        raise ValueError("chunked slicing needs z_range_A")
+    v = None
+    for s in range(0, n, int(atom_chunk)):
+        part = atoms.select(slice(s, s + int(atom_chunk)))
+        vk = projected_potential(part, shape, pixel_size_A, **kw)
+        if v is None:
+            v = vk
+        else:
+            v += vk
+        del vk, part
+    return v
+
+
+# ------------------------------------------------------------------------------ measuring
+def measure_peak(fn, device="cpu"):
+    """(result, peak bytes allocated while ``fn()`` runs): tracemalloc on the CPU (NumPy
+    reports its array buffers to it), the CuPy pool's high-water mark on a GPU."""
+    if device == "gpu":
+        import cupy as cp
+
+        pool = cp.get_default_memory_pool()
+        pool.free_all_blocks()
+        base = pool.used_bytes()
+        peak = [base]
+        hook = _PoolPeak(peak)
+        with hook:
+            out = fn()
+        cp.cuda.Stream.null.synchronize()
+        return out, int(peak[0] - base)
+    import tracemalloc
+
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    try:
+        out = fn()
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if started:
+            tracemalloc.stop()
+    return out, int(peak)
+
+
+class _PoolPeak:
+    """CuPy memory hook recording the pool's largest used bytes."""
+
+    def __init__(self, box):
+        from cupy.cuda import memory_hook
+
+        class Hook(memory_hook.MemoryHook):
+            name = "cutem_peak"
+
+            def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
+                import cupy as cp
+
+                box[0] = max(box[0], cp.get_default_memory_pool().used_bytes())
+
+        self._hook = Hook()
+
+    def __enter__(self):
+        self._hook.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._hook.__exit__(*exc)
+
+
+def max_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+__all__ = ["Estimate", "estimate", "check", "atom_chunk", "available_bytes", "projected_potential_chunked",
+           "measure_peak", "max_rss_bytes", "n_slices", "parse_bytes"]
