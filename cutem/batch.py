@@ -1,0 +1,394 @@
+"""Batch generation: many micrographs or tilt series over a base config, one Dask task each.
+
+An item is the base :class:`cutem.config.RunConfig` with some values replaced — from a
+parameter table (CSV, one row per item) or drawn at random from ranges — and its own seed.
+Each item runs :func:`cutem.run.run_simulation` (atomic outputs ``NAME_#####.mrc``, ...,
+``_params.toml``) as one task on Dask: the local threaded, process or synchronous
+scheduler, or a ``dask.distributed`` cluster given its scheduler address (the output folder
+must then be shared with the workers).
+
+Seeds: item ``i`` of a batch with seed ``s`` simulates with ``SeedSequence([s, i, 0])`` and
+draws its random parameters from ``SeedSequence([s, i, 1])``, so an item does not depend on
+the other items, on the order they run in, or on the scheduler.
+
+Manifest ``manifest.csv`` in the output folder: one row per item (item, status, output
+file, seed, seconds, every varied parameter), rewritten atomically (temporary file +
+rename) by the driver each time an item finishes. Re-running the same batch skips the items
+whose row says ``done`` with the same seed and parameters and whose output files all exist;
+the rest are (re)computed. An interrupted batch (Ctrl-C, SIGTERM, SIGKILL) leaves only
+complete files under final names (every file is written atomically), so resuming neither
+redoes finished items nor trusts half-written ones.
+
+Varied parameters (table columns or range options), besides any ``section.field`` of the
+config (e.g. ``optics.cs_mm``, ``detector.dose_e_per_A2``):
+
+``particles``       count of every particle kind, placed at random (orientations uniformly random)
+``defocus_A``       ``optics.defocus_u_A`` and ``defocus_v_A`` (astigmatism of the base kept)
+``dose_e_per_A2``   ``detector.dose_e_per_A2``
+``ice_thickness_A`` ``sample.thickness_center_A``; the edge keeps the base's edge/centre ratio
+``seed``            (table only) the item's simulation seed
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import io
+from .config import RunConfig
+from .errors import InputError
+
+MANIFEST = "manifest.csv"
+SHORT = ("particles", "defocus_A", "dose_e_per_A2", "ice_thickness_A")
+_SECTIONS = ("optics", "detector", "sample", "simulation")
+
+
+@dataclass(frozen=True)
+class Item:
+    index: int
+    seed: int
+    params: dict          #: name -> value (the varied parameters, in column order)
+    config: RunConfig
+
+
+def item_seed(batch_seed: int, index: int) -> int:
+    """Simulation seed of item ``index`` (independent of every other item)."""
+    return int(np.random.SeedSequence([int(batch_seed), int(index), 0]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _param_rng(batch_seed, index):
+    return np.random.default_rng(np.random.SeedSequence([int(batch_seed), int(index), 1]))
+
+
+def _field_type(section, name, where):
+    cls = type(getattr(RunConfig(), section))
+    for f in fields(cls):
+        if f.name == name:
+            return type(getattr(cls(), name))
+    raise InputError(f"{where}: {section} has no field {name!r}")
+
+
+def _coerce(name, value, where):
+    """Value of a table cell or a range draw, typed like the field it sets."""
+    if name == "particles":
+        v = float(value)
+        if v != int(v) or v < 1:
+            raise InputError(f"{where}: particles = {value!r} must be an integer >= 1")
+        return int(v)
+    if name in SHORT:
+        v = float(value)
+        if not math.isfinite(v):
+            raise InputError(f"{where}: {name} = {value!r} must be a finite number")
+        return v
+    if name == "seed":
+        v = float(value)
+        if v != int(v) or v < 0:
+            raise InputError(f"{where}: seed = {value!r} must be a non-negative integer")
+        return int(v)
+    if "." not in name:
+        raise InputError(f"{where}: unknown parameter {name!r} (known: {', '.join(SHORT)}, seed, or section.field "
+                         f"with section in {', '.join(_SECTIONS)})")
+    section, key = name.split(".", 1)
+    if section not in _SECTIONS:
+        raise InputError(f"{where}: unknown section {section!r} in {name!r} (known: {', '.join(_SECTIONS)})")
+    t = _field_type(section, key, where)
+    try:
+        if t is bool:
+            return str(value).strip().lower() in ("1", "true", "yes")
+        if t is int:
+            f = float(value)
+            if f != int(f):
+                raise ValueError
+            return int(f)
+        if t is float:
+            return float(value)
+        return str(value)
+    except ValueError:
+        raise InputError(f"{where}: {name} = {value!r} is not a {t.__name__}") from None
+
+
+def apply_params(cfg: RunConfig, params: dict) -> RunConfig:
+    """``cfg`` with the varied parameters set (see the module docstring)."""
+    for name, v in params.items():
+        if name == "seed":
+            continue
+        if name == "particles":
+            if not cfg.particles:
+                raise InputError("particles: the base config has no [[particles]] to place")
+            cfg = cfg.replace(particles=tuple(replace(p, placement="random", count=int(v)) for p in cfg.particles))
+        elif name == "defocus_A":
+            o = cfg.optics
+            half = 0.5 * (o.defocus_u_A - o.defocus_v_A)
+            cfg = cfg.replace(optics=o.replace(defocus_u_A=v + half, defocus_v_A=v - half))
+        elif name == "dose_e_per_A2":
+            cfg = cfg.replace(detector=cfg.detector.replace(dose_e_per_A2=v))
+        elif name == "ice_thickness_A":
+            s = cfg.sample
+            ratio = s.thickness_edge_A / s.thickness_center_A if s.thickness_center_A > 0 else 1.0
+            cfg = cfg.replace(sample=s.replace(thickness_center_A=v, thickness_edge_A=v * ratio))
+        else:
+            section, key = name.split(".", 1)
+            cfg = cfg.replace(**{section: getattr(cfg, section).replace(**{key: v})})
+    return cfg
+
+
+def parse_range(text, name, integer=False):
+    """``"a:b"`` (or one number) → (lo, hi) with lo ≤ hi."""
+    parts = str(text).split(":")
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        raise InputError(f"--{name} {text!r}: give LO:HI or one number") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or not all(math.isfinite(v) for v in vals) or vals[0] > vals[1]:
+        raise InputError(f"--{name} {text!r}: give LO:HI with LO <= HI")
+    if integer and any(v != int(v) or v < 1 for v in vals):
+        raise InputError(f"--{name} {text!r}: integers >= 1")
+    return tuple(vals)
+
+
+def items_from_ranges(cfg: RunConfig, count: int, seed: int, ranges: dict, name=None):
+    """``count`` items, each parameter drawn uniformly from its (lo, hi) range (integers for
+    ``particles``, inclusive) with the item's own generator."""
+    if count < 1:
+        raise InputError(f"--count {count} must be >= 1")
+    for k in ranges:
+        _coerce(k, ranges[k][0], "ranges")
+    base = name or cfg.output
+    out = []
+    for i in range(count):
+        rng = _param_rng(seed, i)
+        params = {}
+        for k in sorted(ranges):  # fixed draw order: the item does not depend on option order
+            lo, hi = ranges[k]
+            v = int(rng.integers(int(lo), int(hi) + 1)) if k == "particles" else float(rng.uniform(lo, hi))
+            params[k] = _coerce(k, v, f"range {k}")
+        s = item_seed(seed, i)
+        out.append(Item(i, s, params, apply_params(cfg, params).replace(seed=s, output=f"{base}_{i:05d}")))
+    return out
+
+
+def items_from_table(cfg: RunConfig, path, seed: int, name=None):
+    """One item per row of a CSV table whose header names the varied parameters."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the parameter table ({e.strerror})") from None
+    if not rows:
+        raise InputError(f"{path}: the parameter table has no rows")
+    base = name or cfg.output
+    out = []
+    for r, row in enumerate(rows):
+        where = f"{path}:{r + 2}"
+        params = {}
+        for k, v in row.items():
+            if k is None:
+                raise InputError(f"{where}: more cells than header columns")
+            k = k.strip()
+            if k in ("", "item"):
+                continue
+            if v is None or str(v).strip() == "":
+                raise InputError(f"{where}: empty cell in column {k!r}")
+            params[k] = _coerce(k, v.strip(), where)
+        s = params.get("seed", item_seed(seed, r))
+        try:
+            c = apply_params(cfg, params)
+        except InputError as e:
+            raise InputError(f"{where}: {e}") from None
+        out.append(Item(r, int(s), params, c.replace(seed=int(s), output=f"{base}_{r:05d}")))
+    return out
+
+
+# ------------------------------------------------------------------------------ manifest
+def _outputs(out_dir, item: Item):
+    from .run import output_paths
+
+    return output_paths(out_dir, item.config.output)
+
+
+def _columns(items):
+    cols = []
+    for it in items:
+        for k in it.params:
+            if k not in cols and k != "seed":
+                cols.append(k)
+    return ["item", "status", "output", "seed", "seconds"] + cols
+
+
+def read_manifest(out_dir) -> dict:
+    """item index → row (dict of strings); {} when there is none."""
+    f = Path(out_dir) / MANIFEST
+    if not f.is_file():
+        return {}
+    with open(f, newline="") as fh:
+        return {int(r["item"]): r for r in csv.DictReader(fh) if r.get("item", "").strip().isdigit()}
+
+
+def _row(item: Item, status, seconds=""):
+    r = {"item": str(item.index), "status": status, "output": item.config.output + ".mrc", "seed": str(item.seed),
+         "seconds": seconds}
+    for k, v in item.params.items():
+        if k != "seed":
+            r[k] = repr(v) if isinstance(v, float) else str(v)
+    return r
+
+
+def write_manifest(out_dir, items, rows):
+    cols = _columns(items)
+    with io.atomic_path(Path(out_dir) / MANIFEST, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            for it in items:
+                w.writerow(rows[it.index])
+
+
+def is_complete(out_dir, item: Item, row) -> bool:
+    """The manifest says done for the same seed and parameters, and every output exists."""
+    if not row or row.get("status") != "done":
+        return False
+    want = _row(item, "done")
+    if any(row.get(k, "") != v for k, v in want.items() if k not in ("seconds",)):
+        return False
+    return all(p.is_file() for p in _outputs(out_dir, item).values())
+
+
+# ---------------------------------------------------------------------------------- tasks
+def run_item(cfg: RunConfig, out_dir, device=None, threads=None):
+    """One task: simulate an item's config to its files; returns (output name, seconds)."""
+    from .run import run_simulation
+
+    if threads:
+        os.environ.setdefault("CUTEM_THREADS", str(int(threads)))
+    t0 = time.perf_counter()
+    run_simulation(cfg, out_dir, device=device, progress=False, resume=True)
+    return cfg.output, time.perf_counter() - t0
+
+
+def _local_get(scheduler):
+    if scheduler in ("threads", "threaded"):
+        from dask.threaded import get
+    elif scheduler in ("processes", "multiprocessing"):
+        from dask.multiprocessing import get
+    elif scheduler in ("sync", "synchronous", "single-threaded"):
+        from dask.local import get_sync as get
+    else:
+        return None
+    return get
+
+
+@dataclass
+class BatchResult:
+    done: int          #: items computed in this run
+    skipped: int       #: items already complete
+    total: int
+    seconds: float
+    manifest: Path
+
+
+def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=None, progress=True,
+              log=None) -> BatchResult:
+    """Run the items not yet complete, one Dask task each; keep the manifest current.
+
+    ``scheduler``: ``"processes"`` (default), ``"threads"``, ``"sync"`` (serial) or the
+    address of a ``dask.distributed`` scheduler (``tcp://host:8786``). ``workers``: local
+    worker count (default: all cores); each task gets cores/workers FFT threads.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    old = read_manifest(out_dir)
+    rows, todo = {}, []
+    for it in items:
+        if is_complete(out_dir, it, old.get(it.index)):
+            rows[it.index] = old[it.index]
+        else:
+            rows[it.index] = _row(it, "pending")
+            todo.append(it)
+    skipped = len(items) - len(todo)
+    write_manifest(out_dir, items, rows)
+    if log and skipped:
+        log(f"{skipped} of {len(items)} items already complete in {out_dir}; skipping them")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), initial=skipped, desc="micrographs", unit="item")
+    by_name = {it.config.output: it for it in todo}
+
+    def finished(result):
+        name, secs = result
+        it = by_name[name]
+        rows[it.index] = _row(it, "done", f"{secs:.3f}")
+        write_manifest(out_dir, items, rows)
+        if bar is not None:
+            bar.update(1)
+
+    ncpu = os.cpu_count() or 1
+    try:
+        if todo:
+            get = _local_get(scheduler)
+            if get is not None:
+                nw = workers or (1 if get.__module__ == "dask.local" else ncpu)
+                threads = max(1, ncpu // nw)
+                _run_local(get, todo, out_dir, device, threads, nw, finished, scheduler)
+            else:
+                _run_distributed(scheduler, todo, out_dir, device, finished)
+    finally:
+        if bar is not None:
+            bar.close()
+    return BatchResult(len(todo), skipped, len(items), time.perf_counter() - t0, out_dir / MANIFEST)
+
+
+def _run_local(get, todo, out_dir, device, threads, workers, finished, scheduler):
+    from dask.callbacks import Callback
+
+    dsk = {("cutem-item", it.index): (run_item, it.config, str(out_dir), device, threads) for it in todo}
+    keys = list(dsk)
+
+    class Done(Callback):
+        # local schedulers call _posttask in the driver thread, so the manifest has one writer
+        def _posttask(self, key, result, dsk_, state, id_):
+            if key in dsk:
+                finished(result)
+
+    kw = {} if scheduler in ("sync", "synchronous", "single-threaded") else {"num_workers": workers}
+    env_threads = os.environ.get("CUTEM_THREADS")
+    if scheduler in ("threads", "threaded") and env_threads is None:
+        os.environ["CUTEM_THREADS"] = str(threads)  # threads share the environment
+    try:
+        with Done():
+            get(dsk, keys, **kw)
+    finally:
+        if scheduler in ("threads", "threaded") and env_threads is None:
+            os.environ.pop("CUTEM_THREADS", None)
+
+
+def _run_distributed(address, todo, out_dir, device, finished):
+    try:
+        from distributed import Client, as_completed
+    except ImportError:  # pragma: no cover - dask[distributed] is a dependency of the scale extra
+        raise InputError("--scheduler ADDRESS needs dask.distributed (pip install 'cutem[scale]')") from None
+    try:
+        client = Client(address, timeout="20s")
+    except OSError as e:
+        raise InputError(f"--scheduler {address}: cannot connect to a dask.distributed scheduler ({e})") from None
+    try:
+        futs = [client.submit(run_item, it.config, str(out_dir), device, None, key=f"cutem-item-{it.index}",
+                              pure=False) for it in todo]
+        for fut in as_completed(futs):
+            finished(fut.result())
+    finally:
+        client.close()
+
+
+__all__ = ["Item", "item_seed", "items_from_ranges", "items_from_table", "apply_params", "parse_range",
+           "run_batch", "run_item", "read_manifest", "is_complete", "BatchResult", "MANIFEST"]
