@@ -290,18 +290,20 @@ class _Groups:
         self.b_step = b_step
 
     def entries(self):
-        """Yield (z, level B, atom indices, per-atom level weight) for each non-empty group."""
+        """Yield (z, level B, atoms, level weights) per non-empty group. The elements must be
+        sorted; ``atoms`` is a slice (one level) or an index array, ``level weights`` None
+        (all 1) or an array."""
         lo = self.k - self.kmin
-        order = np.argsort(self.elements.astype(np.int16), kind="stable")  # radix sort, keeps space order
         bounds = np.concatenate([[0], np.cumsum(np.bincount(self.elements, minlength=len(self.species)))])
         for e, z in enumerate(self.species):
-            ids = order[bounds[e]:bounds[e + 1]]
-            if not len(ids):
+            b0, b1 = int(bounds[e]), int(bounds[e + 1])
+            if b1 == b0:
                 continue
             if self.nlev == 1:
-                yield z, self.kmin * self.b_step, ids, np.ones(len(ids))
+                yield z, self.kmin * self.b_step, slice(b0, b1), None
                 continue
-            lo_e, t_e = lo[ids], self.t[ids]
+            ids = np.arange(b0, b1)
+            lo_e, t_e = lo[b0:b1], self.t[b0:b1]
             for lev in range(self.nlev):
                 # weight (1 − t) from atoms whose lower level is lev, t from those whose upper is lev
                 sel_lo = lo_e == lev
@@ -360,26 +362,43 @@ def _as_atoms(atoms):
 
 
 class _SliceAtoms:
-    """The atoms of one slice, ready to scatter: device arrays plus host-side grouping."""
+    """The atoms of one slice, ready to scatter: device arrays plus host-side grouping.
+
+    The atoms are reordered by element (a stable radix sort: within an element they keep their
+    file order, which is spatially coherent), so that each element is a contiguous range and
+    its arrays are views, not copies; ``perm`` maps back to the caller's order.
+    """
 
     def __init__(self, plan, xy, elements, species, weights, b_total, b_step, xp, need_upper=False):
         self.n = len(xy)
         self.species = species
-        self.elements = np.asarray(elements)
+        elements = np.asarray(elements)
+        perm = np.argsort(elements.astype(np.int16), kind="stable")
+        self.perm = None if (np.diff(perm) > 0).all() else perm
+        if self.perm is not None:
+            xy, elements = xy[perm], elements[perm]
+            weights, b_total = np.asarray(weights)[perm], np.asarray(b_total)[perm]
+        self.elements = elements
         self.groups = _Groups(self.elements, species, b_total, b_step, need_upper) if self.n else None
         if self.n:
             self.iy, self.ix, self.ty, self.tx, self.inside = _corners(plan, xp.asarray(xy), xp, plan.dtype)
             self.w = xp.asarray(np.asarray(weights, dtype=plan.dtype))
 
+    def unpermute(self, a):
+        """Host array in the sorted order → the caller's order."""
+        if self.perm is None:
+            return a
+        out = np.empty_like(a)
+        out[self.perm] = a
+        return out
+
 
 def _gather_select(sa, idx, xp):
-    """Device arrays of the atoms ``idx`` (host indices) that lie in the field."""
-    if idx is None:
-        iy, ix, ty, tx, w, ins = sa.iy, sa.ix, sa.ty, sa.tx, sa.w, sa.inside
-    else:
-        d = xp.asarray(idx)
-        iy, ix, ty, tx, w, ins = sa.iy[d], sa.ix[d], sa.ty[d], sa.tx[d], sa.w[d], sa.inside[d]
-    return iy, ix, ty, tx, w, ins
+    """Device arrays of the atoms ``idx`` (a slice: views; host indices: copies)."""
+    if isinstance(idx, slice):
+        return sa.iy[idx], sa.ix[idx], sa.ty[idx], sa.tx[idx], sa.w[idx], sa.inside[idx]
+    d = xp.asarray(idx)
+    return sa.iy[d], sa.ix[d], sa.ty[d], sa.tx[d], sa.w[d], sa.inside[d]
 
 
 def _forward_slice(plan, sa, solvent_V, xp):
@@ -391,9 +410,8 @@ def _forward_slice(plan, sa, solvent_V, xp):
     npix = plan.ny * plan.nx
     grid = None  # one scatter buffer, reused by every group
     for z, b_level, idx, wl in sa.groups.entries():
-        whole = len(idx) == sa.n and not (wl != 1).any() and (np.diff(idx) > 0).all()
-        iy, ix, ty, tx, w, ins = _gather_select(sa, None if whole else idx, xp)
-        if not whole:
+        iy, ix, ty, tx, w, ins = _gather_select(sa, idx, xp)
+        if wl is not None:
             w = w * xp.asarray(wl.astype(dtype))
         if not bool(ins.all()):
             iy, ix, ty, tx, w = iy[ins], ix[ins], ty[ins], tx[ins], w[ins]
@@ -470,7 +488,7 @@ def _backward_slice(plan, sa, g, solvent_V, xp):
         d_xy[me, 0] = np.where(inside, wn * ((1 - te) * px_lo + te * px_hi) / plan.px, 0.0)
         d_xy[me, 1] = np.where(inside, wn * ((1 - te) * py_lo + te * py_hi) / plan.px, 0.0)
         d_b[me] = np.where(inside, wn * (p_hi - p_lo) / grp.b_step, 0.0)
-    return d_xy, d_b, d_w
+    return sa.unpermute(d_xy), sa.unpermute(d_b), sa.unpermute(d_w)
 
 
 def _prepare(atoms, b_factor_A2, scale):
@@ -849,7 +867,9 @@ def potential_volume(atoms, shape_zyx, voxel_size_A, *, b_factor_A2=0.0, b_step_
     vs = float(voxel_size_A)
     f = a.positions / vs + np.array([nx / 2, ny / 2, nz / 2])
     inside = ((f >= 0) & (f < np.array([nx, ny, nz]))).all(1)
-    f, el, b_total, w = f[inside], a.elements[inside], b_total[inside], w[inside]
+    order = np.flatnonzero(inside)
+    order = order[np.argsort(a.elements[order], kind="stable")]  # grouped by element
+    f, el, b_total, w = f[order], a.elements[order], b_total[order], w[order]
     i0 = np.floor(f).astype(np.int64)
     t = f - i0
     qz = np.fft.fftfreq(nz, d=vs)
@@ -861,7 +881,7 @@ def potential_volume(atoms, shape_zyx, voxel_size_A, *, b_factor_A2=0.0, b_step_
     groups = _Groups(el, a.species, b_total, b_step_A2)
     for z, b_level, idx, wl in groups.entries():
         grid = np.zeros(nz * ny * nx)
-        ii, tt, ww = i0[idx], t[idx], w[idx] * wl
+        ii, tt, ww = i0[idx], t[idx], (w[idx] if wl is None else w[idx] * wl)
         for cz in (0, 1):
             wz = tt[:, 2] if cz else 1 - tt[:, 2]
             kz = (ii[:, 2] + cz) % nz
