@@ -166,3 +166,33 @@ def test_agrees_with_gemmi_density_calculator():
     cubic = P.projected_potential(sub, (96, 96), 1.0, dtype=np.float64, spread_order=3)[0]
     assert np.linalg.norm(ref - gem) / np.linalg.norm(gem) < 1e-3
     assert np.linalg.norm(cubic - gem) / np.linalg.norm(gem) < 2e-3
+
+
+def test_cli_potential_writes_mrc_with_pixel_size(tmp_path):
+    import mrcfile
+    from click.testing import CliRunner
+
+    from cutem.cli import main
+
+    pdb = str(tmp_path / "one.pdb")
+    with open(pdb, "w") as fh:
+        fh.write("ATOM      1  CA  ALA A   1       0.000   0.000   0.000  1.00 20.00           C\n"
+                 "ATOM      2  O   ALA A   1       3.000   0.000   0.000  1.00 20.00           O\n")
+    out = str(tmp_path / "pot.mrc")
+    r = CliRunner().invoke(main, ["potential", pdb, "--out", out, "--pixel-size", "0.5", "--shape", "64",
+                                  "--no-ice", "-q"])
+    assert r.exit_code == 0, r.output
+    with mrcfile.open(out) as m:
+        assert m.data.shape == (64, 64)
+        assert float(m.voxel_size.x) == 0.5
+        total = float(m.data.astype(np.float64).sum()) * 0.25
+    assert total == pytest.approx(E.POTENTIAL_CONSTANT_V_A2 * (E.f0(6) + E.f0(8)), rel=1e-4)
+    vol = str(tmp_path / "vol.mrc")
+    r = CliRunner().invoke(main, ["potential", pdb, "--out", vol, "--volume", "--pixel-size", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    with mrcfile.open(vol) as m:
+        assert m.data.ndim == 3 and float(m.voxel_size.x) == 1.0
+        # in ice the map's far corner is the ice mean inner potential (V)
+        assert float(m.data[m.data.shape[0] // 2, 0, 0]) == pytest.approx(P.ice_potential_V(), rel=0.02)
+    r = CliRunner().invoke(main, ["potential", str(tmp_path / "missing.pdb"), "--out", out])
+    assert r.exit_code != 0
