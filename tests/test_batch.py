@@ -1,0 +1,203 @@
+"""Batch generation: per-item seeds and parameters, manifest, resume, kill, distributed path."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from cutem import batch as Bt
+from cutem.config import load_config
+from cutem.errors import InputError
+
+CUTEM = shutil.which("cutem")
+DATA = Path(__file__).resolve().parents[1] / "cutem" / "data" / "tmv"
+
+TOML = f"""
+seed = 0
+output = "m"
+[optics]
+voltage_kV = 300.0
+defocus_u_A = 15000.0
+defocus_v_A = 14000.0
+[detector]
+nx = 32
+ny = 32
+pixel_size_A = 10.0
+dose_e_per_A2 = 20.0
+[sample]
+diameter_A = 20000.0
+thickness_center_A = 300.0
+thickness_edge_A = 450.0
+[geometry]
+tilt_angles_deg = [0.0]
+[[particles]]
+name = "TMV"
+structure = "{DATA / '2OM3_model1.pdb'}"
+transforms = "{DATA / '2OM3_transf.txt'}"
+placement = "random"
+count = 1
+"""
+
+
+@pytest.fixture
+def base(tmp_path):
+    p = tmp_path / "base.toml"
+    p.write_text(TOML)
+    return p
+
+
+def test_item_parameters_are_in_range_and_do_not_depend_on_the_batch_size(base):
+    cfg = load_config(base)
+    ranges = {"particles": (1, 3), "defocus_A": (1e4, 2e4), "dose_e_per_A2": (10, 30), "ice_thickness_A": (250, 400)}
+    a = Bt.items_from_ranges(cfg, 5, 7, ranges)
+    b = Bt.items_from_ranges(cfg, 9, 7, dict(reversed(list(ranges.items()))))
+    for x, y in zip(a, b):
+        assert x.seed == y.seed and x.params == y.params
+    assert len({it.seed for it in b}) == 9
+    assert Bt.items_from_ranges(cfg, 1, 8, ranges)[0].seed != a[0].seed
+    for it in b:
+        p = it.params
+        assert 1 <= p["particles"] <= 3 and isinstance(p["particles"], int)
+        assert 1e4 <= p["defocus_A"] <= 2e4 and 10 <= p["dose_e_per_A2"] <= 30
+        c = it.config
+        # astigmatism of the base (1000 Å) kept around the drawn mean defocus
+        assert c.optics.defocus_u_A - c.optics.defocus_v_A == pytest.approx(1000.0)
+        assert 0.5 * (c.optics.defocus_u_A + c.optics.defocus_v_A) == pytest.approx(p["defocus_A"])
+        assert c.detector.dose_e_per_A2 == p["dose_e_per_A2"]
+        assert c.sample.thickness_center_A == p["ice_thickness_A"]
+        assert c.sample.thickness_edge_A == pytest.approx(1.5 * p["ice_thickness_A"])
+        assert c.particles[0].count == p["particles"] and c.particles[0].placement == "random"
+        assert c.seed == it.seed and c.output == f"m_{it.index:05d}"
+    counts = {it.params["particles"] for it in Bt.items_from_ranges(cfg, 40, 1, ranges)}
+    assert counts == {1, 2, 3}
+
+
+def test_table_rows_set_the_named_fields(base, tmp_path):
+    t = tmp_path / "t.csv"
+    t.write_text("item,defocus_A,detector.dose_e_per_A2,optics.cs_mm,seed\n0,12000,5.5,1.2,42\n1,30000,7,2.7,43\n")
+    items = Bt.items_from_table(load_config(base), t, 0)
+    assert [it.seed for it in items] == [42, 43]
+    assert items[1].config.detector.dose_e_per_A2 == 7.0
+    assert items[0].config.optics.cs_mm == 1.2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("optics.nothing\n1\n")
+    with pytest.raises(InputError, match=r"bad.csv:2: optics has no field 'nothing'"):
+        Bt.items_from_table(load_config(base), bad, 0)
+    bad.write_text("particles\n0\n")
+    with pytest.raises(InputError, match="particles"):
+        Bt.items_from_table(load_config(base), bad, 0)
+    with pytest.raises(InputError, match="LO <= HI"):
+        Bt.parse_range("5:1", "dose")
+
+
+def _mtimes(out, names):
+    return {n: (out / n).stat().st_mtime_ns for n in names}
+
+
+def test_batch_writes_manifest_and_resume_skips_complete_items(base, tmp_path):
+    cfg = load_config(base)
+    items = Bt.items_from_ranges(cfg, 3, 5, {"defocus_A": (1e4, 2e4)})
+    out = tmp_path / "o"
+    r = Bt.run_batch(items, out, scheduler="sync", progress=False)
+    assert (r.done, r.skipped) == (3, 0)
+    rows = Bt.read_manifest(out)
+    assert [rows[i]["status"] for i in range(3)] == ["done"] * 3
+    assert rows[1]["seed"] == str(items[1].seed) and float(rows[1]["defocus_A"]) == items[1].params["defocus_A"]
+    names = [f"m_{i:05d}.mrc" for i in range(3)]
+    before = _mtimes(out, names)
+    # an item whose output went missing is redone; the others are skipped untouched
+    (out / "m_00001_noisefree.mrc").unlink()
+    r = Bt.run_batch(items, out, scheduler="threads", workers=2, progress=False)
+    assert (r.done, r.skipped) == (1, 2)
+    after = _mtimes(out, names)
+    assert after["m_00000.mrc"] == before["m_00000.mrc"] and after["m_00002.mrc"] == before["m_00002.mrc"]
+    # the same item simulated again gives the same image (its seed is its own)
+    with mrcfile.open(out / "m_00001.mrc") as m:
+        img = m.data.copy()
+    Bt.run_batch(Bt.items_from_ranges(cfg, 2, 5, {"defocus_A": (1e4, 2e4)})[1:], tmp_path / "o2",
+                 scheduler="sync", progress=False)
+    with mrcfile.open(tmp_path / "o2" / "m_00001.mrc") as m:
+        assert np.array_equal(m.data, img)
+    # a different batch seed changes the items: nothing is skipped
+    r = Bt.run_batch(Bt.items_from_ranges(cfg, 3, 6, {"defocus_A": (1e4, 2e4)}), out, scheduler="sync",
+                     progress=False)
+    assert (r.done, r.skipped) == (3, 0)
+
+
+def _manifest_done(out):
+    try:
+        return {int(r["item"]) for r in csv.DictReader(open(out / "manifest.csv")) if r["status"] == "done"}
+    except (OSError, KeyError, ValueError):
+        return set()
+
+
+@pytest.mark.skipif(CUTEM is None, reason="the cutem console script is not installed")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_batch_leaves_no_partial_files_and_resumes(base, tmp_path, sig):
+    out = tmp_path / "k"
+    cmd = [CUTEM, "simulate-batch", str(base), "--out", str(out), "-n", "10",
+           "--defocus", "10000:20000", "--scheduler", "sync", "-q"]
+    env = {**os.environ, "CUTEM_THREADS": "1"}
+    p = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        t0 = time.time()
+        while len(_manifest_done(out)) < 3 and time.time() - t0 < 60 and p.poll() is None:
+            time.sleep(0.05)
+        assert p.poll() is None, "the batch finished before it could be killed"
+        os.kill(p.pid, sig)
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    done = _manifest_done(out)
+    assert 3 <= len(done) < 10
+    # every file under a final name is complete
+    for f in out.glob("m_*.mrc"):
+        with mrcfile.open(f) as m:
+            assert m.data.shape == (32, 32) and np.isfinite(m.data).all()
+    before = _mtimes(out, [f"m_{i:05d}.mrc" for i in done])
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert _manifest_done(out) == set(range(10))
+    assert _mtimes(out, [f"m_{i:05d}.mrc" for i in done]) == before
+    assert not [f for f in out.iterdir() if f.name.startswith(".")]
+
+
+@pytest.mark.skipif(CUTEM is None, reason="the cutem console script is not installed")
+def test_process_scheduler_and_cli_table(base, tmp_path):
+    t = tmp_path / "t.csv"
+    t.write_text("defocus_A,ice_thickness_A\n12000,300\n18000,350.5\n")
+    out = tmp_path / "p"
+    r = subprocess.run([CUTEM, "simulate-batch", str(base), "--out", str(out), "--table",
+                        str(t), "--workers", "2", "-q"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = Bt.read_manifest(out)
+    assert float(rows[1]["ice_thickness_A"]) == 350.5 and rows[1]["status"] == "done"
+    r = subprocess.run([CUTEM, "simulate-batch", str(base), "--out", str(out), "--table",
+                        str(t), "--count", "3"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "either --table" in r.stderr
+
+
+def test_distributed_local_cluster_on_loopback(base, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    cfg = load_config(base)
+    items = Bt.items_from_ranges(cfg, 3, 2, {"dose_e_per_A2": (5, 10)})
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, host="127.0.0.1",
+                                  protocol="tcp", dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        r = Bt.run_batch(items, tmp_path / "d", scheduler=cluster.scheduler_address, progress=False)
+    assert (r.done, r.skipped) == (3, 0)
+    rows = Bt.read_manifest(tmp_path / "d")
+    assert all(rows[i]["status"] == "done" for i in range(3))
+    # the distributed result equals the local one item for item
+    Bt.run_batch(items[2:], tmp_path / "s", scheduler="sync", progress=False)
+    with mrcfile.open(tmp_path / "d" / "m_00002.mrc") as a, mrcfile.open(tmp_path / "s" / "m_00002.mrc") as b:
+        assert np.array_equal(a.data, b.data)
