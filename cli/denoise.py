@@ -120,7 +120,7 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
 @click.option("--detector", "det_file", type=click.Path(dir_okay=False),
               help="Model method: detector parameters (fit-mtf result or run config TOML).")
 @click.option("--gain", type=float, default=None, help="Model method: counts per electron (overrides --detector).")
-@click.option("--beta", type=float, default=4.0, show_default=True, help="Model method: smoothness weight.")
+@click.option("--beta", type=float, default=16.0, show_default=True, help="Model method: smoothness weight.")
 @click.option("--iterations", type=int, default=300, show_default=True, help="Model method: Adam iterations.")
 @click.option("--draws", type=int, default=4, show_default=True, help="Model method: noisy simulations per iteration.")
 @click.option("--estimator", type=click.Choice(["pathwise", "score"]), default="pathwise", show_default=True)

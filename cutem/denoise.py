@@ -34,7 +34,9 @@ Model-based (:func:`model_denoise`)
     ∇_λ E[L] = E[(L − b)(N/λ − 1)], Rao-Blackwellised per pixel: pixel i's weight uses
     only the loss of the window around i that its count can reach, with a leave-one-out
     baseline b over the K draws. Optimised with Adam. The result is the noise-free
-    observation gain · MTF ⊛ λ. Both terms are O(1) for an image at the noise level
+    observation gain · MTF ⊛ λ. The expected squared error also holds the simulated
+    images' own noise variance, gain² Σ_j K_ij² λ_i / dqe (K the MTF kernel), whose gradient
+    (a constant per unit λ) would bias λ low; it is subtracted exactly. Both terms are O(1) for an image at the noise level
     (a pixel's shot noise is sqrt(mean λ) electrons), so ``beta`` of a few balances
     them at any dose.
 """
@@ -567,7 +569,7 @@ def _ideal_detector(shape, gain):
                     mtf_a=0.0, mtf_b=0.0, mtf_c=1.0, gain=float(gain), dqe=1.0)
 
 
-def model_denoise(observed, detector=None, gain=1.0, beta=4.0, iterations=300, lr=0.05, draws=4,
+def model_denoise(observed, detector=None, gain=1.0, beta=16.0, iterations=300, lr=0.01, draws=4,
                   estimator="pathwise", eps=None, seed=0, window=2, xp=None, progress=False):
     """The model-based denoiser (module docstring), on :func:`cutem.detector.detect`.
 
@@ -605,6 +607,8 @@ def model_denoise(observed, detector=None, gain=1.0, beta=4.0, iterations=300, l
     rng = B.default_rng(seed, xp)
     opt = Adam(lr=lr)
     norm = gain * gain * mean_e
+    T = mtf_transfer(y.shape, det, xp, np.float64)
+    var_grad = gain * gain * float(B.to_numpy((T * T).mean())) / float(det.dqe) / (norm * y.size)
     losses = []
 
     def prior(lam):
@@ -613,7 +617,7 @@ def model_denoise(observed, detector=None, gain=1.0, beta=4.0, iterations=300, l
         tv = ops.sqrt(dx[:-1, :] ** 2 + dy[:, :-1] ** 2 + eps * eps)
         return beta * ops.mean(tv) / math.sqrt(mean_e)
 
-    for _ in tqdm(range(iterations), disable=not progress, desc="model denoise", unit="it"):
+    for it in tqdm(range(iterations), disable=not progress, desc="model denoise", unit="it"):
         with Tape() as tape:
             uv = tape.watch(u)
             intensity = ops.exp(uv)
@@ -623,6 +627,10 @@ def model_denoise(observed, detector=None, gain=1.0, beta=4.0, iterations=300, l
                     sim = detect(intensity, det, rng=rng, estimator="pathwise").image
                     total = total + ops.mean((sim - y) ** 2) / (norm * draws)
         (g,) = tape.gradient(total, [uv])
+        # E(y_k − y)² = (E y_k − y)² + Var y_k; the variance gain²·Σ_j K_ij² λ_i/dqe (Poisson then
+        # Wald, blurred by the MTF kernel K) has the constant gradient gain²·mean(MTF²)/dqe per
+        # unit λ, which would pull λ below the data: it is removed exactly (chain rule to u).
+        g = g - var_grad * (xp.exp(u) * scale)
         val = float(B.to_numpy(unwrap(total)))
         if estimator == "score":
             i_val = xp.exp(u)
@@ -640,6 +648,8 @@ def model_denoise(observed, detector=None, gain=1.0, beta=4.0, iterations=300, l
             g = g + gdata / draws * (i_val * scale)  # N̄ = scale · exp(u)
             val += float(B.to_numpy(sum(L.sum() for L in Ls))) / draws / (2 * window + 1) ** 2
         losses.append(val)
+        # cosine decay to lr/100: a fixed log-space step of lr would leave λ jittering by ~lr
+        opt.lr = lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * it / max(iterations - 1, 1))))
         u = opt.step({"u": u}, {"u": g})["u"]
     d = detect(xp.exp(u), det, estimator="pathwise", noise_free=True, rng=0)
     return ModelDenoiseResult(B.to_numpy(d.noise_free).astype(np.float32),
