@@ -100,14 +100,18 @@ def main(argv=None):
         f"(other jobs share this machine; wall-clock times grow with load)",
         "",
         f"{'case':<12} {'atoms':>9} {'grid':>9} {'warm s':>8} {'warm med':>9} {'warm cpu':>9} "
-        f"{'Matoms/s':>9} {'1st call':>9} {'cold proc':>10} {'peak GiB':>9}  target",
+        f"{'Matoms/s':>9} {'1st call':>9} {'cold proc':>10} {'cold cpu':>9} {'peak GiB':>9}  target",
     ]
     for r in rows:
         lines.append(f"{r['case']:<12} {r['atoms']:>9d} {r['shape'][0]:>4d}x{r['shape'][1]:<4d} "
                      f"{r['warm_min']:>8.3f} {r['warm_median']:>9.3f} {r['warm_cpu_min']:>9.3f} "
-                     f"{r['atoms'] / r['warm_min'] / 1e6:>9.2f} {r['first']:>9.3f} {r['cold_wall']:>10.2f} "
+                     f"{r['atoms'] / r['warm_min'] / 1e6:>9.2f} {r['first']:>9.3f} {r['cold_wall']:>10.2f} {r['cold_cpu']:>9.2f} "
                      f"{r['peak_gib']:>9.2f}  {TARGETS[r['case']]}")
-    lines += ["", "# peers (the issue's numbers, same kind of 2-core machine, not re-measured here):"]
+    lines += ["", "# warm s / warm med: best / median wall clock of the repeats; warm cpu: CPU seconds of the best",
+              "# call summed over threads (less sensitive to other jobs than the wall clock); Matoms/s from warm s;",
+              "# cold proc: interpreter start to first potential done (imports, PDB, scene, first call);",
+              "# peak: the process's maximum resident set size.",
+              "", "# peers (the issue's numbers, same kind of 2-core machine, not re-measured here):"]
     for name, case, t, note in PEERS:
         lines.append(f"#   {name:<20} {case:<20} {t:<14} {note}")
     text = "\n".join(lines) + "\n"
