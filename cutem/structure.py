@@ -114,6 +114,57 @@ class Atoms:
                      np.concatenate([p.occupancies for p in parts]))
 
 
+# Hydrogens bonded to each heavy atom of the standard residues (neutral side chains, histidine
+# as the Nδ1-H tautomer, Arg/Lys protonated, Asp/Glu deprotonated; chain termini ignored), for
+# models without explicit hydrogens. This is what TEM-simulator's ``add_hydrogen`` does (it adds
+# the hydrogens' scattering at the heavy atom's position); the counts follow from the residues'
+# chemical formulas.
+_BACKBONE_H = {"N": 1, "CA": 1}
+_SIDECHAIN_H = {
+    "ALA": {"CB": 3},
+    "ARG": {"CB": 2, "CG": 2, "CD": 2, "NE": 1, "NH1": 2, "NH2": 2},
+    "ASN": {"CB": 2, "ND2": 2},
+    "ASP": {"CB": 2},
+    "CYS": {"CB": 2, "SG": 1},
+    "GLN": {"CB": 2, "CG": 2, "NE2": 2},
+    "GLU": {"CB": 2, "CG": 2},
+    "GLY": {"CA": 2},
+    "HIS": {"CB": 2, "ND1": 1, "CD2": 1, "CE1": 1},
+    "ILE": {"CB": 1, "CG1": 2, "CG2": 3, "CD1": 3},
+    "LEU": {"CB": 2, "CG": 1, "CD1": 3, "CD2": 3},
+    "LYS": {"CB": 2, "CG": 2, "CD": 2, "CE": 2, "NZ": 3},
+    "MET": {"CB": 2, "CG": 2, "CE": 3},
+    "PHE": {"CB": 2, "CD1": 1, "CD2": 1, "CE1": 1, "CE2": 1, "CZ": 1},
+    "PRO": {"N": 0, "CB": 2, "CG": 2, "CD": 2},
+    "SER": {"CB": 2, "OG": 1},
+    "THR": {"CB": 1, "OG1": 1, "CG2": 3},
+    "TRP": {"CB": 2, "CD1": 1, "NE1": 1, "CE3": 1, "CZ2": 1, "CZ3": 1, "CH2": 1},
+    "TYR": {"CB": 2, "CD1": 1, "CD2": 1, "CE1": 1, "CE2": 1, "OH": 1},
+    "VAL": {"CB": 1, "CG1": 3, "CG2": 3},
+}
+_RIBOSE_H = {"C5'": 2, "C4'": 1, "C3'": 1, "C2'": 1, "O2'": 1, "C1'": 1}
+_DEOXY_H = {"C5'": 2, "C4'": 1, "C3'": 1, "C2'": 2, "C1'": 1}
+_BASE_H = {"A": {"C8": 1, "N6": 2, "C2": 1}, "G": {"C8": 1, "N1": 1, "N2": 2},
+           "C": {"C5": 1, "C6": 1, "N4": 2}, "U": {"C5": 1, "C6": 1, "N3": 1},
+           "T": {"C6": 1, "N3": 1, "C7": 3}}
+
+
+def implicit_hydrogen_count(residue: str, atom: str) -> int:
+    """Hydrogens bonded to heavy atom ``atom`` of ``residue`` (0 for anything unknown)."""
+    res = residue.strip().upper()
+    name = atom.strip().upper().replace("*", "'")
+    if res in ("HOH", "WAT"):
+        return 2 if name == "O" else 0
+    if res in _SIDECHAIN_H:
+        side = _SIDECHAIN_H[res]
+        return side[name] if name in side else _BACKBONE_H.get(name, 0)
+    if res in ("A", "G", "C", "U"):
+        return _RIBOSE_H.get(name, _BASE_H[res].get(name, 0))
+    if res in ("DA", "DG", "DC", "DT"):
+        return _DEOXY_H.get(name, _BASE_H[res[1]].get(name, 0))
+    return 0
+
+
 def _element_from_name(name: str):
     """Element guessed from a PDB atom name: first letters that make a known symbol."""
     letters = "".join(ch for ch in name.strip() if ch.isalpha()).upper()
@@ -161,7 +212,8 @@ def _normalise_alternates(occ, site):
     return occ
 
 
-def read_structure(path, *, hydrogens=True, infer_elements=False, model=0, with_chains=False):
+def read_structure(path, *, hydrogens=True, infer_elements=False, model=0, with_chains=False,
+                   implicit_hydrogens=False):
     """Atoms of the first model of a PDB or mmCIF file.
 
     Parameters
@@ -177,6 +229,11 @@ def read_structure(path, *, hydrogens=True, infer_elements=False, model=0, with_
         Model index (0: the first).
     with_chains : bool
         Also return the chain name and subchain (label_asym_id) of every atom (for assemblies).
+    implicit_hydrogens : bool
+        For a model without hydrogens: add, at each heavy atom of a standard residue, the
+        hydrogens bonded to it (one H entry whose occupancy is the count × the heavy atom's;
+        :func:`implicit_hydrogen_count`), as TEM-simulator's ``add_hydrogen`` does. Refused for a
+        model that has explicit hydrogens.
 
     Returns
     -------
@@ -199,7 +256,7 @@ def read_structure(path, *, hydrogens=True, infer_elements=False, model=0, with_
                          f"{'' if len(st) else ' at all'})")
     st.setup_entities()
     m = st[model]
-    zs, pos, bs, occ, chains, subs, site = [], [], [], [], [], [], []
+    zs, pos, bs, occ, chains, subs, site, implicit = [], [], [], [], [], [], [], []
     for ch in m:
         for res in ch:
             sub = res.subchain
@@ -215,15 +272,23 @@ def read_structure(path, *, hydrogens=True, infer_elements=False, model=0, with_
                     z = guess
                 if z == 1 and not hydrogens:
                     continue
-                zs.append(z)
+                if z == 1 and implicit_hydrogens:
+                    raise InputError(f"{path}: the model has explicit hydrogens; implicit_hydrogens would "
+                                     f"count them twice")
                 p = at.pos
-                pos.append((p.x, p.y, p.z))
-                bs.append(at.b_iso)
-                occ.append(at.occ)
-                site.append((ch.name, res.seqid.num, res.seqid.icode, at.name) if at.altloc != "\0" else None)
-                if with_chains:
-                    chains.append(ch.name)
-                    subs.append(sub)
+                key = (ch.name, res.seqid.num, res.seqid.icode, at.name) if at.altloc != "\0" else None
+                nh = implicit_hydrogen_count(res.name, at.name) if implicit_hydrogens else 0
+                if nh:  # the hydrogens' occupancy follows the heavy atom's (set after normalising)
+                    implicit.append((len(zs) + 1, len(zs), nh))
+                for zz, oo, kk in ((z, at.occ, key), (1, 0.0, None)) if nh else ((z, at.occ, key),):
+                    zs.append(zz)
+                    pos.append((p.x, p.y, p.z))
+                    bs.append(at.b_iso)
+                    occ.append(oo)
+                    site.append(kk)
+                    if with_chains:
+                        chains.append(ch.name)
+                        subs.append(sub)
     if not zs:
         raise InputError(f"{path}: the model has no atoms" + ("" if hydrogens else " (hydrogens excluded)"))
     positions = np.asarray(pos, dtype=np.float64)
@@ -235,6 +300,8 @@ def read_structure(path, *, hydrogens=True, infer_elements=False, model=0, with_
     if not (np.isfinite(bs).all() and np.isfinite(occ).all()):
         raise InputError(f"{path}: non-finite B-factor or occupancy")
     occ = _normalise_alternates(occ, site)
+    for h, heavy, nh in implicit:
+        occ[h] = nh * occ[heavy]
     species, elements = np.unique(np.asarray(zs, dtype=np.int16), return_inverse=True)
     atoms = Atoms(positions, elements, tuple(int(z) for z in species), bs, occ)
     if with_chains:
@@ -398,5 +465,5 @@ def tmv_fragment(center="bbox") -> Atoms:
                          center=center)
 
 
-__all__ = ["Atoms", "read_structure", "assembly_operators", "apply_operators", "biological_assembly",
+__all__ = ["Atoms", "read_structure", "implicit_hydrogen_count", "assembly_operators", "apply_operators", "biological_assembly",
            "read_transform_file", "euler_matrix", "load_particle", "tmv_fragment"]

@@ -121,3 +121,20 @@ def test_concatenate_remaps_species():
     c = S.Atoms.concatenate([a, b])
     assert c.species == (6, 8)
     assert c.atomic_numbers.tolist() == [6, 6, 8]
+
+
+def test_implicit_hydrogens_follow_the_residue_formulas(tmp_path):
+    rows = [("N", "ALA", 1), ("CA", "ALA", 1), ("C", "ALA", 1), ("O", "ALA", 1), ("CB", "ALA", 1),
+            ("N", "GLY", 2), ("CA", "GLY", 2), ("C", "GLY", 2), ("O", "GLY", 2)]
+    text = "".join(f"ATOM  {i + 1:5d}  {n:<3s} {r} A{k:4d}    {i:8.3f}   0.000   0.000  1.00 20.00           {n[0]}\n"
+                   for i, (n, r, k) in enumerate(rows))
+    p = _write(tmp_path, "ag.pdb", text)
+    a = S.read_structure(p, implicit_hydrogens=True)
+    h = a.atomic_numbers == 1
+    assert a.occupancies[h].sum() == 5 + 3          # Ala residue C3H5NO, Gly residue C2H3NO
+    np.testing.assert_array_equal(a.positions[h][0], a.positions[~h][0])  # at the heavy atom (N of Ala)
+    if os.path.isdir(TMV):
+        tmv = S.read_structure(os.path.join(TMV, "2OM3.pdb"), implicit_hydrogens=True)
+        assert tmv.occupancies[tmv.atomic_numbers == 1].sum() == 1222
+        with pytest.raises(InputError, match="explicit hydrogens"):
+            S.read_structure(os.path.join(PDB, "1hvr.pdb"), implicit_hydrogens=True)
