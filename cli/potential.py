@@ -46,6 +46,8 @@ def _parse_shape(text):
 @click.option("--assembly", is_flag=True, help="STRUCTURE only: expand the biological assembly (BIOMT).")
 @click.option("--infer-elements", is_flag=True, help="Take missing/unknown elements from atom names.")
 @click.option("--no-hydrogens", is_flag=True, help="Drop hydrogen atoms of the file.")
+@click.option("--implicit-hydrogens", is_flag=True,
+              help="STRUCTURE without hydrogens: add each residue's bonded hydrogens at their heavy atoms.")
 @click.option("--b-factor", type=float, default=0.0, show_default=True, help="Global B added to every atom (Å²).")
 @click.option("--spread-order", type=click.Choice(["1", "3"]), default="1", show_default=True,
               help="Scatter: 1 bilinear (fast), 3 cubic B-spline (closer to the exact Fourier sum).")
@@ -53,7 +55,8 @@ def _parse_shape(text):
 @device_option
 @quiet_option
 def potential(source, out_path, volume, no_ice, pixel_size, shape, tilt_deg, tilt_axis_deg, slice_thickness,
-              transforms, assembly, infer_elements, no_hydrogens, b_factor, spread_order, seed, device, quiet):
+              transforms, assembly, infer_elements, no_hydrogens, implicit_hydrogens, b_factor, spread_order, seed,
+              device, quiet):
     """Projected potential (V·Å) of SOURCE: a PDB/mmCIF structure or a config (TOML or TEM-simulator
     input; none = the embedded TMV example). The pixel size goes into the MRC header."""
     import numpy as np
@@ -74,7 +77,8 @@ def potential(source, out_path, volume, no_ice, pixel_size, shape, tilt_deg, til
     is_structure = source is not None and source.lower().endswith(_STRUCTURE_EXT)
     if is_structure:
         atoms = S.load_particle(source, transforms, assembly=0 if assembly else None,
-                                hydrogens=not no_hydrogens, infer_elements=infer_elements)
+                                hydrogens=not no_hydrogens, infer_elements=infer_elements,
+                                implicit_hydrogens=implicit_hydrogens)
         r = atoms.radius()
         px = pixel_size or 1.0
         thick = 2 * r + 20.0

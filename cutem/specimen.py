@@ -355,8 +355,9 @@ def scene_from_tem_simulator(path, seed=0, field_A=None) -> Scene:
             if "pdb_file_in" not in d:
                 raise InputError(f"{path}: [particle {label}] needs pdb_file_in")
             tf = d.get("pdb_transf_file_in")
+            add_h = d.get("add_hydrogen", "no").lower() in ("yes", "y", "true", "1")
             particles[label] = load_particle(_resolve(base, d["pdb_file_in"]),
-                                             _resolve(base, tf) if tf else None)
+                                             _resolve(base, tf) if tf else None, implicit_hydrogens=add_h)
     if sample is None:
         raise InputError(f"{path}: no [sample] section")
     scene = Scene(sample=sample)
