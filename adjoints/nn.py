@@ -342,7 +342,7 @@ class UNetConfig:
     kernel: int = 3
     pool: str = "max"
     slope: float = 0.1
-    residual: bool = True
+    residual: bool = False
 
     def __post_init__(self):
         for name in ("in_channels", "out_channels", "width", "convs", "kernel"):

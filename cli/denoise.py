@@ -35,6 +35,8 @@ def _range(text, name, lo=None, hi=None):
 @click.option("--depth", type=int, default=2, show_default=True, help="U-Net levels below the top.")
 @click.option("--width", type=int, default=16, show_default=True, help="U-Net channels at the top level.")
 @click.option("--convs", type=int, default=1, show_default=True, help="3x3 convolutions per level and side.")
+@click.option("--residual/--no-residual", default=False, show_default=True,
+              help="Predict a correction added to the input instead of the image itself.")
 @click.option("--noise2noise", is_flag=True, help="Targets are a second independent noisy draw.")
 @click.option("--image-size", type=int, default=192, show_default=True, help="Side of each simulated image (pixels).")
 @click.option("--pixel-size", type=float, default=None, help="Pixel size in Å [default: config or 2.0].")
@@ -54,7 +56,7 @@ def _range(text, name, lo=None, hi=None):
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
 @quiet_option
-def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, convs, noise2noise, image_size,
+def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, convs, residual, noise2noise, image_size,
                    pixel_size, dose, defocus, ice, particles, structures, mtf_file, pool, refresh_every,
                    checkpoint_every, resume, seed, device, quiet):
     """Train a U-Net denoiser on simulated (noisy, noise-free) pairs generated on the fly.
@@ -74,7 +76,7 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
           if v is not None}
     cfg = TrainConfig(seed=seed, noise2noise=noise2noise, **kw)
     try:
-        net_cfg = UNetConfig(depth=depth, width=width, convs=convs)
+        net_cfg = UNetConfig(depth=depth, width=width, convs=convs, residual=residual)
     except ValueError as exc:
         fail(str(exc))
     base = None

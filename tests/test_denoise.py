@@ -21,7 +21,7 @@ def blobs(rng, n=48, dose=20.0, n2n=False):
     return noisy, (rng.poisson(lam).astype(np.float32) if n2n else lam.astype(np.float32))
 
 
-TINY = UNetConfig(depth=1, width=4, convs=1)
+TINY = UNetConfig(depth=1, width=4, convs=1, residual=True)
 
 
 def _cfg(**kw):
@@ -78,7 +78,7 @@ def test_tiling_identity_network_is_exact_for_any_size(shape, rng):
 
 def test_tiles_blend_to_the_whole_image_result(rng):
     """With the overlap ≥ twice the receptive-field radius, tiles reproduce a single pass."""
-    net = UNet(UNetConfig(depth=1, width=4, convs=1))
+    net = UNet(UNetConfig(depth=1, width=4, convs=1, residual=True))
     p = net.init(3)
     img = rng.normal(5, 1, (64, 64)).astype(np.float32)
     whole = denoise_image(net, p, img, tile=64, overlap=0)
