@@ -36,6 +36,11 @@ forward is thus piecewise linear in B and exact for B on the lattice (``b_step_A
 5 Å²; all TMV atoms have B = 90 Å²). The worst relative error of the interpolation at
 frequency q is ≈ (ΔB q²/4)²/8 (0.1% at q = 0.25 Å⁻¹ for ΔB = 5 Å²).
 
+Cost: one forward rfft2 per populated (element, B level) group and slice, one inverse per
+slice, plus a scatter of 4 (bilinear) or 16 (cubic) weights per atom. Uniform B (cryo-EM
+models, TMV) means one group per element; an X-ray model with B from 2 to 100 Å² populates ~20
+levels per element at ΔB = 5 Å² (raise ``b_step_A2`` to trade accuracy for speed).
+
 Solvent: :func:`ice_potential` gives the projected potential of the ice layer, V_ice·(length of
 ice in the slice), V_ice = K·n·(f_O(0) + 2 f_H(0)) = 4.877 V for n = 0.0335 Å⁻³. So that ice is
 not counted twice where a particle sits, each atom (when ``solvent_V`` > 0) subtracts the ice
