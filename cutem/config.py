@@ -106,15 +106,32 @@ def _tuplify(v):
     return v
 
 
+def _floats(v, key, where):
+    """A list of finite-or-not numbers (the parameter objects check the ranges), or InputError."""
+    if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__"):
+        raise InputError(f"[{where}] {key} = {v!r} must be a list of numbers")
+    out = []
+    for x in v:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise InputError(f"[{where}] {key} has {x!r}; it must be a list of numbers")
+        out.append(float(x))
+    return tuple(out)
+
+
 def _geometry_from(d, where="geometry"):
+    if not isinstance(d, dict):
+        raise InputError(f"[{where}] must be a table")
     unknown = sorted(set(d) - _GEOMETRY_KEYS)
     if unknown:
         raise InputError(f"unknown key {unknown[0]!r} in [{where}] (known: {', '.join(sorted(_GEOMETRY_KEYS))})")
     kw = {k: _tuplify(d[k]) for k in ("tilt_axis_deg", "dose_weights", "defocus_offsets_A") if k in d}
+    for k in ("dose_weights", "defocus_offsets_A"):
+        if k in kw:
+            kw[k] = _floats(kw[k], k, where)
     if "tilt_angles_deg" in d:
         if any(k in d for k in ("tilt_start_deg", "tilt_increment_deg", "tilt_count")):
             raise InputError(f"[{where}] give either tilt_angles_deg or tilt_start_deg/tilt_increment_deg/tilt_count")
-        return Geometry(tilt_angles_deg=tuple(float(a) for a in d["tilt_angles_deg"]), **kw)
+        return Geometry(tilt_angles_deg=_floats(d["tilt_angles_deg"], "tilt_angles_deg", where), **kw)
     if "tilt_count" in d or "tilt_start_deg" in d:
         count = d.get("tilt_count", 1)
         if not isinstance(count, int) or count < 1:
@@ -137,16 +154,33 @@ def _particle_from(d, base, i):
     unknown = sorted(set(d) - names)
     if unknown:
         raise InputError(f"unknown key {unknown[0]!r} in [[particles]] #{i + 1} (known: {', '.join(sorted(names))})")
+    if not isinstance(d, dict):
+        raise InputError(f"[[particles]] #{i + 1} must be a table, not {d!r}")
     d = {k: _tuplify(v) for k, v in d.items()}
     d.setdefault("name", where)
     for k in ("structure", "transforms", "coords_file"):
         if k in d:
             d[k] = _resolve(d[k], base)
-    return ParticleSpec(**d)
+    try:
+        return ParticleSpec(**d)
+    except InputError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"[[particles]] #{i + 1}: a value has the wrong type or shape ({exc})") from None
 
 
 def from_dict(d, base=".", source=""):
     """Build a :class:`RunConfig` from a TOML-shaped dict."""
+    try:
+        return _from_dict(d, base, source)
+    except InputError:
+        raise
+    except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type or shape
+        raise InputError(f"{source or 'the config'}: a value has the wrong type or shape "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _from_dict(d, base=".", source=""):
     unknown = sorted(set(d) - _TOP_KEYS)
     if unknown:
         raise InputError(f"unknown key {unknown[0]!r} at the top level of {source or 'the config'} "
@@ -378,7 +412,12 @@ def load_config(path=None):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config {path}: no such file")
-    return load_temsim(path) if is_temsim(path) else load_toml(path)
+    try:
+        return load_temsim(path) if is_temsim(path) else load_toml(path)
+    except UnicodeDecodeError:
+        raise InputError(f"config {path}: not a text file (a TOML or TEM-simulator input file)") from None
+    except OSError as exc:
+        raise InputError(f"config {path}: cannot read ({exc.strerror or exc})") from None
 
 
 def default_config():

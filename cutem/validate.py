@@ -72,7 +72,7 @@ def check_output_name(name):
 def check_files(cfg: RunConfig):
     """Every input file named by the config exists and is a readable, non-empty regular file."""
     for i, p in enumerate(cfg.particles):
-        where = f"particles[{i}] ({p.name})"
+        where = f"particles[{i}]" + ("" if p.name == f"particles[{i}]" else f" ({p.name})")
         _check_file(p.structure, f"{where}: structure file")
         _check_file(p.transforms, f"{where}: transform file")
         if p.placement == "file":
