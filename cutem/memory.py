@@ -45,19 +45,27 @@ from .errors import InputError
 #: bytes per atom during the atom scatter (positions and everything the scatter allocates)
 ATOM_BYTES = 200
 #: bytes per atom alive after the potential (the tilt's positions and what is left of them)
-RETAINED_ATOM_BYTES = 110
+RETAINED_ATOM_BYTES = 40
 #: bytes per atom held by the scene for the whole run (element, B, occupancy, particle copies)
 SCENE_ATOM_BYTES = 12
 #: bytes per pixel of the Fourier accumulation of the atom potential (float32 run)
-POTENTIAL_GRID_BYTES = 26
+POTENTIAL_GRID_BYTES = 25
+#: bytes per pixel of one cached Fourier kernel (real half spectrum, float32) and the cache's cap
+#: (cutem.potential._Plan.KERNEL_CACHE_BYTES); one kernel per (element, B level) group
+KERNEL_BYTES = 2
+KERNEL_CACHE_CAP = 512 * 2 ** 20
+#: bytes per pixel that the first image of a grid leaves in caches (plans, frequency grids)
+FIRST_USE_GRID_BYTES = 10
 #: bytes per pixel of the ice geometry (float64 grids) and per pixel and slice
 ICE_GRID_BYTES = 76
 ICE_SLICE_BYTES = 30
 #: bytes per pixel of exit wave + optics + detector, and per pixel and slice in multislice
 IMAGE_GRID_BYTES = 72
-MULTISLICE_SLICE_BYTES = 4
-#: headroom for what the model leaves out (FFT plans, Python objects)
-FIXED_BYTES = 32 * 2 ** 20
+MULTISLICE_SLICE_BYTES = 1
+#: what the model leaves out (Python objects, small arrays)
+FIXED_BYTES = 4 * 2 ** 20
+#: B lattice spacing of the potential's groups (cutem.potential.projected_potential's default)
+B_STEP_A2 = 5.0
 
 LIMIT_ENV = "CUTEM_MEMORY_LIMIT"
 
@@ -143,42 +151,72 @@ def _device_name(device) -> str:
     return B.resolve_device(device)
 
 
-def estimate(cfg, n_atoms: int, device=None, *, z_extent_A=None, atom_chunk=None) -> Estimate:
-    """Peak memory of simulating ``cfg`` with ``n_atoms`` atoms (module docstring)."""
+def kernel_groups(scene, cfg, b_step_A2=B_STEP_A2) -> int:
+    """(element, B level) groups of a scene's atoms: one Fourier kernel each in the potential."""
+    species, el, b, _ = scene._static_arrays()
+    if len(el) == 0:
+        return 0
+    bt = b.astype(np.float64) + cfg.simulation.b_factor_A2
+    lev = np.floor(bt / b_step_A2).astype(np.int64)
+    frac = bt / b_step_A2 - lev > 0
+    key = el.astype(np.int64) * (1 << 32)
+    pairs = np.unique(np.concatenate([key + lev, key[frac] + lev[frac] + 1]))
+    return int(len(pairs))
+
+
+def _counts(n_atoms):
+    """(atom count, kernel groups or None) from an int or a :class:`cutem.specimen.Scene`."""
+    if hasattr(n_atoms, "n_atoms"):
+        return int(n_atoms.n_atoms), n_atoms
+    return int(n_atoms), None
+
+
+def estimate(cfg, n_atoms, device=None, *, z_extent_A=None, atom_chunk=None, groups=None) -> Estimate:
+    """Peak memory of simulating ``cfg`` (module docstring).
+
+    ``n_atoms``: the atom count, or the run's :class:`cutem.specimen.Scene` (which also
+    gives the number of (element, B level) groups, i.e. cached Fourier kernels; default 6).
+    """
     dev = device if device in ("cpu", "gpu") else _device_name(device)
+    n, scene = _counts(n_atoms)
+    if groups is None:
+        groups = kernel_groups(scene, cfg) if scene is not None else 6
+    if z_extent_A is None and scene is not None and cfg.simulation.method == "multislice":
+        z_extent_A = scene.z_extent()
     g = grid_of(cfg)
     P = int(g.shape[0]) * int(g.shape[1])
     S = n_slices(cfg, z_extent_A)
     k = 2 if cfg.simulation.dtype == "float64" else 1
-    n = int(n_atoms)
     chunk = n if atom_chunk is None else max(1, min(int(atom_chunk), n))
     ny, nx = g.detector_shape
     n_tilts = max(1, len(cfg.geometry.tilt_angles_deg))
     fixed = FIXED_BYTES + SCENE_ATOM_BYTES * n + 8 * ny * nx * n_tilts
     slices = 4 * k * S * P
+    kern = k * KERNEL_BYTES * P
+    cache = min(int(groups), KERNEL_CACHE_CAP // max(kern, 1)) * kern if kern <= KERNEL_CACHE_CAP else 0
     # chunked: the running sum of the slices is alive beside the chunk's output
     acc = slices if chunk < n else 0
-    phases = {"potential": fixed + ATOM_BYTES * chunk + k * POTENTIAL_GRID_BYTES * P + slices + acc}
+    phases = {"potential": fixed + ATOM_BYTES * chunk + k * POTENTIAL_GRID_BYTES * P + slices + acc + cache}
+    retained = fixed + RETAINED_ATOM_BYTES * n + k * FIRST_USE_GRID_BYTES * P + slices
     if cfg.sample.ice:
-        phases["ice"] = fixed + RETAINED_ATOM_BYTES * n + slices + k * (ICE_GRID_BYTES + ICE_SLICE_BYTES * S) * P
-    img = k * IMAGE_GRID_BYTES * P + slices
+        phases["ice"] = retained + k * (ICE_GRID_BYTES + ICE_SLICE_BYTES * S) * P
+    img = k * IMAGE_GRID_BYTES * P
     if cfg.simulation.method == "multislice":
         img += k * MULTISLICE_SLICE_BYTES * S * P
-    phases["image"] = fixed + RETAINED_ATOM_BYTES * n + img
+    phases["image"] = retained + img
     return Estimate(int(max(phases.values())), {p: int(v) for p, v in phases.items()}, n, tuple(g.shape), S,
                     dev, chunk)
 
 
-def atom_chunk(cfg, n_atoms: int, budget: int, device=None, z_extent_A=None) -> int:
+def atom_chunk(cfg, n_atoms, budget: int, device=None, z_extent_A=None) -> int:
     """Largest atom chunk whose potential phase fits in ``budget`` bytes (at least 10⁴ atoms)."""
+    n, _ = _counts(n_atoms)
     full = estimate(cfg, n_atoms, device, z_extent_A=z_extent_A)
     if full.phases["potential"] <= budget:
-        return int(n_atoms)
-    grid_part = estimate(cfg, 0, device, z_extent_A=z_extent_A).phases["potential"]
-    fixed_atoms = SCENE_ATOM_BYTES * n_atoms
-    slices = 4 * (2 if cfg.simulation.dtype == "float64" else 1) * full.n_slices * int(np.prod(full.grid_shape))
-    room = budget - grid_part - fixed_atoms - slices
-    return int(max(10_000, min(n_atoms, room // ATOM_BYTES)))
+        return n
+    one = estimate(cfg, n_atoms, device, z_extent_A=z_extent_A, atom_chunk=1).phases["potential"]
+    room = budget - (one - ATOM_BYTES)
+    return int(max(10_000, min(n, room // ATOM_BYTES)))
 
 
 def _alternatives(cfg):
@@ -203,7 +241,7 @@ def _alternatives(cfg):
     return out
 
 
-def check(cfg, n_atoms: int, device=None, *, z_extent_A=None, available=None) -> Estimate:
+def check(cfg, n_atoms, device=None, *, z_extent_A=None, available=None) -> Estimate:
     """Estimate the peak and refuse (InputError, one line) when it cannot fit.
 
     Atoms are chunked as needed (the returned estimate's ``atom_chunk``); if the smallest
@@ -226,7 +264,7 @@ def check(cfg, n_atoms: int, device=None, *, z_extent_A=None, available=None) ->
         if e.peak <= avail:
             hint = f"{text} would fit ({e.peak / 1e9:.2f} GB)"
             break
-    raise InputError(f"estimated peak memory {est.peak / 1e9:.2f} GB ({n_atoms} atoms, grid {est.grid_shape[0]}x"
+    raise InputError(f"estimated peak memory {est.peak / 1e9:.2f} GB ({est.n_atoms} atoms, grid {est.grid_shape[0]}x"
                      f"{est.grid_shape[1]}, {est.n_slices} slice(s)) exceeds the {avail / 1e9:.2f} GB free on "
                      f"{dev}; {hint}")
 

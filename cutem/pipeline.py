@@ -230,8 +230,7 @@ def simulate(cfg: RunConfig, device=None, progress=False, done=None, on_tilt=Non
     grid = Grid.from_config(cfg)
     scene = scene if scene is not None else build_scene(cfg)
     # refuse before any work when the run cannot fit; chunk the atoms when only they do not
-    plan = memory_check(cfg, scene.n_atoms, "gpu" if xp is not np else "cpu",
-                        z_extent_A=scene.z_extent() if cfg.simulation.method == "multislice" else None)
+    plan = memory_check(cfg, scene, "gpu" if xp is not np else "cpu")
     n = len(cfg.geometry.tilt_angles_deg)
     ny, nx = grid.detector_shape
     images = np.empty((n, ny, nx), np.float32)

@@ -1,0 +1,354 @@
+"""Benchmark suite (issue 8): every stage and the whole pipeline on TMV and RYMV scenes.
+
+Scenes (vacuum, so that the peers simulate exactly the same atoms; B-factors from the files):
+
+- ``tmv1``, ``tmv3``, ``tmv30``: 1, 3, 30 TMV fragments (:func:`cutem.structure.tmv_fragment`,
+  62,671 atoms each) at random non-overlapping positions, uniformly random orientations;
+- ``rymv1``, ``rymv20``: RYMV capsids (PDB 1F2N, the 60-operator assembly of
+  validation/data/1f2n.cif: 283,800 atoms each).
+
+Grids 512², 1024², 4096² at 1 Å; phase object (``projection``) and multislice with 20 Å
+slices; the default detector, 40 e⁻/Å², 1.5 µm underfocus, 300 kV. A case is one micrograph
+through the pipeline's own functions, each stage timed after a warm-up call of the whole
+tilt: ``atoms`` (scene → microscope frame), ``potential``, ``exit_wave``, ``optics`` (CTF),
+``detector`` (binning, noise, MTF). ``cold`` is the first call in this process (plans,
+caches); ``warm`` the sum of the stages on the second. ``peak`` is the tracemalloc peak of a
+whole :func:`cutem.pipeline.simulate` call (scene building included) and ``estimate`` the
+memory plan's (:mod:`cutem.memory`) for it.
+
+``--process`` also times ``cutem simulate`` on a TOML of the 30-fragment 4096² scene as a
+fresh process (cold start: interpreter, imports, reading the PDB, writing the files) with
+its maximum resident set size. ``--peers`` runs abTEM and cryoJAX on the same atoms and grid
+from the separate environment made by validation/peers/setup.sh (cutem never imports them).
+
+Run:  python validation/bench.py [--cases tmv30_4096_projection,...] [--quick] [--process] [--peers]
+Writes validation/results/bench.csv and bench.txt (the command, the machine, the table).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RYMV = HERE / "data" / "1f2n.cif"
+TMV_DIR = HERE.parent / "cutem" / "data" / "tmv"
+
+SCENES = {"tmv1": ("tmv", 1), "tmv3": ("tmv", 3), "tmv30": ("tmv", 30), "rymv1": ("rymv", 1),
+          "rymv20": ("rymv", 20)}
+DEFAULT_CASES = [
+    "tmv1_512_projection", "tmv1_1024_projection", "tmv1_4096_projection",
+    "tmv3_512_projection", "tmv3_1024_projection", "tmv3_4096_projection",
+    "tmv30_4096_projection", "rymv1_512_projection", "rymv1_1024_projection", "rymv20_4096_projection",
+    "tmv1_512_multislice", "tmv3_1024_multislice", "tmv30_4096_multislice",
+]
+QUICK_CASES = ["tmv1_512_projection", "tmv1_512_multislice"]
+STAGES = ("atoms", "potential", "exit_wave", "optics", "detector")
+
+
+def particle_toml(kind, count, base="."):
+    """The [[particles]] table of a scene; paths relative to ``base``."""
+    if kind == "tmv":
+        s, t = os.path.relpath(TMV_DIR / "2OM3_model1.pdb", base), os.path.relpath(TMV_DIR / "2OM3_transf.txt", base)
+        return (f'[[particles]]\nname = "TMV"\nstructure = "{s}"\ntransforms = "{t}"\nplacement = "random"\n'
+                f"count = {count}\n")
+    s = os.path.relpath(RYMV, base)
+    return (f'[[particles]]\nname = "RYMV"\nstructure = "{s}"\nassembly = true\nplacement = "random"\n'
+            f"count = {count}\n")
+
+
+def case_toml(case, base=".", output=None):
+    scene, n, method = parse_case(case)
+    kind, count = SCENES[scene]
+    return f"""# cutem benchmark case {case} (validation/bench.py)
+seed = 1
+output = "{output or case}"
+
+[optics]
+voltage_kV = 300.0
+defocus_u_A = 15000.0
+defocus_v_A = 15000.0
+cs_mm = 2.7
+amplitude_contrast = 0.07
+
+[detector]
+nx = {n}
+ny = {n}
+pixel_size_A = 1.0
+dose_e_per_A2 = 40.0
+
+[sample]
+diameter_A = 100000.0
+thickness_center_A = 400.0
+thickness_edge_A = 400.0
+ice = false
+
+[simulation]
+method = "{method}"
+slice_thickness_A = 20.0
+oversampling = 1
+
+[geometry]
+tilt_angles_deg = [0.0]
+
+{particle_toml(kind, count, base)}"""
+
+
+def parse_case(case):
+    scene, n, method = case.split("_")
+    if scene not in SCENES or method not in ("projection", "multislice"):
+        raise SystemExit(f"unknown case {case!r}: SCENE_N_METHOD with SCENE in {sorted(SCENES)}")
+    return scene, int(n), method
+
+
+def config_of(case):
+    from cutem.config import load_config
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "case.toml"
+        p.write_text(case_toml(case, base=d))
+        return load_config(p)
+
+
+def device_name(device):
+    import adjoints.backend as B
+
+    xp = B.get_xp(device)
+    if xp is not np:
+        props = xp.cuda.runtime.getDeviceProperties(0)
+        return f"gpu ({props['name'].decode()})"
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu ({os.cpu_count()} cores{', ' + model if model else ''})"
+
+
+def _sync(xp):
+    if xp is not np:
+        xp.cuda.Stream.null.synchronize()
+
+
+def run_stages(scene, cfg, xp):
+    """One tilt through the pipeline's functions; seconds per stage."""
+    import adjoints.backend as B
+    from cutem import detector as D
+    from cutem import optics as O
+    from cutem import pipeline as P
+    from cutem.propagation import exit_wave
+
+    grid = P.Grid.from_config(cfg)
+    dtype = np.dtype(cfg.simulation.dtype)
+    angle, optics, det = P.tilt_settings(cfg, 0)
+    t = {}
+    t0 = time.perf_counter()
+    atoms = scene.atoms(angle, cfg.geometry.tilt_axis_deg)
+    t1 = time.perf_counter()
+    t["atoms"] = t1 - t0
+    v, v_abs = P.specimen_potential(atoms, cfg, grid, angle, xp, dtype)
+    _sync(xp)
+    t2 = time.perf_counter()
+    t["potential"] = t2 - t1
+    sim = cfg.simulation
+    method = "projection" if v.shape[0] == 1 else "multislice"
+    wave = exit_wave(v, optics.voltage_kV, grid.pixel_size_A, method=method,
+                     slice_thickness_A=sim.slice_thickness_A if method == "multislice" else None, v_abs_slices=v_abs)
+    _sync(xp)
+    t3 = time.perf_counter()
+    t["exit_wave"] = t3 - t2
+    del v, v_abs
+    wave = O.apply_optics(wave, optics, grid.pixel_size_A)
+    _sync(xp)
+    t4 = time.perf_counter()
+    t["optics"] = t4 - t3
+    from adjoints import ops
+
+    inten = P._bin(ops.abs2(wave), grid)
+    del wave
+    res = D.detect(inten, det, rng=B.default_rng(P.tilt_seed(cfg.seed, 0), xp), estimator="score", noise_free=True)
+    img = B.to_numpy(res.image)
+    t["detector"] = time.perf_counter() - t4
+    return t, img, int(atoms.n)
+
+
+def bench_case(case, device=None, repeats=1):
+    import adjoints.backend as B
+    from cutem import memory as M
+    from cutem import pipeline as P
+
+    cfg = config_of(case)
+    xp = B.get_xp(device)
+    t0 = time.perf_counter()
+    scene = P.build_scene(cfg)
+    t_scene = time.perf_counter() - t0
+    cold, _, n = run_stages(scene, cfg, xp)
+    warm = None
+    for _ in range(max(1, repeats)):
+        gc.collect()
+        t, img, _ = run_stages(scene, cfg, xp)
+        if warm is None or sum(t.values()) < sum(warm.values()):
+            warm = t
+    z_ext = scene.z_extent() if cfg.simulation.method == "multislice" else None
+    est = M.estimate(cfg, n, "gpu" if xp is not np else "cpu", z_extent_A=z_ext)
+    del scene
+    gc.collect()
+    peak, rss = peak_in_fresh_process(case, device)
+    total = sum(warm.values())
+    row = {"case": case, "atoms": n, "grid": cfg.detector.nx, "method": cfg.simulation.method,
+           "slices": est.n_slices, "scene_s": round(t_scene, 3), "cold_s": round(sum(cold.values()), 3),
+           "warm_s": round(total, 3)}
+    row.update({f"{k}_s": round(v, 3) for k, v in warm.items()})
+    row.update({"atoms_per_s": round(n / warm["potential"]), "peak_GB": round(peak / 1e9, 3),
+                "rss_growth_GB": round(rss / 1e9, 3),
+                "estimate_GB": round(est.peak / 1e9, 3), "estimate_error": round(est.peak / peak - 1, 3),
+                "device": device_name(device)})
+    return row
+
+
+PEAK_CHILD = r"""
+import json, sys, resource
+sys.path.insert(0, sys.argv[3])
+from validation.bench import config_of
+from cutem import memory as M, pipeline as P
+import adjoints.backend as B
+case, device = sys.argv[1], (sys.argv[2] if sys.argv[2] != "-" else None)
+cfg = config_of(case)
+xp = B.get_xp(device)
+dev = "gpu" if xp.__name__ == "cupy" else "cpu"
+rss0 = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+_, peak = M.measure_peak(lambda: P.simulate(cfg, device=device), device=dev)
+print(json.dumps({"peak": peak, "rss_growth": M.max_rss_bytes() - rss0}))
+"""
+
+
+def peak_in_fresh_process(case, device=None):
+    """(tracemalloc or CuPy-pool peak of one whole simulate(), max RSS − RSS after imports) in a
+    new interpreter, so that caches filled by earlier cases do not hide allocations."""
+    import json
+
+    r = subprocess.run([sys.executable, "-c", PEAK_CHILD, case, device or "-", str(HERE.parent)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"peak measurement of {case} failed: {r.stderr[-2000:]}")
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    return d["peak"], d["rss_growth"]
+
+
+def process_run(case="tmv30_4096_projection", device=None):
+    """Cold ``cutem simulate`` of a TOML of ``case``: wall seconds and the child's max RSS."""
+    d = Path(tempfile.mkdtemp(prefix="cutem-bench-"))
+    try:
+        toml = d / f"{case}.toml"
+        toml.write_text(case_toml(case, base=d))
+        exe = shutil.which("cutem")
+        cmd = [exe] if exe else [sys.executable, "-m", "cutem.cli"]
+        cmd += ["simulate", str(toml), "--out", str(d / "out"), "-q"] + (["--device", device] if device else [])
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        if r.returncode:
+            raise RuntimeError(f"cutem simulate failed: {r.stderr[-2000:]}")
+        return {"case": case, "process_wall_s": round(wall, 2),
+                "process_max_rss_GB": round(rss * 1024 / 1e9, 3) if rss > before else None,
+                "command": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd))}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+COLUMNS = ["case", "atoms", "grid", "method", "slices", "scene_s", "cold_s", "warm_s", *[f"{s}_s" for s in STAGES],
+           "atoms_per_s", "peak_GB", "rss_growth_GB", "estimate_GB", "estimate_error", "device"]
+
+
+def format_table(rows):
+    head = ["case", "atoms", "slices", "cold s", "warm s", "atoms", "potent.", "exit", "optics", "detect.",
+            "atoms/s", "peak GB", "est. GB", "est/peak-1"]
+    lines = ["  ".join(f"{h:>10}" if i else f"{h:<24}" for i, h in enumerate(head))]
+    for r in rows:
+        vals = [r["case"], r["atoms"], r["slices"], r["cold_s"], r["warm_s"], *[r[f"{s}_s"] for s in STAGES],
+                f"{r['atoms_per_s']:.3g}", r["peak_GB"], r["estimate_GB"], f"{100 * r['estimate_error']:+.0f}%"]
+        lines.append("  ".join(f"{v:>10}" if i else f"{v:<24}" for i, v in enumerate(vals)))
+    return "\n".join(lines)
+
+
+def write_results(rows, extra_lines, argv, csv_path=None, txt_path=None):
+    RESULTS.mkdir(exist_ok=True)
+    csv_path = Path(csv_path or RESULTS / "bench.csv")
+    txt_path = Path(txt_path or csv_path.with_suffix(".txt"))
+    from cutem import io
+
+    with io.atomic_path(csv_path, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k) for k in COLUMNS})
+    head = [f"command: {' '.join(argv)}",
+            f"machine: {device_name(rows[0]['device'].split()[0] if rows else None)}, {platform.platform()}, "
+            f"python {platform.python_version()}, numpy {np.__version__}",
+            f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            "times in seconds (warm = sum of the stages on the second call; cold = first call in the process); "
+            "atoms/s = atoms / potential time; peak = tracemalloc peak of a whole simulate() in a fresh process "
+            "(rss = its max RSS minus the RSS after imports); "
+            "est. = cutem.memory estimate", ""]
+    text = "\n".join(head) + format_table(rows) + ("\n\n" + "\n".join(extra_lines) if extra_lines else "") + "\n"
+    with io.atomic_path(txt_path, suffix=".txt") as tmp:
+        Path(tmp).write_text(text)
+    return text
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", default=None, help="comma-separated SCENE_N_METHOD (default: the suite)")
+    ap.add_argument("--quick", action="store_true", help="two small cases (CI)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--process", action="store_true", help="cold `cutem simulate` of the 30-fragment 4096² TOML")
+    ap.add_argument("--peers", action="store_true", help="abTEM and cryoJAX from the peers environment")
+    ap.add_argument("--peers-python", default=os.environ.get("CUTEM_PEERS_PYTHON", "/tmp/peers-venv/bin/python"))
+    ap.add_argument("--csv", default=None, help="output CSV (default validation/results/bench.csv)")
+    args = ap.parse_args(argv)
+    cases = args.cases.split(",") if args.cases else (QUICK_CASES if args.quick else DEFAULT_CASES)
+    rows, extra = [], []
+    for c in cases:
+        parse_case(c)
+        r = bench_case(c, args.device, args.repeats)
+        rows.append(r)
+        print(format_table([r]).splitlines()[1], flush=True)
+    if args.process:
+        p = process_run(device=args.device)
+        extra.append(f"cold process: `{p['command']}` on tmv30_4096_projection (TOML written by bench.py): "
+                     f"{p['process_wall_s']} s wall, max RSS {p['process_max_rss_GB']} GB")
+        print(extra[-1], flush=True)
+    if args.peers:
+        from validation.peers.compare import run_peers
+
+        extra += run_peers(rows, args.peers_python, args.device)
+        for line in extra[-len(extra):]:
+            print(line, flush=True)
+    text = write_results(rows, extra, ["python", "validation/bench.py", *(argv if argv is not None else sys.argv[1:])],
+                         args.csv)
+    print(text)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE.parent))
+    main()
