@@ -49,7 +49,7 @@ def _parse_shape(text):
 @click.option("--implicit-hydrogens", is_flag=True,
               help="STRUCTURE without hydrogens: add each residue's bonded hydrogens at their heavy atoms.")
 @click.option("--b-factor", type=float, default=0.0, show_default=True, help="Global B added to every atom (Å²).")
-@click.option("--spread-order", type=click.Choice(["1", "3"]), default="1", show_default=True,
+@click.option("--spread-order", type=click.Choice(["1", "3"]), default="3", show_default=True,
               help="Scatter: 1 bilinear (fast), 3 cubic B-spline (closer to the exact Fourier sum).")
 @click.option("--seed", type=int, default=None, help="Seed for random particle placement (default: the config's).")
 @device_option
