@@ -45,12 +45,14 @@ class ParticleSpec:
     transforms: str | None = None             #: TEM-simulator transform file (pdb_transf_file_in)
     assembly: bool = False                    #: expand PDB BIOMT / mmCIF assembly 1
     hydrogens: bool = False                   #: keep hydrogens from the file
+    implicit_hydrogens: bool = False          #: add riding hydrogens (TEM-simulator add_hydrogen)
     infer_elements: bool = False              #: infer missing elements from atom names
     placement: str = "file"                   #: file | list | random
     coords_file: str | None = None
     positions_A: tuple = ()
     orientations_deg: tuple = ()
     count: int = 0
+    concentration_per_um3: float | None = None  #: random placement: particles per µm³ of ice (instead of count)
     where: str = "volume"                     #: random placement: volume | top | bottom
 
     def __post_init__(self):
@@ -69,8 +71,13 @@ class ParticleSpec:
             for p in self.positions_A:
                 if len(p) != 3 or not all(math.isfinite(float(v)) for v in p):
                     raise InputError(f"particles.{self.name}: position {p!r} is not three finite numbers (Å)")
-        if self.placement == "random" and (not isinstance(self.count, int) or self.count < 1):
-            raise InputError(f"particles.{self.name}: placement 'random' needs count >= 1, got {self.count!r}")
+        if self.placement == "random" and self.concentration_per_um3 is None and (
+                not isinstance(self.count, int) or self.count < 1):
+            raise InputError(f"particles.{self.name}: placement 'random' needs count >= 1 or "
+                             f"concentration_per_um3, got count = {self.count!r}")
+        if self.concentration_per_um3 is not None and not (0 < float(self.concentration_per_um3) < 1e9):
+            raise InputError(f"particles.{self.name}: concentration_per_um3 = {self.concentration_per_um3!r} "
+                             f"must be in (0, 1e9)")
 
 
 @dataclass(frozen=True)
@@ -223,7 +230,7 @@ TEMSIM_KEYS = {
                  "map_file_format", "map_file_byte_order", "map_axis_order", "use_imag_pot", "famp",
                  "use_defocus_corr", "add_hydrogen", "make_positive", "contrast_re", "contrast_im",
                  "smoothness"},
-    "particleset": {"particle_type", "num_particles", "particle_coords", "coord_file_in",
+    "particleset": {"particle_type", "num_particles", "particle_conc", "particle_coords", "coord_file_in",
                     "coord_file_out", "where", "occupancy"},
     "geometry": {"gen_tilt_data", "ntilts", "theta_start", "theta_incr", "tilt_axis", "geom_errors",
                  "tilt_err", "align_err_rot", "align_err_tr", "geom_file_in", "geom_file_out",
@@ -241,7 +248,7 @@ TEMSIM_KEYS = {
 #: silently simulate something else
 _UNSUPPORTED = {("particle", "source"): {"pdb"}, ("geometry", "geom_errors"): {"none"},
                 ("geometry", "gen_tilt_data"): {"yes"}, ("optics", "gen_defocus"): {"yes"},
-                ("electronbeam", "gen_dose"): {"yes"}, ("particleset", "particle_coords"): {"file", "random"}}
+                ("electronbeam", "gen_dose"): {"yes"}, ("particleset", "particle_coords"): {"file", "rand", "random"}}
 
 
 def parse_temsim(text, source="input"):
@@ -275,10 +282,10 @@ def parse_temsim(text, source="input"):
     return comps
 
 
-def _num(comp, key, source, default=None, kind=float):
+def _num(comp, key, source, default=None, kind=float, where=None):
     if key not in comp:
         if default is None:
-            raise InputError(f"{source}: missing required key {key!r}")
+            raise InputError(f"{source}: missing required key {key!r}" + (f" in component {where}" if where else ""))
         return default
     val, lineno = comp[key]
     try:
@@ -310,14 +317,16 @@ def load_temsim(path):
     ignored = []
 
     s = one("sample")
-    sample = Sample(diameter_A=_num(s, "diameter", source, 1000.0) * 10,
-                    thickness_center_A=_num(s, "thickness_center", source, 50.0) * 10,
-                    thickness_edge_A=_num(s, "thickness_edge", source, 50.0) * 10,
+    sample = Sample(diameter_A=_num(s, "diameter", source, where="sample") * 10,
+                    thickness_center_A=_num(s, "thickness_center", source, where="sample") * 10,
+                    thickness_edge_A=_num(s, "thickness_edge", source, where="sample") * 10,
                     offset_x_A=_num(s, "offset_x", source, 0.0) * 10,
                     offset_y_A=_num(s, "offset_y", source, 0.0) * 10) if "sample" in by else Sample(ice=False)
 
     e, o = one("electronbeam"), one("optics")
-    mag = _num(o, "magnification", source, 1.0)
+    # the pixel at the specimen is the detector pixel over the magnification: required with a
+    # detector; a file that only describes a scene (for ``cutem potential``) gets cutem's camera
+    mag = _num(o, "magnification", source, where="optics") if "detector" in by else 1.0
     defocus_A = _num(o, "defocus_nominal", source, 0.0) * 1e4
     optics = Optics(voltage_kV=_num(e, "acc_voltage", source, 200.0),
                     energy_spread_eV=_num(e, "energy_spread", source, 0.0),
@@ -344,7 +353,7 @@ def load_temsim(path):
     det = next((kv for _, kv in dets if _yes(kv, "use_quantization", True)), dets[0][1])
     if len(dets) > 1:
         ignored.append(f"detector: {len(dets) - 1} further detector component(s) (cutem writes noisy and noise-free)")
-    detector = Detector(nx=_num(det, "det_pix_x", source, 400, int), ny=_num(det, "det_pix_y", source, 400, int),
+    detector = Detector(dose_e_per_A2=dose_nm2 / 100.0) if "detector" not in by else Detector(nx=_num(det, "det_pix_x", source, 400, int), ny=_num(det, "det_pix_y", source, 400, int),
                         pixel_size_A=_num(det, "pixel_size", source, 15.0) * 1e4 / mag,
                         dose_e_per_A2=dose_nm2 / 100.0,
                         quantized=_yes(det, "use_quantization", True),
@@ -364,15 +373,16 @@ def load_temsim(path):
         p = kinds[ptype]
         if "pdb_file_in" not in p:
             raise InputError(f"{source}: particle {ptype} has no pdb_file_in")
-        coords = ps.get("particle_coords", ("random", 0))[0].lower()
-        n = _num(ps, "num_particles", source, 1, int)
+        coords = ps.get("particle_coords", ("rand", 0))[0].lower()
+        conc = _num(ps, "particle_conc", source, 0.0) or None
+        n = _num(ps, "num_particles", source, 0 if conc else 1, int)
         particles.append(ParticleSpec(
             name=ptype, structure=_resolve(p["pdb_file_in"][0], base),
             transforms=_resolve(p["pdb_transf_file_in"][0], base) if "pdb_transf_file_in" in p else None,
-            hydrogens=_yes(p, "add_hydrogen", False),
+            implicit_hydrogens=_yes(p, "add_hydrogen", False),
             placement="file" if coords == "file" else "random",
             coords_file=_resolve(ps["coord_file_in"][0], base) if coords == "file" and "coord_file_in" in ps else None,
-            count=n, where=ps.get("where", ("volume", 0))[0]))
+            count=n, concentration_per_um3=conc if not n else None, where=ps.get("where", ("volume", 0))[0]))
     for kind, name, kv in comps:
         used = _USED.get(kind, set())
         for k in kv:
@@ -387,7 +397,8 @@ def load_temsim(path):
 
 _USED = {"sample": {"diameter", "thickness_center", "thickness_edge", "offset_x", "offset_y"},
          "particle": {"source", "pdb_file_in", "pdb_transf_file_in", "add_hydrogen"},
-         "particleset": {"particle_type", "num_particles", "particle_coords", "coord_file_in", "where"},
+         "particleset": {"particle_type", "num_particles", "particle_conc", "particle_coords", "coord_file_in",
+                         "where"},
          "geometry": {"gen_tilt_data", "ntilts", "theta_start", "theta_incr", "tilt_axis", "geom_errors"},
          "electronbeam": {"acc_voltage", "energy_spread", "gen_dose", "total_dose", "dose_per_im"},
          "optics": {"magnification", "cs", "cc", "aperture", "focal_length", "cond_ap_angle", "gen_defocus",

@@ -179,31 +179,10 @@ class Result:
 
 
 def build_scene(cfg: RunConfig):
-    """The :class:`cutem.specimen.Scene` of a run: every particle kind placed as configured.
+    """The :class:`cutem.specimen.Scene` of a run (:func:`cutem.specimen.scene_from_config`)."""
+    from .specimen import scene_from_config
 
-    Random placement draws from ``SeedSequence([seed, 1000 + kind index])`` inside the
-    detector's field of view, so scenes are reproducible and independent of the noise.
-    """
-    from .specimen import Scene, random_scene, scene_from_coord_file, scene_from_list
-    from .structure import load_particle
-
-    scene = Scene(sample=cfg.sample)
-    field_A = (cfg.detector.nx * cfg.detector.pixel_size_A, cfg.detector.ny * cfg.detector.pixel_size_A)
-    for i, p in enumerate(cfg.particles):
-        atoms = load_particle(p.structure, p.transforms, assembly=0 if p.assembly else None,
-                              hydrogens=p.hydrogens, infer_elements=p.infer_elements)
-        if p.placement == "file":
-            part = scene_from_coord_file(atoms, p.coords_file, cfg.sample, p.name, num_particles=p.count or None)
-        elif p.placement == "list":
-            ori = p.orientations_deg or [(0.0, 0.0, 0.0)] * len(p.positions_A)
-            part = scene_from_list(atoms, [tuple(a) + tuple(b) for a, b in zip(p.positions_A, ori)],
-                                   cfg.sample, p.name)
-        else:
-            rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), 1000 + i]))
-            part = random_scene(atoms, region_A=field_A, count=p.count, sample=cfg.sample, rng=rng, name=p.name)
-        for q in part.particles:
-            scene.add(q.atoms, q.rotation, q.translation, q.name)
-    return scene
+    return scene_from_config(cfg)
 
 
 def simulate_tilt(scene, cfg: RunConfig, k: int, xp=None, grid=None, atom_chunk=None):

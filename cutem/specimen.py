@@ -279,114 +279,13 @@ def random_scene(atoms: Atoms, *, region_A, count=None, concentration_per_um3=No
     return sc
 
 
-# ---------------------------------------------------------------- TEM-simulator input files
-def parse_tem_simulator(path):
-    """Sections of a TEM-simulator input file: list of (type, label, {key: value-string})."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"input file {path} does not exist")
-    sections, cur = [], None
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            s = line.split("#", 1)[0].strip()
-            if not s:
-                continue
-            if s.startswith("="):
-                head = s.strip("=").strip().split()
-                if not head:
-                    raise InputError(f"{path}: line {lineno}: empty section header")
-                cur = (head[0], head[1] if len(head) > 1 else None, {})
-                sections.append(cur)
-                continue
-            if "=" not in s or cur is None:
-                raise InputError(f"{path}: line {lineno}: expected 'key = value' inside a '=== section ===', got {s[:40]!r}")
-            k, v = (t.strip() for t in s.split("=", 1))
-            cur[2][k] = v
-    return sections
+# ---------------------------------------------------------------- configured scenes
+def scene_from_tem_simulator(path, seed=0) -> Scene:
+    """Scene (particles and sample) of a TEM-simulator input file (parsed by
+    :func:`cutem.config.load_temsim`: units converted, unknown keys refused)."""
+    from .config import load_temsim
 
-
-def _num(d, key, path, section, default=None):
-    if key not in d:
-        if default is None:
-            raise InputError(f"{path}: [{section}] needs {key}")
-        return default
-    try:
-        v = float(d[key])
-    except ValueError:
-        raise InputError(f"{path}: [{section}] {key} = {d[key]!r} is not a number") from None
-    if not math.isfinite(v):
-        raise InputError(f"{path}: [{section}] {key} must be finite")
-    return v
-
-
-def sample_from_tem_simulator(sec, path) -> Sample:
-    """cutem.params.Sample from a TEM-simulator [sample] section (nm → Å)."""
-    return Sample(diameter_A=_num(sec, "diameter", path, "sample") * 10,
-                  thickness_center_A=_num(sec, "thickness_center", path, "sample") * 10,
-                  thickness_edge_A=_num(sec, "thickness_edge", path, "sample") * 10,
-                  offset_x_A=_num(sec, "offset_x", path, "sample", 0.0) * 10,
-                  offset_y_A=_num(sec, "offset_y", path, "sample", 0.0) * 10)
-
-
-def _resolve(base, name):
-    p = name if os.path.isabs(name) else os.path.join(base, name)
-    if not os.path.exists(p):
-        stem, ext = os.path.splitext(p)
-        alt = f"{stem}_model1{ext}"  # the package ships only the first model of 2OM3
-        if os.path.exists(alt):
-            return alt
-    return p
-
-
-def scene_from_tem_simulator(path, seed=0, field_A=None) -> Scene:
-    """Scene (particles and sample) of a TEM-simulator input file: its [sample], [particle] and
-    [particleset] sections (``source = pdb``; coordinates from a file or random)."""
-    path = os.fspath(path)
-    base = os.path.dirname(os.path.abspath(path))
-    secs = parse_tem_simulator(path)
-    sample = None
-    particles = {}
-    for typ, label, d in secs:
-        if typ == "sample":
-            sample = sample_from_tem_simulator(d, path)
-        elif typ == "particle":
-            if d.get("source", "pdb") != "pdb":
-                raise InputError(f"{path}: [particle {label}] source = {d.get('source')!r}: only pdb is supported")
-            if "pdb_file_in" not in d:
-                raise InputError(f"{path}: [particle {label}] needs pdb_file_in")
-            tf = d.get("pdb_transf_file_in")
-            add_h = d.get("add_hydrogen", "no").lower() in ("yes", "y", "true", "1")
-            particles[label] = load_particle(_resolve(base, d["pdb_file_in"]),
-                                             _resolve(base, tf) if tf else None, implicit_hydrogens=add_h)
-    if sample is None:
-        raise InputError(f"{path}: no [sample] section")
-    scene = Scene(sample=sample)
-    rng = np.random.default_rng(seed)
-    for typ, label, d in secs:
-        if typ != "particleset":
-            continue
-        ptype = d.get("particle_type")
-        if ptype not in particles:
-            raise InputError(f"{path}: [particleset] particle_type = {ptype!r} names no [particle] section "
-                             f"(known: {', '.join(str(k) for k in particles) or 'none'})")
-        atoms = particles[ptype]
-        how = d.get("particle_coords", "file")
-        num = int(_num(d, "num_particles", path, "particleset", -1))
-        if how == "file":
-            if "coord_file_in" not in d:
-                raise InputError(f"{path}: [particleset] particle_coords = file needs coord_file_in")
-            sub = scene_from_coord_file(atoms, _resolve(base, d["coord_file_in"]), sample, ptype,
-                                        None if num < 0 else num)
-        elif how == "rand":
-            region = field_A or (sample.diameter_A / 2, sample.diameter_A / 2)
-            conc = d.get("particle_conc")
-            sub = random_scene(atoms, region_A=region, count=None if num < 0 else num,
-                               concentration_per_um3=float(conc) if conc else None, sample=sample, rng=rng,
-                               name=ptype)
-        else:
-            raise InputError(f"{path}: [particleset] particle_coords = {how!r}: file or rand")
-        scene.particles.extend(sub.particles)
-    return scene
+    return scene_from_config(load_temsim(path).replace(seed=seed))
 
 
 def scene_from_config(cfg) -> Scene:
@@ -400,10 +299,12 @@ def scene_from_config(cfg) -> Scene:
     det = cfg.detector
     region = (det.nx * det.pixel_size_A, det.ny * det.pixel_size_A)
     for spec in cfg.particles:
-        key = (spec.structure, spec.transforms, spec.assembly, spec.hydrogens, spec.infer_elements)
+        key = (spec.structure, spec.transforms, spec.assembly, spec.hydrogens, spec.implicit_hydrogens,
+               spec.infer_elements)
         if key not in cache:
             cache[key] = load_particle(spec.structure, spec.transforms, assembly=0 if spec.assembly else None,
-                                       hydrogens=spec.hydrogens, infer_elements=spec.infer_elements)
+                                       hydrogens=spec.hydrogens, implicit_hydrogens=spec.implicit_hydrogens,
+                                       infer_elements=spec.infer_elements)
         atoms = cache[key]
         if spec.placement == "file":
             sub = scene_from_coord_file(atoms, spec.coords_file, sample, spec.name)
@@ -412,8 +313,9 @@ def scene_from_config(cfg) -> Scene:
             sub = scene_from_list(atoms, [tuple(p) + tuple(o) for p, o in zip(spec.positions_A, ori)], sample,
                                   spec.name)
         else:
-            sub = random_scene(atoms, region_A=region, count=spec.count, sample=sample, rng=rng, name=spec.name,
-                               where=spec.where, existing=scene)
+            sub = random_scene(atoms, region_A=region, count=spec.count or None,
+                               concentration_per_um3=spec.concentration_per_um3, sample=sample, rng=rng,
+                               name=spec.name, where=spec.where, existing=scene)
         scene.particles.extend(sub.particles)
     return scene
 
@@ -427,5 +329,5 @@ def default_scene() -> Scene:
 
 __all__ = ["tilt_matrix", "ice_thickness_A", "support_thickness_A", "Particle", "Scene", "read_coord_file",
            "scene_from_list", "scene_from_coord_file", "random_rotations", "random_scene",
-           "parse_tem_simulator", "sample_from_tem_simulator", "scene_from_tem_simulator", "scene_from_config",
+           "scene_from_tem_simulator", "scene_from_config",
            "default_scene"]
