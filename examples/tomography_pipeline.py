@@ -35,7 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-RENDER_WINDOW = (1.0, 99.9)  # percentiles of each volume mapped to the transfer function's 0..1
+# percentiles of each volume mapped to the transfer function's 0..1: the median (ice) at 0,
+# the top 0.05 % at 1 (the particles fill ~0.1 % of the volume), the same rule for every volume
+RENDER_WINDOW = (50.0, 99.95)
 SIZES = {
     # name: (pixels, pixel size Å, tilt step °, denoise iterations)
     "tiny": (48, 28.0, 20.0, 15),
@@ -216,11 +218,22 @@ def main(argv=None):
     t_rec = time.perf_counter() - t
     io.write_volume(out / "ground_truth.mrc", gt, px, label="cutem example ground-truth potential (V)")
 
-    header = [f"# examples/tomography_pipeline.py{' --full' if args.full else ' --tiny' if args.tiny else ''}"
-              f" --denoise {args.denoise}",
+    import os
+    import platform
+
+    def cc(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+    cc_raw = np.mean([cc(a, b) for a, b in zip(res.images, res.noise_free)])
+    cc_den = np.mean([cc(a, b) for a, b in zip(den, res.noise_free)])
+    header = ["# command: python examples/tomography_pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              f"# machine: {platform.machine()}, {os.cpu_count()} CPU cores, numpy backend (no GPU)",
               f"# TMV default scene, {len(angles)} tilts {angles.min():g}..{angles.max():g} deg, {n_px}x{n_px} px "
               f"of {px:g} A, volume {nz}x{n_px}x{n_px}, seed {args.seed}",
               f"# denoiser: {den_label}",
+              f"# per-tilt correlation with the noise-free image, mean over tilts: raw {cc_raw:.3f}, "
+              f"denoised {cc_den:.3f}",
               "# reconstruction: WBP (shepp-logan) of phase-flipped contrast; FSC vs ground-truth potential "
               "in a soft mask around the particles",
               f"# times: simulate {t_sim:.1f} s, denoise {t_den:.1f} s, reconstruct {t_rec:.1f} s, "
