@@ -624,7 +624,7 @@ def _wavelength(voltage_kV):
 # ============================================================== detector / MTF models
 MTF_SHAPE_NAMES = ("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "mtf_p", "mtf_q")
 #: physical bounds of the detector parameters (cutem.params.Detector's ranges)
-DETECTOR_BOUNDS = {"mtf_a": (0.0, 1.0), "mtf_b": (0.0, 1.0), "mtf_c": (0.0, 1.0),
+DETECTOR_BOUNDS = {"mtf_a": (1e-6, 1.0), "mtf_b": (1e-6, 1.0), "mtf_c": (1e-6, 1.0),  # > 0: a+b+c divides
                    "mtf_alpha": (0.0, 1e4), "mtf_beta": (0.0, 1e4), "mtf_p": (1e-3, 10.0),
                    "mtf_q": (1e-3, 10.0), "gain": (1e-6, 1e6), "dqe": (1e-3, 1.0),
                    "readout_noise": (0.0, 1e6), "dose_e_per_A2": (1e-9, 1e5)}
@@ -633,20 +633,64 @@ DETECTOR_SCALES = {"mtf_a": 1.0, "mtf_b": 1.0, "mtf_c": 1.0, "mtf_alpha": 10.0, 
                    "dose_e_per_A2": 1.0}
 
 
-def detector_free_params(detector, names, start=None):
-    """:class:`FreeParam` list for detector fields ``names`` (start: dict of values, else the detector's)."""
+_LOG_TRANSFORMED = ("mtf_alpha", "mtf_beta", "mtf_p", "mtf_q", "gain", "dose_e_per_A2")
+RATIO_NAMES = ("mtf_b_over_a", "mtf_c_over_a")
+
+
+def detector_free_params(detector, names, start=None, ratios=True):
+    """:class:`FreeParam` list for detector fields ``names`` (start: dict of values, else the detector's).
+
+    The MTF depends on a, b, c only through a/(a+b+c), b/(a+b+c), c/(a+b+c), so with all
+    three free the loss is exactly flat along (a, b, c) → s·(a, b, c) and the problem is
+    singular. With ``ratios`` (default) a, b, c are replaced by r_b = b/a and r_c = c/a
+    (log-transformed, so positive) and :func:`expand_ratios` maps them back to a
+    normalised (a, b, c) with a + b + c = 1. Scale parameters (α, β, p, q, gain, dose) are
+    log-transformed (θ = θ₀·e^u): positive, and equally conditioned at every magnitude.
+    """
+    start = dict(start or {})
+    names = list(names)
     out = []
+    if ratios and all(k in names for k in ("mtf_a", "mtf_b", "mtf_c")):
+        a, b, c = (max(float(start.get(k, getattr(detector, k))), 1e-6) for k in ("mtf_a", "mtf_b", "mtf_c"))
+        out += [FreeParam("mtf_b_over_a", b / a, 0.0, None, "log", b / a),
+                FreeParam("mtf_c_over_a", c / a, 0.0, None, "log", c / a)]
+        names = [n for n in names if n not in ("mtf_a", "mtf_b", "mtf_c")]
     for n in names:
         if n not in DETECTOR_BOUNDS:
             raise InputError(f"unknown detector parameter {n!r}; free ones can be {sorted(DETECTOR_BOUNDS)}")
         v = float((start or {}).get(n, getattr(detector, n)))
         lo, hi = DETECTOR_BOUNDS[n]
         v = min(max(v, lo), hi)
-        scale = DETECTOR_SCALES[n] if n != "gain" else max(abs(v), 1e-3)
-        if n == "dose_e_per_A2":
-            scale = max(abs(v), 1e-6)
-        out.append(FreeParam(n, v, lo, hi, "bounds", scale))
+        if n in _LOG_TRANSFORMED:
+            v = max(v, 1e-6)
+            out.append(FreeParam(n, v, lo, hi, "log", v))
+        else:
+            out.append(FreeParam(n, v, lo, hi, "bounds", DETECTOR_SCALES[n]))
     return out
+
+
+def expand_ratios(theta):
+    """Replace r_b = b/a, r_c = c/a by the normalised a, b, c (on the tape)."""
+    if "mtf_b_over_a" not in theta:
+        return theta
+    th = dict(theta)
+    rb, rc = th.pop("mtf_b_over_a"), th.pop("mtf_c_over_a")
+    s = rb + rc + 1.0
+    th["mtf_a"], th["mtf_b"], th["mtf_c"] = 1.0 / s, rb / s, rc / s
+    return th
+
+
+def _ratio_errors(vals, cov, names):
+    """Delta-method errors of the normalised a, b, c from the covariance of (r_b, r_c)."""
+    if "mtf_b_over_a" not in names:
+        return {}
+    i, j = names.index("mtf_b_over_a"), names.index("mtf_c_over_a")
+    rb, rc = vals["mtf_b_over_a"], vals["mtf_c_over_a"]
+    s = 1 + rb + rc
+    G = np.array([[-1.0, -1.0], [1 + rc, -rb], [-rc, 1 + rb]]) / s ** 2
+    C = cov[np.ix_([i, j], [i, j])]
+    e = np.sqrt(np.maximum(np.diag(G @ C @ G.T), 0))
+    return {"a_n": e[0], "b_n": e[1], "c_n": e[2], "mtf_a": e[0], "mtf_b": e[1], "mtf_c": e[2]}
 
 
 def mtf_on_grid(shape, theta):
@@ -706,6 +750,10 @@ class MTFFit:
     profile: dict                #: x (cycles/pixel), data, model, residual
 
 
+def _free_physical(free):
+    return [k for k in free]
+
+
 def _detector_theta(detector):
     from .detector import PARAM_NAMES
 
@@ -727,7 +775,7 @@ def _normalised_errors(vals, cov, names):
 
 def fit_mtf_blank(images=None, detector=None, free=("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "gain"),
                   start=None, ps=None, mean=None, intensity=1.0, method="lbfgsb", maxiter=200, lr=0.1,
-                  qmax_cycles=None, mean_weight=1.0, weighting="count", n_images=1):
+                  qmax_cycles=None, mean_weight=1.0, weighting="count", n_images=1, tol=1e-12):
     """Fit detector parameters to blank micrographs (or their power spectrum).
 
     Objective: the log radially averaged power-spectrum loss between the data and the
@@ -782,6 +830,7 @@ def fit_mtf_blank(images=None, detector=None, free=("mtf_a", "mtf_b", "mtf_c", "
     use_mean = mean is not None and mean > 0 and mean_weight > 0
 
     def residuals(theta):
+        theta = expand_ratios(theta)
         r = log_radial_residuals(blank_expected_ps(shape, px, theta, intensity), data, bins, w)
         if use_mean:
             rm = (ops.log(blank_mean(px, theta, intensity)) - math.log(mean)) * (math.sqrt(mean_weight) / sd_logmean)
@@ -792,14 +841,17 @@ def fit_mtf_blank(images=None, detector=None, free=("mtf_a", "mtf_b", "mtf_c", "
         r = residuals(theta)
         return ops.sum(r * r)
 
-    res = fit(loss, par, method, maxiter=maxiter, lr=lr)
+    res = fit(loss, par, method, maxiter=maxiter, lr=lr, tol=tol)
     vals = dict(fixed)
     vals.update(res.params)
     se, cov, r = gauss_newton_covariance(residuals, vals, par.names)
     errs = {k: float(v) for k, v in se.items()}
     errs.update({k: float(v) for k, v in _normalised_errors(vals, cov, par.names).items()})
-    det = detector.replace(**{k: float(v) for k, v in res.params.items()})
-    model = bins.average(np.asarray(unwrap(blank_expected_ps(shape, px, vals, intensity))))
+    errs.update({k: float(v) for k, v in _ratio_errors(vals, cov, par.names).items()})
+    phys = expand_ratios(vals)
+    res.params = {k: float(phys[k]) for k in _free_physical(free)}
+    det = detector.replace(**res.params)
+    model = bins.average(np.asarray(unwrap(blank_expected_ps(shape, px, phys, intensity))))
     profile = {"x": bins.q * px, "data": data, "model": model,
                "residual": np.log(model) - np.log(data), "weights": w}
     return MTFFit(det, res, errs, profile)
@@ -841,6 +893,7 @@ def fit_mtf_curve(freq_cycles, mtf_values, free=("mtf_a", "mtf_b", "mtf_c", "mtf
     delta[0, 0] = 1.0
 
     def model_line(theta):
+        theta = expand_ratios(theta)
         psf = MTF()(delta, *[_as_input(theta[k]) for k in MTF_PARAM_NAMES])
         return ops.real(ops.fft2(psf))[0, : n // 2 + 1]
 
@@ -865,7 +918,7 @@ def fit_mtf_curve(freq_cycles, mtf_values, free=("mtf_a", "mtf_b", "mtf_c", "mtf
                   "mtf_alpha": 10 ** rng.uniform(-0.5, 2.5), "mtf_beta": 10 ** rng.uniform(-0.5, 3),
                   "mtf_p": rng.uniform(0.3, 4), "mtf_q": rng.uniform(0.3, 4)}
         par = Parametrisation(detector_free_params(detector.replace(gain=1.0), free, st), fixed)
-        res = fit(loss, par, "lbfgsb", maxiter=maxiter)
+        res = fit(loss, par, "lbfgsb", maxiter=maxiter, tol=1e-14)
         if best is None or res.loss < best[0].loss:
             best = (res, par)
     res, par = best
@@ -874,8 +927,11 @@ def fit_mtf_curve(freq_cycles, mtf_values, free=("mtf_a", "mtf_b", "mtf_c", "mtf
     se, cov, r = gauss_newton_covariance(residuals, vals, par.names)
     errs = {k: float(v) for k, v in se.items()}
     errs.update({k: float(v) for k, v in _normalised_errors(vals, cov, par.names).items()})
+    errs.update({k: float(v) for k, v in _ratio_errors(vals, cov, par.names).items()})
     model = Wi @ np.asarray(unwrap(model_line(vals)))
-    det = detector.replace(gain=1.0, **{k: float(v) for k, v in res.params.items()})
+    phys = expand_ratios(vals)
+    res.params = {k: float(phys[k]) for k in _free_physical(free)}
+    det = detector.replace(gain=1.0, **res.params)
     profile = {"x": x, "data": y, "model": model, "residual": model - y}
     return MTFFit(det, res, errs, profile)
 
@@ -956,3 +1012,75 @@ def simulated_spectrum_correlation(ps, pixel_size_A, voltage_kV, cs_mm, ctf: CTF
     if return_profiles:
         return corr, {"q": bins.q[wide][inner], "real": a[inner], "sim": b[inner], "detector": dfit}
     return corr
+
+
+# ============================================================================ plots
+def plot_fit_png(path, x, data, model, residual, title="", xlabel="", ylabel="", logy=False,
+                 residual_label="residual", size=(720, 560)):
+    """A two-panel PNG (data vs fit; residuals) drawn with Pillow (no matplotlib needed).
+
+    Data are grey dots, the fit a red line, residuals a blue line about a zero line.
+    """
+    from PIL import Image, ImageDraw
+
+    from .io import atomic_path
+
+    x = np.asarray(x, dtype=np.float64)
+    d = np.asarray(data, dtype=np.float64)
+    m = np.asarray(model, dtype=np.float64)
+    r = np.asarray(residual, dtype=np.float64)
+    W, H = size
+    # Pillow's built-in bitmap font has ASCII only
+    title, xlabel, ylabel, residual_label = (
+        str(t).replace("Å", "A").replace("−", "-").replace("°", " deg").replace("±", "+/-")
+        .encode("ascii", "replace").decode() for t in (title, xlabel, ylabel, residual_label))
+    img = Image.new("RGB", (W, H), "white")
+    dr = ImageDraw.Draw(img)
+    left, right = 70, W - 20
+    top1, bot1 = 30, int(H * 0.66)
+    top2, bot2 = bot1 + 30, H - 40
+
+    def tr(v):
+        return np.log10(np.maximum(v, 1e-300)) if logy else v
+
+    yd, ym = tr(d), tr(m)
+    ok = np.isfinite(yd) & np.isfinite(ym)
+    lo = float(min(yd[ok].min(), ym[ok].min())) if ok.any() else 0.0
+    hi = float(max(yd[ok].max(), ym[ok].max())) if ok.any() else 1.0
+    if hi <= lo:
+        hi = lo + 1
+    x0, x1 = float(x.min()), float(x.max()) if x.max() > x.min() else float(x.min()) + 1
+
+    def px(v):
+        return left + (v - x0) / (x1 - x0) * (right - left)
+
+    def py(v, a, b, t, bt):
+        return bt - (v - a) / (b - a) * (bt - t)
+
+    for (t, b) in ((top1, bot1), (top2, bot2)):
+        dr.rectangle([left, t, right, b], outline="black")
+    for xi, yi in zip(x[ok], yd[ok]):
+        X, Y = px(xi), py(yi, lo, hi, top1, bot1)
+        dr.ellipse([X - 1.5, Y - 1.5, X + 1.5, Y + 1.5], fill=(120, 120, 120))
+    pts = [(px(xi), py(yi, lo, hi, top1, bot1)) for xi, yi in zip(x[ok], ym[ok])]
+    if len(pts) > 1:
+        dr.line(pts, fill=(220, 0, 0), width=2)
+    rr = r[np.isfinite(r)]
+    ra = float(np.max(np.abs(rr))) if rr.size else 1.0
+    ra = ra if ra > 0 else 1.0
+    dr.line([(left, py(0, -ra, ra, top2, bot2)), (right, py(0, -ra, ra, top2, bot2))], fill=(150, 150, 150))
+    pts = [(px(xi), py(ri, -ra, ra, top2, bot2)) for xi, ri in zip(x, r) if np.isfinite(ri)]
+    if len(pts) > 1:
+        dr.line(pts, fill=(0, 0, 200), width=1)
+    dr.text((left, 8), title, fill="black")
+    dr.text((left + 4, top1 + 4), f"{ylabel}{' (log10)' if logy else ''}: data (grey), fit (red)", fill="black")
+    dr.text((4, top1), f"{hi:.3g}", fill="black")
+    dr.text((4, bot1 - 12), f"{lo:.3g}", fill="black")
+    dr.text((left + 4, top2 + 4), residual_label, fill="black")
+    dr.text((4, top2), f"{ra:+.2g}", fill="black")
+    dr.text((4, bot2 - 12), f"{-ra:+.2g}", fill="black")
+    dr.text((left, bot2 + 6), f"{x0:.3g}", fill="black")
+    dr.text((right - 60, bot2 + 6), f"{x1:.3g}", fill="black")
+    dr.text(((left + right) // 2 - 40, bot2 + 20), xlabel, fill="black")
+    with atomic_path(path, suffix=".png") as tmp:
+        img.save(tmp, format="PNG")
