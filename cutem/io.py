@@ -106,7 +106,7 @@ def read_mrc(path, ndim=None, name="input"):
                          f"{' or '.join(str(a) + 'D' for a in allowed)}")
     if not np.all(np.isfinite(data)):
         raise InputError(f"{name} {path}: contains NaN or infinite values")
-    return data, (px if px > 0 else 1.0)
+    return data, (px if np.isfinite(px) and px > 0 else 1.0)  # header without a usable size: 1 Å
 
 
 def write_tlt(path, angles_deg):

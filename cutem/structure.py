@@ -247,6 +247,8 @@ def read_structure(path, *, hydrogens=True, infer_elements=False, model=0, with_
     try:
         _check_truncated(path)
         st = gemmi.read_structure(path)
+        # gemmi decodes names (UTF-8) on access: touch them here, so bad bytes are an InputError
+        _ = [(c.name, r.name, r.seqid.icode, a.name, a.altloc) for md in st for c in md for r in c for a in r]
     except InputError:
         raise
     except Exception as exc:  # gemmi raises RuntimeError/ValueError with its own message
