@@ -28,13 +28,35 @@ def _axis_from_header(path):
     return None
 
 
+def _siblings(path, suffix):
+    """Files beside a stack that ``cutem simulate`` writes: NAME<suffix> for NAME.mrc and
+    NAME_noisefree.mrc."""
+    p = Path(path)
+    stems = [p.stem] + ([p.stem[: -len("_noisefree")]] if p.stem.endswith("_noisefree") else [])
+    return [p.with_name(st + suffix) for st in stems]
+
+
+def _axis_from_params(path):
+    """``[geometry] tilt_axis_deg`` of the ``NAME_params.toml`` that ``cutem simulate`` writes."""
+    import tomllib
+
+    for cand in _siblings(path, "_params.toml"):
+        if cand.is_file():
+            try:
+                geo = tomllib.loads(cand.read_text()).get("geometry", {})
+            except (OSError, tomllib.TOMLDecodeError):
+                continue
+            return float(geo.get("tilt_axis_deg", 0.0)), cand
+    return None, None
+
+
 @click.command()
 @click.argument("tilts", type=click.Path(dir_okay=False))
 @click.option("--tlt", "tlt_path", type=click.Path(dir_okay=False), default=None,
               help="Tilt angles, one per line in degrees (default: TILTS with .tlt).")
 @click.option("--tilt-axis", "axis_deg", type=float, default=None,
               help="In-plane angle of the tilt axis from image x, degrees (default: the stack's "
-                   "'tilt_axis_deg=' header label, else 0).")
+                   "'tilt_axis_deg=' header label, else [geometry] of NAME_params.toml beside it, else 0).")
 @click.option("--method", type=click.Choice(["wbp", "sirt"]), default="wbp", show_default=True)
 @click.option("--filter", "filt", type=click.Choice(["ram-lak", "shepp-logan", "cosine", "hamming", "hann"]),
               default="shepp-logan", show_default=True, help="WBP ramp apodisation.")
@@ -62,7 +84,10 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, rel
     from cutem import io, tomo
 
     stack, px = io.read_mrc(tilts, ndim=3, name="tilt stack")
-    tlt = Path(tlt_path) if tlt_path else Path(tilts).with_suffix(".tlt")
+    if tlt_path:
+        tlt = Path(tlt_path)
+    else:
+        tlt = next((c for c in _siblings(tilts, ".tlt") if c.is_file()), Path(tilts).with_suffix(".tlt"))
     if not tlt.is_file():
         fail(f"tilt file {tlt}: no such file (give --tlt)")
     angles = io.read_tlt(tlt)
@@ -72,7 +97,10 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, rel
         fail(f"tilt file {tlt}: angles must lie in [-90, 90]")
     if axis_deg is None:
         axis_deg = _axis_from_header(tilts)
-        axis_deg = 0.0 if axis_deg is None else axis_deg
+    if axis_deg is None:
+        axis_deg, _ = _axis_from_params(tilts)
+    if axis_deg is None:
+        axis_deg = 0.0
     if thickness is not None and thickness < 1:
         fail(f"--thickness = {thickness} must be a positive number of voxels")
     xp = B.get_xp(device)

@@ -227,3 +227,27 @@ def test_reconstruct_command_writes_volume_with_stack_voxel_size(tmp_path):
                         "--tlt", str(tmp_path / "none.tlt"), "--out", str(tmp_path / "x.mrc")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "none.tlt" in r.stderr
+
+
+def test_reconstruct_reads_axis_and_angles_written_by_cutem_simulate(tmp_path):
+    import subprocess
+    import sys
+
+    from cutem import io
+
+    zz, yy, xx = np.meshgrid(*[np.arange(n) - n / 2 for n in (12, 20, 16)], indexing="ij")
+    vol = np.exp(-((zz - 2) ** 2 + (yy + 4) ** 2 + (xx - 3) ** 2) / 6.0).astype(np.float32)
+    angles = np.arange(-60.0, 61.0, 10.0)
+    stack = tomo.Project(angles, 90.0).apply(vol)[0]
+    # the file names `cutem simulate` writes: NAME_noisefree.mrc, NAME.tlt, NAME_params.toml
+    io.write_mrc(tmp_path / "run_noisefree.mrc", stack, 3.0)
+    io.write_tlt(tmp_path / "run.tlt", angles)
+    (tmp_path / "run_params.toml").write_text("seed = 0\n[geometry]\ntilt_axis_deg = 90.0\n")
+    out = tmp_path / "v.mrc"
+    r = subprocess.run([sys.executable, "-c", "from cutem.cli import entry; entry()", "reconstruct",
+                        str(tmp_path / "run_noisefree.mrc"), "--thickness", "12", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "axis 90" in r.stdout
+    rec, _ = io.read_mrc(out)
+    assert np.unravel_index(np.argmax(rec), rec.shape) == np.unravel_index(np.argmax(vol), vol.shape)
