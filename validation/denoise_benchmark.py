@@ -11,7 +11,8 @@ uniformly in [5, 60]) and defocus values drawn from a range 10% wider than train
 no test image repeats a training condition. Reference: the simulator's noise-free twin
 (gain · MTF ⊛ expected counts).
 
-Methods: the noisy input; Gaussian low-pass and median filter (width chosen on separate
+Methods: the noisy input; a flat image at the input's mean (a reference: at these doses
+most of an image is empty ice, so the mean alone scores well); Gaussian low-pass and median filter (width chosen on separate
 validation images, per dose); BM3D (Dabov et al., IEEE TIP 16:2080, 2007; the ``bm3d``
 package, with σ = the known detector noise RMS × a multiplier chosen on the validation
 images; the row is skipped with a note when the package is missing); the model-based
@@ -140,6 +141,7 @@ def main(argv=None):
               flush=True)
         methods = []
         methods.append(("noisy input", lambda n: n, ""))
+        methods.append(("flat image (its mean), reference", lambda n: np.full_like(n, n.mean()), ""))
         sg = choose(val, lambda n, s: gaussian_filter(n, s), [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0])
         methods.append(("Gaussian low-pass", lambda n, s=sg: gaussian_filter(n, s), f"sigma={sg} px"))
         ms = choose(val, lambda n, k: median_filter(n, k), [3, 5, 9, 15, 21])
