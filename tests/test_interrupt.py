@@ -153,5 +153,37 @@ def test_damaged_checkpoint_is_recomputed_not_trusted(setup, tmp_path):
     assert (out / f"{NAME}.mrc").read_bytes() == (ref / f"{NAME}.mrc").read_bytes()
 
 
+def test_exception_during_the_final_writes_leaves_complete_files_or_none(setup, tmp_path, monkeypatch):
+    """An exception while the outputs are written (here: the PNG writer fails half-way) leaves
+    the files already renamed complete, no file under the failing name, no temporaries, and
+    the checkpoints for the re-run."""
+    from cutem import io
+    from cutem.config import load_config
+    from cutem.run import run_simulation
+
+    d, ref = setup
+    out = tmp_path / "out"
+    real = io.write_png
+
+    def failing_png(path, image, stretch=True):
+        with io.atomic_path(path, suffix=".png") as tmp:
+            tmp.write_bytes(b"\x89PNG half a file")
+            raise RuntimeError("disk full (simulated)")
+
+    monkeypatch.setattr(io, "write_png", failing_png)
+    cfg = load_config(d / "series.toml")
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_simulation(cfg, out, progress=False)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"{NAME}.mrc", f"{NAME}_noisefree.mrc", f"{NAME}.tlt", f".{NAME}.ckpt"]), names
+    assert (out / f"{NAME}.mrc").read_bytes() == (ref / f"{NAME}.mrc").read_bytes()
+    assert len(_checkpoints(out)) == NTILT
+    monkeypatch.setattr(io, "write_png", real)
+    res, _ = run_simulation(cfg, out, progress=False)
+    assert res.extra["resumed_tilts"] == list(range(NTILT))
+    assert (out / f"{NAME}.png").read_bytes() == (ref / f"{NAME}.png").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted(FINAL)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
