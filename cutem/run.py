@@ -67,6 +67,10 @@ def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=T
             log(w)
     paths = output_paths(out_dir, cfg.output)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    # temporaries of these outputs left by a killed run (SIGKILL, power loss): never renamed, remove
+    for final in paths.values():
+        for stale in final.parent.glob(f".{final.name}.*"):
+            stale.unlink(missing_ok=True)
     n = len(cfg.geometry.tilt_angles_deg)
     ckdir = _checkpoint_dir(out_dir, cfg.output)
     key = config_hash(cfg)

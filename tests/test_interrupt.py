@@ -153,6 +153,23 @@ def test_damaged_checkpoint_is_recomputed_not_trusted(setup, tmp_path):
     assert (out / f"{NAME}.mrc").read_bytes() == (ref / f"{NAME}.mrc").read_bytes()
 
 
+def test_stale_temporaries_of_a_killed_run_are_removed_on_rerun(setup, tmp_path):
+    from cutem.config import load_config
+    from cutem.run import run_simulation
+
+    d, ref = setup
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [out / f".{NAME}.mrc.k1ll3d.mrc", out / f".{NAME}_params.toml.x.toml"]
+    for p in stale:
+        p.write_bytes(b"half")
+    other = out / ".other.mrc.k1ll3d.mrc"  # not this run's: left alone
+    other.write_bytes(b"x")
+    run_simulation(load_config(d / "series.toml"), out, progress=False)
+    assert not any(p.exists() for p in stale) and other.exists()
+    assert (out / f"{NAME}.mrc").read_bytes() == (ref / f"{NAME}.mrc").read_bytes()
+
+
 def test_exception_during_the_final_writes_leaves_complete_files_or_none(setup, tmp_path, monkeypatch):
     """An exception while the outputs are written (here: the PNG writer fails half-way) leaves
     the files already renamed complete, no file under the failing name, no temporaries, and

@@ -165,8 +165,8 @@ def test_numpy_and_cupy_noise_free_images_agree_within_float32_rounding(tmp_path
     ref = simulate(cfg.replace(simulation=cfg.simulation.replace(dtype="float64")), device="cpu").noise_free
     scale = float(np.abs(ref).max())
     eps = np.finfo(np.float32).eps
-    # each float32 backend is within 64 ulps (of the image maximum) of the float64 result (9 measured on CPU) (FFT rounding grows
-    # with log N; the grid is 96 px), and the two backends agree to the same order
+    # each float32 backend is within 64 ulps (of the image maximum) of the float64 result (9 measured
+    # on the CPU; FFT rounding grows with log N, the grid is 96 px), and the backends agree as closely
     assert np.abs(cpu - ref).max() <= 64 * eps * scale
     assert np.abs(gpu - ref).max() <= 64 * eps * scale
     assert np.abs(gpu - cpu).max() <= 64 * eps * scale
