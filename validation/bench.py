@@ -107,8 +107,9 @@ tilt_angles_deg = [0.0]
 
 
 def parse_case(case):
-    scene, n, method = case.split("_")
-    if scene not in SCENES or method not in ("projection", "multislice"):
+    parts = case.split("_")
+    scene, n, method = parts if len(parts) == 3 else ("?", "0", "?")
+    if scene not in SCENES or method not in ("projection", "multislice") or not n.isdigit() or int(n) < 16:
         raise SystemExit(f"unknown case {case!r}: SCENE_N_METHOD with SCENE in {sorted(SCENES)}")
     return scene, int(n), method
 
@@ -204,8 +205,7 @@ def bench_case(case, device=None, repeats=1):
         t, img, _ = run_stages(scene, cfg, xp)
         if warm is None or sum(t.values()) < sum(warm.values()):
             warm = t
-    z_ext = scene.z_extent() if cfg.simulation.method == "multislice" else None
-    est = M.estimate(cfg, n, "gpu" if xp is not np else "cpu", z_extent_A=z_ext)
+    est = M.estimate(cfg, scene, "gpu" if xp is not np else "cpu")
     del scene
     gc.collect()
     peak, rss = peak_in_fresh_process(case, device)

@@ -1,0 +1,55 @@
+"""``cutem bench``: the benchmark suite (validation/bench.py) from the command line."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .common import device_option
+
+
+@click.command()
+@click.option("--cases", default=None, help="Comma-separated SCENE_N_METHOD, e.g. tmv30_4096_projection "
+                                            "(scenes tmv1 tmv3 tmv30 rymv1 rymv20; methods projection, multislice).")
+@click.option("--quick", is_flag=True, help="Two small cases.")
+@click.option("--repeats", type=int, default=1, show_default=True, help="Warm calls per case (best kept).")
+@click.option("--process", is_flag=True, help="Also time a cold `cutem simulate` of the 30-fragment 4096² scene.")
+@click.option("--peers", is_flag=True, help="Also run abTEM and cryoJAX (environment of validation/peers/setup.sh).")
+@click.option("--peers-python", default=None, help="Python of the peers environment (default /tmp/peers-venv).")
+@click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False),
+              help="Output CSV (default validation/results/bench.csv; a .txt is written beside it).")
+@device_option
+def bench(cases, quick, repeats, process, peers, peers_python, csv_path, device):
+    """Time every stage and the whole pipeline on TMV and RYMV scenes; print and write the table."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "validation" / "bench.py").is_file():
+        raise click.ClickException("validation/bench.py is not beside this cutem (run from a source checkout)")
+    sys.path.insert(0, str(root))
+    from validation import bench as vb
+
+    argv = []
+    if cases:
+        argv += ["--cases", cases]
+    if quick:
+        argv.append("--quick")
+    if device:
+        argv += ["--device", device]
+    argv += ["--repeats", str(repeats)]
+    if process:
+        argv.append("--process")
+    if peers:
+        argv.append("--peers")
+    if peers_python:
+        argv += ["--peers-python", peers_python]
+    if csv_path:
+        argv += ["--csv", csv_path]
+    for c in (cases.split(",") if cases else []):
+        try:
+            vb.parse_case(c)
+        except SystemExit as e:
+            raise click.BadParameter(str(e), param_hint="--cases") from None
+    vb.main(argv)
+
+
+COMMANDS = [bench]

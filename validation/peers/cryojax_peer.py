@@ -1,0 +1,55 @@
+"""cryoJAX side of validation/peers/run_peer.py (runs in the peers environment only).
+
+Atoms → ``GaussianMixtureVolume.from_tabulated_parameters`` (Peng et al. 1996 five-Gaussian
+tables) → ``GaussianMixtureProjection`` (projected potential on the image grid) and the
+``make_image_model`` contrast image with an ``AstigmaticCTF`` (defocus, Cs, no amplitude
+contrast), jitted with ``equinox.filter_jit``. cryoJAX's coordinates have the field centre at
+the origin like cutem's.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def render(d, repeats, version):
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import cryojax.simulator as cs
+    from cryojax.constants import PengScatteringFactorParameters
+
+    n = int(d["n"])
+    px = float(d["px"])
+    pos = jnp.asarray(d["positions"], dtype=jnp.float32)
+    params = PengScatteringFactorParameters(np.asarray(d["numbers"], dtype=int))
+    config = cs.BasicImageConfig((n, n), px, float(d["voltage_kV"]))
+    pose = cs.EulerAnglePose()
+    integrator = cs.GaussianMixtureProjection()
+    ctf = cs.AstigmaticCTF(defocus_in_angstroms=float(d["defocus_A"]), astigmatism_in_angstroms=0.0,
+                           spherical_aberration_in_mm=float(d["cs_A"]) * 1e-7)
+    theory = cs.ContrastTransferTheory(ctf, amplitude_contrast_ratio=0.0)
+
+    @eqx.filter_jit
+    def simulate(pos):
+        vol = cs.GaussianMixtureVolume.from_tabulated_parameters(pos, params)
+        model = cs.make_image_model(vol, config, pose, transfer_theory=theory, volume_integrator=integrator)
+        return model.simulate()
+
+    @eqx.filter_jit
+    def project(pos):
+        vol = cs.GaussianMixtureVolume.from_tabulated_parameters(pos, params)
+        return integrator.integrate(vol, config, outputs_real_space=True)
+
+    t0 = time.perf_counter()
+    img = jax.block_until_ready(simulate(pos))
+    first = time.perf_counter() - t0
+    warm = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(simulate(pos))
+        warm.append(time.perf_counter() - t0)
+    proj = np.asarray(project(pos))
+    return {"first_s": first, "warm_s": min(warm) if warm else None, "version": version,
+            "jax": jax.__version__}, proj, np.asarray(img)
