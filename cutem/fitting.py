@@ -105,6 +105,10 @@ class FreeParam:
         return math.log(f / (1 - f))
 
     def internal_bounds(self):
+        if self.transform == "log":   # θ = s·e^u: physical bounds become bounds on u
+            lo = math.log(self.lower / self.scale) if self.lower is not None and self.lower > 0 else None
+            hi = math.log(self.upper / self.scale) if self.upper is not None and self.upper > 0 else None
+            return (lo, hi)
         if self.transform != "bounds":
             return (None, None)
         lo = None if self.lower is None else self.lower / self.scale

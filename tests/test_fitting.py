@@ -1,0 +1,192 @@
+"""Fitting: parametrisations, objectives, drivers, uncertainties, MTF and CTF fits."""
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from adjoints import Tape, ops
+from cutem import fitting as F
+from cutem.detector import detect, mtf_radial
+from cutem.params import Detector, Optics
+
+REAL = "/work/shared/data/real"
+
+
+# ------------------------------------------------------------------ parametrisations
+@pytest.mark.parametrize("transform,lo,hi,val", [("bounds", 0, 10, 3.0), ("log", None, None, 0.02),
+                                                  ("softplus", 1.0, None, 4.5), ("logit", 0.0, 0.5, 0.1),
+                                                  ("none", None, None, -7.0)])
+def test_transforms_round_trip(transform, lo, hi, val):
+    p = F.FreeParam("x", val, lo, hi, transform, scale=2.0 if transform != "log" else 0.01)
+    assert math.isclose(float(p.to_physical(p.to_internal(val))), val, rel_tol=1e-9)
+
+
+def test_chain_rule_through_a_logit_map_matches_finite_differences():
+    par = F.Parametrisation([F.FreeParam("w", 0.2, 0.0, 0.5, "logit")], {"k": 3.0})
+
+    def loss(th, _):
+        return ops.sum(ops.exp(th["w"] * th["k"]) * th["w"])
+    vg = F.value_and_grad_internal(loss, par)
+    u0 = par.initial()
+    val, g = vg(u0)
+    h = 1e-6
+    up = {"w": u0["w"] + h}
+    um = {"w": u0["w"] - h}
+    fd = (float(vg(up)[0]) - float(vg(um)[0])) / (2 * h)
+    assert abs(float(g["w"]) - fd) < 1e-7 * max(1.0, abs(fd))
+
+
+def test_lbfgsb_and_adam_reach_the_minimum_of_a_bounded_quadratic():
+    par = F.Parametrisation([F.FreeParam("x", 0.0, -1.0, 1.0), F.FreeParam("y", 5.0, None, None, scale=5.0)])
+
+    def loss(th, _):
+        return (th["x"] - 2.0) * (th["x"] - 2.0) + (th["y"] + 3.0) * (th["y"] + 3.0)
+    r = F.fit(loss, par, "lbfgsb")
+    assert abs(r.params["x"] - 1.0) < 1e-8 and abs(r.params["y"] + 3.0) < 1e-5   # x stops at its bound
+    r2 = F.fit(loss, par, "adam", maxiter=600, lr=0.05)
+    assert abs(r2.params["x"] - 1.0) < 1e-6 and abs(r2.params["y"] + 3.0) < 0.05
+
+
+def test_gauss_newton_errors_equal_ordinary_least_squares(rng):
+    x = np.linspace(0, 1, 50)
+    y = 2.0 * x + 0.5 + 0.1 * rng.standard_normal(50)
+    A = np.stack([x, np.ones_like(x)], 1)
+    coef, rss, *_ = np.linalg.lstsq(A, y, rcond=None)
+    cov = rss[0] / 48 * np.linalg.inv(A.T @ A)
+    se, _, _ = F.gauss_newton_covariance(lambda th: th["m"] * x + th["c"] - y, {"m": coef[0], "c": coef[1]},
+                                         ["m", "c"])
+    np.testing.assert_allclose([se["m"], se["c"]], np.sqrt(np.diag(cov)), rtol=1e-10)
+
+
+# ------------------------------------------------------------------------ objectives
+def test_focal_frequency_loss_matches_its_definition(rng):
+    a, b = rng.standard_normal((2, 16, 16))
+    d = np.fft.fft2(a - b, norm="ortho")
+    w = np.abs(d) / np.abs(d).max()
+    expect = np.mean(w * np.abs(d) ** 2)
+    with Tape() as t:
+        x = t.watch(a)
+        loss = F.focal_frequency_loss(x, b)
+    (g,) = t.gradient(loss, [x])
+    assert math.isclose(float(loss.value), expect, rel_tol=1e-12)
+    # with the weight held fixed, the gradient is 2·IFFT(w·d)/N in "ortho" units
+    np.testing.assert_allclose(g, 2 * np.real(np.fft.ifft2(w * d, norm="ortho")) / a.size, atol=1e-12)
+
+
+def test_correlation_loss_is_zero_for_affine_copies(rng):
+    m = rng.random((20, 20))
+    with Tape() as t:
+        x = t.watch(m)
+        loss = F.correlation_loss(x, 3 * m + 1)
+    assert abs(float(loss.value)) < 1e-12
+
+
+def test_expected_blank_spectrum_matches_simulated_images():
+    det = Detector(nx=128, ny=128, pixel_size_A=5.0, dose_e_per_A2=1.0, dqe=0.4, mtf_a=0.7, mtf_b=0.2,
+                   mtf_c=0.1, mtf_alpha=10, mtf_beta=40, gain=10)
+    from cutem.spectra import RadialBins, power_spectrum
+    imgs = np.asarray(detect(np.ones((16, 128, 128)), det, rng=1, estimator="score").image)
+    bins = RadialBins((128, 128), 5.0)
+    data = bins.average(power_spectrum(imgs))
+    model = bins.average(np.asarray(F.blank_expected_ps((128, 128), 5.0, F._detector_theta(det))))
+    ratio = data[1:] / model[1:]
+    assert abs(np.average(ratio, weights=bins.count_np[1:]) - 1) < 0.01
+    assert abs(imgs.mean() / (10 * 25) - 1) < 0.002
+
+
+# ------------------------------------------------------------------------- MTF fits
+def test_blank_fit_recovers_the_mtf_curve_and_gain():
+    det = Detector(nx=128, ny=128, pixel_size_A=5.0, dose_e_per_A2=1.0, dqe=0.4, mtf_a=0.7, mtf_b=0.2,
+                   mtf_c=0.1, mtf_alpha=10, mtf_beta=40, gain=10)
+    imgs = np.asarray(detect(np.ones((20, 128, 128)), det, rng=7, estimator="score").image)
+    start = {"mtf_a": 0.9, "mtf_b": 0.15, "mtf_c": 0.13, "mtf_alpha": 14.0, "mtf_beta": 30.0, "gain": 7.0}
+    r = F.fit_mtf_blank(imgs, det, start=start)
+    x = np.linspace(0, 0.5, 101)
+    rms = np.sqrt(np.mean((mtf_radial(x, r.detector) / r.detector.gain - mtf_radial(x, det) / 10) ** 2))
+    assert rms < 0.01
+    assert abs(r.detector.gain / 10 - 1) < 0.005
+    assert r.errors["gain"] < 0.05 and r.errors["b_n"] > 0
+
+
+def test_curve_fit_recovers_exact_parameters():
+    truth = Detector(mtf_a=0.6, mtf_b=0.3, mtf_c=0.1, mtf_alpha=12.0, mtf_beta=60.0, gain=1.0)
+    x = np.arange(0, 1025, 16) / 2048.0    # on the fit's internal grid: no interpolation error
+    y = mtf_radial(x, truth)
+    r = F.fit_mtf_curve(x, y, free=("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta"), n_starts=1,
+                        start={"mtf_a": 0.5, "mtf_b": 0.4, "mtf_c": 0.15, "mtf_alpha": 9.0, "mtf_beta": 80.0})
+    assert np.max(np.abs(r.profile["residual"])) < 1e-6
+    n = F.normalised_mtf_params(r.fit.params)
+    assert abs(n["a_n"] - 0.6) < 2e-3 and abs(n["c_n"] - 0.1) < 2e-3
+    assert abs(r.fit.params["mtf_alpha"] / 12 - 1) < 0.01 and abs(r.fit.params["mtf_beta"] / 60 - 1) < 0.01
+
+
+def test_curve_fit_with_p_and_q_follows_the_curve():
+    truth = Detector(mtf_a=0.6, mtf_b=0.3, mtf_c=0.1, mtf_alpha=12.0, mtf_beta=60.0, mtf_p=1.5, mtf_q=0.8, gain=1.0)
+    x = np.arange(0, 1025, 16) / 2048.0
+    r = F.fit_mtf_curve(x, mtf_radial(x, truth), n_starts=2)
+    assert np.max(np.abs(r.profile["residual"])) < 5e-4   # p, q trade off with a, b: the curve, not the values
+
+
+# ------------------------------------------------------------------------- CTF fits
+def _synthetic_spectrum(du, dv, ang_deg, w, n=256, px=1.5, seed=0):
+    from cutem.optics import ctf_2d
+    from cutem.spectra import to_centre
+    opt = Optics(voltage_kV=300, defocus_u_A=du, defocus_v_A=dv, astigmatism_angle_deg=ang_deg, cs_mm=2.7,
+                 amplitude_contrast=w)
+    c = ctf_2d((n, n), px, opt, envelope=False, aperture=False, nyquist_cut=False)
+    qy, qx = np.fft.fftfreq(n, px)[:, None], np.fft.fftfreq(n, px)[None, :]
+    q = np.hypot(qx, qy)
+    bg = 1.0 / (1 + (q / 0.05) ** 2) + 0.2
+    env = 0.8 * np.exp(-40 * q ** 2)
+    rng = np.random.default_rng(seed)
+    ps = (bg + env * c ** 2) * rng.gamma(20.0, 1 / 20.0, size=(n, n))   # a sum of 20 periodograms
+    return to_centre(ps)
+
+
+def test_ctf_fit_recovers_synthetic_defocus_and_astigmatism():
+    ps = _synthetic_spectrum(15000.0, 14200.0, 35.0, 0.07)
+    r = F.fit_ctf(ps, 1.5, 300.0, 2.7, centred=True, q_range=(1 / 30, 1 / 4.5), max_astigmatism_A=1000.0)
+    assert abs(r.defocus_u_A / 15000 - 1) < 0.005 and abs(r.defocus_v_A / 14200 - 1) < 0.005
+    assert abs(r.astigmatism_angle_deg - 35.0) < 2.0
+    assert abs(r.amplitude_contrast - 0.07) < 0.03
+
+
+def test_ctf_fit_on_a_real_spectrum_matches_ctffind():
+    from cutem.io import read_mrc
+    ps, px = read_mrc(f"{REAL}/betagal_power_spectra/20170629_00023_frameImage_PS.mrc", ndim=2)
+    r = F.fit_ctf(ps, 1.39955, 200.0, 1.4, centred=True)
+    assert abs(r.defocus_mean_A / (0.5 * (10675.242 + 10373.387)) - 1) < 0.02   # CTFFIND4, micrographs_ctf.star
+    assert abs(r.astigmatism_angle_deg - 71.78) < 10.0
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_fit_mtf_cli_writes_a_toml_simulate_accepts(tmp_path):
+    from cli import main
+    from cutem.config import load_config
+    res = CliRunner().invoke(main, ["fit-mtf", f"{REAL}/detector_mtf/mtf_falcon3EC_300kV.star",
+                                    "--free", "mtf_a,mtf_b,mtf_c,mtf_alpha,mtf_beta", "-o", str(tmp_path / "f3")])
+    assert res.exit_code == 0, res.output
+    cfg = load_config(tmp_path / "f3.toml")
+    assert (tmp_path / "f3.png").stat().st_size > 1000
+    x = np.linspace(0, 0.49, 50)
+    assert cfg.detector.gain == 1.0 and 0.5 < mtf_radial([0.25], cfg.detector)[0] < 0.65   # data: 0.572
+
+
+def test_fit_ctf_cli_writes_relion_columns(tmp_path):
+    from cli import main
+    from cutem.io import read_star, write_mrc
+    write_mrc(tmp_path / "ps.mrc", _synthetic_spectrum(12000.0, 11500.0, 120.0, 0.1).astype(np.float32), 1.5)
+    res = CliRunner().invoke(main, ["fit-ctf", str(tmp_path / "ps.mrc"), "--voltage", "300", "--cs", "2.7",
+                                    "--resolution-range", "30", "4.5", "--max-astigmatism", "800", "-o", str(tmp_path / "ctf.star")])
+    assert res.exit_code == 0, res.output
+    t = read_star(tmp_path / "ctf.star")["micrographs"]
+    assert abs(float(t["rlnDefocusU"][0]) / 12000 - 1) < 0.01 and abs(float(t["rlnDefocusV"][0]) / 11500 - 1) < 0.01
+    assert abs(float(t["rlnDefocusAngle"][0]) - 120.0) < 3.0
+
+
+def test_bad_resolution_range_is_bad_input(tmp_path):
+    from cli import main
+    res = CliRunner().invoke(main, ["fit-ctf", f"{REAL}/betagal_power_spectra/20170629_00023_frameImage_PS.mrc",
+                                    "--resolution-range", "5", "30"], standalone_mode=False)
+    assert res.exception is not None and "resolution-range" in str(res.exception)
