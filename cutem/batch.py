@@ -351,7 +351,10 @@ def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=Non
 def _run_local(get, todo, out_dir, device, threads, workers, finished, scheduler):
     from dask.callbacks import Callback
 
-    dsk = {("cutem-item", it.index): (run_item, it.config, str(out_dir), device, threads) for it in todo}
+    # FFT threads per task: set in each worker process; threads share the driver's environment
+    # (set below); a synchronous run leaves the user's setting alone
+    per_task = threads if scheduler in ("processes", "multiprocessing") else None
+    dsk = {("cutem-item", it.index): (run_item, it.config, str(out_dir), device, per_task) for it in todo}
     keys = list(dsk)
 
     class Done(Callback):
