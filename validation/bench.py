@@ -303,7 +303,8 @@ def write_results(rows, extra_lines, argv, csv_path=None, txt_path=None):
     head = [f"command: {' '.join(argv)}",
             f"machine: {device_name(rows[0]['device'].split()[0] if rows else None)}, {platform.platform()}, "
             f"python {platform.python_version()}, numpy {np.__version__}",
-            f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at the end "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs on a shared machine slow every number)",
             "times in seconds (warm = sum of the stages on the second call; cold = first call in the process); "
             "atoms/s = atoms / potential time; peak = tracemalloc peak of a whole simulate() in a fresh process "
             "(rss = its max RSS minus the RSS after imports); "
