@@ -31,7 +31,6 @@ import csv
 import gc
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -259,15 +258,20 @@ def process_run(case="tmv30_4096_projection", device=None):
         exe = shutil.which("cutem")
         cmd = [exe] if exe else [sys.executable, "-m", "cutem.cli"]
         cmd += ["simulate", str(toml), "--out", str(d / "out"), "-q"] + (["--device", device] if device else [])
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        t0 = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        if r.returncode:
-            raise RuntimeError(f"cutem simulate failed: {r.stderr[-2000:]}")
-        return {"case": case, "process_wall_s": round(wall, 2),
-                "process_max_rss_GB": round(rss * 1024 / 1e9, 3) if rss > before else None,
+        # a wrapper whose only child is `cutem simulate`: its RUSAGE_CHILDREN is that process's
+        wrap = ("import json, resource, subprocess, sys, time\n"
+                "t0 = time.perf_counter(); r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+                "w = time.perf_counter() - t0\n"
+                "print(json.dumps({'rc': r.returncode, 'wall': w, 'err': r.stderr[-2000:],\n"
+                "                  'rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))\n")
+        import json
+
+        r = subprocess.run([sys.executable, "-c", wrap, *cmd], capture_output=True, text=True)
+        d = json.loads(r.stdout.strip().splitlines()[-1])
+        if d["rc"]:
+            raise RuntimeError(f"cutem simulate failed: {d['err']}")
+        wall, rss = d["wall"], d["rss"]
+        return {"case": case, "process_wall_s": round(wall, 2), "process_max_rss_GB": round(rss / 1e9, 3),
                 "command": " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd))}
     finally:
         shutil.rmtree(d, ignore_errors=True)
