@@ -51,11 +51,22 @@ def _report_lines(title, params, errors, extra=()):
 @click.option("--maxiter", type=int, default=300, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True, help="Adam step (internal units).")
 @click.option("--pixel-size", "pixel_size", type=float, default=None, help="Å per pixel (default: config, then header).")
+@click.option("--objective", type=click.Choice(["expected", "simulated"]), default="expected", show_default=True,
+              help="Micrographs: fit the expected spectrum (deterministic), or compare with simulated "
+                   "micrographs (stochastic; see --loss, --estimator, --crn).")
+@click.option("--loss", "loss_name", type=click.Choice(["log_ps", "ps2d", "ffl", "pixel"]), default="log_ps",
+              show_default=True, help="Simulated objective: log radial / 2D spectrum, focal frequency, pixel loss.")
+@click.option("--estimator", type=click.Choice(["pathwise", "score"]), default="pathwise", show_default=True,
+              help="Gradient estimator of the random stages (simulated objective).")
+@click.option("--crn/--fresh-noise", default=True, show_default=True,
+              help="Common random numbers: the same noise draw at every iteration.")
+@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--out", "out", default="mtf_fit", show_default=True,
               help="Output prefix: PREFIX.toml, PREFIX.png, PREFIX.txt.")
 @device_option
 @quiet_option
-def fit_mtf(inputs, config_path, kind, dc, free, method, maxiter, lr, pixel_size, out, device, quiet):
+def fit_mtf(inputs, config_path, kind, dc, free, method, maxiter, lr, pixel_size, objective, loss_name, estimator,
+            crn, seed, out, device, quiet):
     """Fit the detector's MTF (and gain) to blank micrographs, a power spectrum or an MTF curve.
 
     Blank micrographs (MRC images or stacks, uniform illumination): the log radially
@@ -109,7 +120,15 @@ def fit_mtf(inputs, config_path, kind, dc, free, method, maxiter, lr, pixel_size
                 fail(f"fit-mtf: micrographs must share one shape, got {sorted(shapes)}")
             imgs = np.stack(stack)
             det = det.replace(nx=imgs.shape[2], ny=imgs.shape[1])
-            res = fitting.fit_mtf_blank(imgs, det, free=names, method=method, maxiter=maxiter, lr=lr)
+            if objective == "simulated":
+                if method == "lbfgsb" and not (crn and estimator == "pathwise"):
+                    fail("fit-mtf: L-BFGS-B needs a deterministic objective: --estimator pathwise --crn "
+                         "(or use --method adam)")
+                obj = fitting.SimulationObjective(imgs, det, loss=loss_name, estimator=estimator, crn=crn,
+                                                  seed=seed)
+                res = fitting.fit_mtf_simulated(obj, det, free=names, method=method, maxiter=maxiter, lr=lr)
+            else:
+                res = fitting.fit_mtf_blank(imgs, det, free=names, method=method, maxiter=maxiter, lr=lr)
         xlabel, ylabel, logy, rlabel = "spatial frequency (cycles/pixel)", "radial power spectrum", True, "log(fit/data)"
         extra = []
     f = res.fit

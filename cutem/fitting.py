@@ -1166,3 +1166,28 @@ class SimulationObjective:
             return score_surrogate(L, d.log_prob, base)
         self.losses.append(lv)
         return L
+
+
+def fit_mtf_simulated(objective: SimulationObjective, detector, free=("mtf_a", "mtf_b", "mtf_c", "mtf_alpha",
+                                                                      "mtf_beta", "gain"),
+                      start=None, method="adam", maxiter=100, lr=0.05):
+    """Fit detector parameters with a :class:`SimulationObjective` (stochastic or CRN).
+
+    Uncertainties come from the expected-spectrum model at the fitted values
+    (:func:`fit_mtf_blank`'s Gauss–Newton), and the profile shows that model against the
+    references' spectrum.
+    """
+    theta0 = _detector_theta(detector)
+    fixed = {k: v for k, v in theta0.items() if k not in free}
+    par = Parametrisation(detector_free_params(detector, free, start), fixed)
+    res = fit(objective, par, method, maxiter=maxiter, lr=lr)
+    if objective.losses:          # report the loss, not the score surrogate's value
+        res.loss = objective.losses[-1]
+    vals = dict(fixed)
+    vals.update(res.params)
+    phys = expand_ratios(vals)
+    res.params = {k: float(phys[k]) for k in free}
+    det = detector.replace(**res.params)
+    # errors and profile from the expected-spectrum model at the fitted point (no refit)
+    ref = fit_mtf_blank(objective.refs, det, free=free, maxiter=0)
+    return MTFFit(det, res, ref.errors, ref.profile)
