@@ -103,7 +103,10 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, rel
         axis_deg = 0.0
     if thickness is not None and thickness < 1:
         fail(f"--thickness = {thickness} must be a positive number of voxels")
-    xp = B.get_xp(device)
+    try:
+        xp = B.get_xp(device)
+    except B.DeviceError as exc:
+        fail(f"--device {device}: {exc}")
     data = xp.asarray(stack)
     if invert:
         data = -data
