@@ -170,3 +170,20 @@ def test_vacuum_config_without_particles_passes(tmp_path):
     pre = preflight(RunConfig(detector=Detector(nx=16, ny=16)))
     assert len(pre.scene) == 0 and pre.warnings == []
     assert np.isfinite(pre.scene.n_atoms)
+
+
+def test_infer_elements_is_reachable_from_the_toml_config(tmp_path):
+    from cutem.config import load_config
+    from cutem.validate import preflight
+
+    (tmp_path / "tiny.pdb").write_text(bad_inputs._unknown_element_pdb())
+    text = bad_inputs.config()
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(InputError, match="unknown element"):
+        preflight(load_config(tmp_path / "c.toml"))
+    (tmp_path / "c.toml").write_text(text + "infer_elements = true\n")
+    cfg = load_config(tmp_path / "c.toml")
+    assert cfg.particles[0].infer_elements
+    pre = preflight(cfg)
+    # the atom named O with element Xx is read as oxygen (Z = 8): C, N, O, S all present
+    assert pre.scene.n_atoms == 4 and set(pre.scene.particles[0].atoms.species) == {6, 7, 8, 16}
