@@ -42,8 +42,12 @@ import numpy as np
 
 from .errors import InputError
 
-#: bytes per atom during the atom scatter (positions and everything the scatter allocates)
-ATOM_BYTES = 200
+#: bytes per atom at the start of the atom potential (positions, sorting, per-atom scatter
+#: arrays of every atom at once) ...
+ATOM_BYTES = 260
+#: ... and while the (element, B level) groups are scattered one by one (the cache of Fourier
+#: kernels grows meanwhile)
+ATOM_LOOP_BYTES = 46
 #: bytes per atom alive after the potential (the tilt's positions and what is left of them)
 RETAINED_ATOM_BYTES = 40
 #: bytes per atom held by the scene for the whole run (element, B, occupancy, particle copies)
@@ -196,7 +200,8 @@ def estimate(cfg, n_atoms, device=None, *, z_extent_A=None, atom_chunk=None, gro
     cache = min(int(groups), KERNEL_CACHE_CAP // max(kern, 1)) * kern if kern <= KERNEL_CACHE_CAP else 0
     # chunked: the running sum of the slices is alive beside the chunk's output
     acc = slices if chunk < n else 0
-    phases = {"potential": fixed + ATOM_BYTES * chunk + k * POTENTIAL_GRID_BYTES * P + slices + acc + cache}
+    phases = {"potential": fixed + k * POTENTIAL_GRID_BYTES * P + slices + acc
+              + max(ATOM_BYTES * chunk, ATOM_LOOP_BYTES * chunk + cache)}
     retained = fixed + RETAINED_ATOM_BYTES * n + k * FIRST_USE_GRID_BYTES * P + slices
     if cfg.sample.ice:
         phases["ice"] = retained + k * (ICE_GRID_BYTES + ICE_SLICE_BYTES * S) * P
