@@ -151,7 +151,15 @@ def _trilinear(padded, pz, py, px):
 
 
 def _march(volume, azimuth_deg, elevation_deg, step, size, chunk):
-    """Yield (values of a slab of depth samples (k, H, W), number of samples) front to back."""
+    """Set up the rays of a view: returns ``((H, W), window, slabs)``.
+
+    Only rays and depth samples that can meet the volume are marched: the volume's
+    corners (with the one-voxel zero border that trilinear sampling reaches) are projected
+    on the camera axes, giving a row/column ``window`` (two slices) of the frame and a depth
+    range. ``slabs`` yields the sampled values of successive slabs of depth samples,
+    (k, h_window, w_window), front to back. Sample positions are those of the full frame,
+    so the window changes nothing but the work.
+    """
     xp = B.array_module(volume)
     dt = np.float32
     padded = xp.zeros(tuple(n + 2 for n in volume.shape), dtype=dt)
@@ -159,31 +167,51 @@ def _march(volume, azimuth_deg, elevation_deg, step, size, chunk):
     h, w, k_default = _frame_shape(volume.shape)
     if size is not None:
         h, w = size
+    nz, ny, nx = volume.shape
     cz, cy, cx = ((np.asarray(volume.shape) - 1) / 2.0)
-    depth = k_default * 1.0
-    n_steps = max(int(np.ceil(depth / step)), 1)
+    n_steps = max(int(np.ceil(k_default / step)), 1)
     r = view_matrix(azimuth_deg, elevation_deg)  # columns: camera x, y, z in volume (x, y, z)
-    u = xp.asarray((np.arange(w) - (w - 1) / 2.0).astype(dt))
-    v = xp.asarray((np.arange(h) - (h - 1) / 2.0).astype(dt))
-    s_all = ((np.arange(n_steps) - (n_steps - 1) / 2.0) * step).astype(dt)
-    # base point of each ray (H, W) per volume axis, plus s · direction
-    base = [(r[ax, 0] * u[None, :] + r[ax, 1] * v[:, None]) for ax in range(3)]  # x, y, z
+    half = np.array([(nx + 1) / 2.0, (ny + 1) / 2.0, (nz + 1) / 2.0])
+    corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * half
+    cam = corners @ r  # rows: (u, v, s) of each corner
+    lo, hi = cam.min(axis=0) - 1.0, cam.max(axis=0) + 1.0
+    u_all = np.arange(w) - (w - 1) / 2.0
+    v_all = np.arange(h) - (h - 1) / 2.0
+    s_all = (np.arange(n_steps) - (n_steps - 1) / 2.0) * step
+    cols = np.flatnonzero((u_all >= lo[0]) & (u_all <= hi[0]))
+    rows = np.flatnonzero((v_all >= lo[1]) & (v_all <= hi[1]))
+    s_keep = s_all[(s_all >= lo[2]) & (s_all <= hi[2])].astype(dt)
+    if len(cols) == 0 or len(rows) == 0 or len(s_keep) == 0:
+        return (h, w), None, iter(())
+    window = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    u = xp.asarray(u_all[window[1]].astype(dt))
+    v = xp.asarray(v_all[window[0]].astype(dt))
+    # base point of each ray per volume axis (x, y, z), plus s · direction
+    base = [(r[ax, 0] * u[None, :] + r[ax, 1] * v[:, None]) for ax in range(3)]
     centre = (cx + 1, cy + 1, cz + 1)  # +1: the zero border
-    for k0 in range(0, n_steps, chunk):
-        s = xp.asarray(s_all[k0:k0 + chunk])[:, None, None]
-        px = base[0][None] + r[0, 2] * s + centre[0]
-        py = base[1][None] + r[1, 2] * s + centre[1]
-        pz = base[2][None] + r[2, 2] * s + centre[2]
-        yield _trilinear(padded, pz, py, px)
+
+    def slabs():
+        for k0 in range(0, len(s_keep), chunk):
+            s = xp.asarray(s_keep[k0:k0 + chunk])[:, None, None]
+            px = base[0][None] + r[0, 2] * s + centre[0]
+            py = base[1][None] + r[1, 2] * s + centre[1]
+            pz = base[2][None] + r[2, 2] * s + centre[2]
+            yield _trilinear(padded, pz, py, px)
+
+    return (h, w), window, slabs()
 
 
 def mip(volume, azimuth_deg=0.0, elevation_deg=0.0, step=1.0, size=None, chunk=16):
     """Maximum-intensity projection (H, W) along the view direction (0 where no ray hits)."""
     xp = B.array_module(volume)
-    out = None
-    for vals in _march(volume, azimuth_deg, elevation_deg, step, size, chunk):
+    (h, w), window, slabs = _march(volume, azimuth_deg, elevation_deg, step, size, chunk)
+    out = xp.zeros((h, w), dtype=np.float32)
+    sub = None
+    for vals in slabs:
         m = vals.max(axis=0)
-        out = m if out is None else xp.maximum(out, m)
+        sub = m if sub is None else xp.maximum(sub, m)
+    if sub is not None:
+        out[window] = sub
     return out
 
 
@@ -195,20 +223,25 @@ def dvr(volume, tf, azimuth_deg=0.0, elevation_deg=0.0, step=0.5, size=None, chu
     Marching stops early when every ray's transmittance is below 1e-3.
     """
     xp = B.array_module(volume)
-    colour = None
-    trans = None
-    for vals in _march(volume, azimuth_deg, elevation_deg, step, size, chunk):
+    (h, w), window, slabs = _march(volume, azimuth_deg, elevation_deg, step, size, chunk)
+    colour = xp.zeros((h, w, 3), dtype=np.float32)
+    trans = xp.ones((h, w), dtype=np.float32)
+    c_sub = t_sub = None
+    for vals in slabs:
         rgba = tf(vals)
         a = 1.0 - (1.0 - xp.clip(rgba[..., 3] * opacity, 0.0, 0.999999)) ** step
-        if colour is None:
-            colour = xp.zeros(vals.shape[1:] + (3,), dtype=np.float32)
-            trans = xp.ones(vals.shape[1:], dtype=np.float32)
+        if c_sub is None:
+            c_sub = xp.zeros(vals.shape[1:] + (3,), dtype=np.float32)
+            t_sub = xp.ones(vals.shape[1:], dtype=np.float32)
         for k in range(vals.shape[0]):
-            wk = trans * a[k]
-            colour += wk[..., None] * rgba[k, ..., :3]
-            trans = trans * (1.0 - a[k])
-        if float(B.to_numpy(trans.max())) < 1e-3:
+            wk = t_sub * a[k]
+            c_sub += wk[..., None] * rgba[k, ..., :3]
+            t_sub = t_sub * (1.0 - a[k])
+        if float(B.to_numpy(t_sub.max())) < 1e-3:
             break
+    if c_sub is not None:
+        colour[window] = c_sub
+        trans[window] = t_sub
     bg = xp.asarray(np.asarray(background, dtype=np.float32))
     return xp.clip(colour + trans[..., None] * bg, 0.0, 1.0)
 
