@@ -8,8 +8,9 @@ the image plane at ``axis_deg`` from image x (``Geometry.tilt_axis_deg``) and pa
 through the origin: with ``origin="fft"`` (default) voxel/pixel index n/2 along every
 axis, the project's grid convention (:mod:`cutem.potential`: pixel j at x = (j − n/2)·px,
 slice k of a volume at z = (k − nz/2)·dz), so simulated tilt series reconstruct in
-register; ``origin="middle"`` puts it at (n − 1)/2 (the array's middle). At tilt θ the specimen is rotated right-handedly
-by θ about the axis direction a = (cos φ, sin φ, 0) (x, y, z) and projected along z:
+register; ``origin="middle"`` puts it at (n − 1)/2 (the array's middle). At tilt θ the
+specimen is rotated right-handedly by θ about the axis direction a = (cos φ, sin φ, 0)
+(x, y, z; the rotation of :func:`cutem.specimen.tilt_matrix`) and projected along z:
 
     p_θ(u) = ∫ f(R_θᵀ (u + s e_z)) ds,
 

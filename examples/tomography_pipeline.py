@@ -227,7 +227,8 @@ def main(argv=None):
 
     cc_raw = np.mean([cc(a, b) for a, b in zip(res.images, res.noise_free)])
     cc_den = np.mean([cc(a, b) for a, b in zip(den, res.noise_free)])
-    header = ["# command: python examples/tomography_pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    cmd = " ".join(argv if argv is not None else sys.argv[1:])
+    header = ["# command: python examples/tomography_pipeline.py " + cmd,
               f"# machine: {platform.machine()}, {os.cpu_count()} CPU cores, numpy backend (no GPU)",
               f"# TMV default scene, {len(angles)} tilts {angles.min():g}..{angles.max():g} deg, {n_px}x{n_px} px "
               f"of {px:g} A, volume {nz}x{n_px}x{n_px}, seed {args.seed}",

@@ -1,10 +1,14 @@
 """Volume rendering: MIP geometry, emission–absorption against the analytic slab, TF files, orbits."""
+import sys
+
 import numpy as np
 import pytest
 
 import adjoints.backend as B
 from cutem import render as R
 from cutem.errors import InputError
+
+CLI = [sys.executable, "-c", "from cutem.cli import entry; entry()"]  # `cutem` as a user runs it
 
 
 def _offsets(shape):
@@ -128,7 +132,6 @@ def test_cupy_render_matches_numpy(rng):
 
 def test_render_command_writes_png_and_gif(tmp_path, rng):
     import subprocess
-    import sys
 
     from PIL import Image
 
@@ -138,13 +141,13 @@ def test_render_command_writes_png_and_gif(tmp_path, rng):
     io.write_volume(tmp_path / "v.mrc", vol, 5.0)
     for args, name in ((["--mode", "dvr", "--tf", "bone"], "d.png"), (["--mode", "mip"], "m.png"),
                        (["--mode", "slices"], "s.png"), (["--orbit", "3", "-q"], "o.gif")):
-        r = subprocess.run([sys.executable, "-c", "from cutem.cli import entry; entry()", "render", str(tmp_path / "v.mrc"), *args,
+        r = subprocess.run([*CLI, "render", str(tmp_path / "v.mrc"), *args,
                             "--out", str(tmp_path / name)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         with Image.open(tmp_path / name) as im:
             assert im.size[0] > 10
             if name == "o.gif":
                 assert im.n_frames == 3
-    r = subprocess.run([sys.executable, "-c", "from cutem.cli import entry; entry()", "render", str(tmp_path / "v.mrc"), "--tf", "nope",
+    r = subprocess.run([*CLI, "render", str(tmp_path / "v.mrc"), "--tf", "nope",
                         "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
     assert r.returncode == 2 and "nope" in r.stderr

@@ -1,4 +1,6 @@
 """Tomography: projector/back-projector adjointness, geometry, WBP, SIRT, tape gradients, FSC."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,8 @@ from adjoints.check import dottest
 from adjoints.ops import rotation_matrix_3d
 from cutem import tomo
 from cutem.errors import InputError
+
+CLI = [sys.executable, "-c", "from cutem.cli import entry; entry()"]  # `cutem` as a user runs it
 
 
 @pytest.mark.parametrize("axis_deg", [0.0, 90.0, -90.0, 180.0, 17.0, -63.5])
@@ -203,7 +207,6 @@ def test_cupy_projector_matches_numpy(rng):
 
 def test_reconstruct_command_writes_volume_with_stack_voxel_size(tmp_path):
     import subprocess
-    import sys
 
     from cutem import io
 
@@ -215,7 +218,7 @@ def test_reconstruct_command_writes_volume_with_stack_voxel_size(tmp_path):
     io.write_tlt(tmp_path / "ts.tlt", angles)
     for method in ("wbp", "sirt"):
         out = tmp_path / f"{method}.mrc"
-        r = subprocess.run([sys.executable, "-c", "from cutem.cli import entry; entry()", "reconstruct", str(tmp_path / "ts.mrc"),
+        r = subprocess.run([*CLI, "reconstruct", str(tmp_path / "ts.mrc"),
                             "--method", method, "--thickness", "16", "--iterations", "30", "-q",
                             "--out", str(out)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
@@ -223,7 +226,7 @@ def test_reconstruct_command_writes_volume_with_stack_voxel_size(tmp_path):
         assert rec.shape == vol.shape and px == pytest.approx(4.2)
         # the axis came from the header label: the blob is found where it is
         assert np.unravel_index(np.argmax(rec), rec.shape) == np.unravel_index(np.argmax(vol), vol.shape)
-    r = subprocess.run([sys.executable, "-c", "from cutem.cli import entry; entry()", "reconstruct", str(tmp_path / "ts.mrc"),
+    r = subprocess.run([*CLI, "reconstruct", str(tmp_path / "ts.mrc"),
                         "--tlt", str(tmp_path / "none.tlt"), "--out", str(tmp_path / "x.mrc")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "none.tlt" in r.stderr
@@ -231,7 +234,6 @@ def test_reconstruct_command_writes_volume_with_stack_voxel_size(tmp_path):
 
 def test_reconstruct_reads_axis_and_angles_written_by_cutem_simulate(tmp_path):
     import subprocess
-    import sys
 
     from cutem import io
 
@@ -244,7 +246,7 @@ def test_reconstruct_reads_axis_and_angles_written_by_cutem_simulate(tmp_path):
     io.write_tlt(tmp_path / "run.tlt", angles)
     (tmp_path / "run_params.toml").write_text("seed = 0\n[geometry]\ntilt_axis_deg = 90.0\n")
     out = tmp_path / "v.mrc"
-    r = subprocess.run([sys.executable, "-c", "from cutem.cli import entry; entry()", "reconstruct",
+    r = subprocess.run([*CLI, "reconstruct",
                         str(tmp_path / "run_noisefree.mrc"), "--thickness", "12", "--out", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
