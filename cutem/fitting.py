@@ -438,8 +438,7 @@ def ctf_squared_profile(q, defocus_A, voltage_kV, cs_mm, amplitude_contrast, ove
 
     qmax = float(np.max(q)) * 1.01
     n = int(oversample * len(q)) * 2 + 2
-    px = n / (2.0 * qmax) / n * 1.0  # pixel so that Nyquist = qmax
-    px = 0.5 / qmax
+    px = 0.5 / qmax   # the line's Nyquist is q_max
     st = CTF2D((1, n), px, voltage_kV, None, nyquist_cut=False, envelope=False)
     inputs = _ctf_inputs(voltage_kV, cs_mm, defocus_u_A=defocus_A, defocus_v_A=defocus_A,
                          amplitude_contrast=amplitude_contrast)

@@ -169,7 +169,6 @@ def test_fit_mtf_cli_writes_a_toml_simulate_accepts(tmp_path):
     assert res.exit_code == 0, res.output
     cfg = load_config(tmp_path / "f3.toml")
     assert (tmp_path / "f3.png").stat().st_size > 1000
-    x = np.linspace(0, 0.49, 50)
     assert cfg.detector.gain == 1.0 and 0.5 < mtf_radial([0.25], cfg.detector)[0] < 0.65   # data: 0.572
 
 

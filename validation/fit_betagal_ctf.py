@@ -19,7 +19,6 @@ Run: python validation/fit_betagal_ctf.py  (writes validation/results/fit_betaga
 from __future__ import annotations
 
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
