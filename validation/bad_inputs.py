@@ -139,6 +139,10 @@ def _mrc_nan(p):
     write_mrc_raw(p, a)
 
 
+def _mrc_nan_free(p):
+    write_mrc_raw(p, np.ones((4, 16, 16), np.float32))
+
+
 def _mrc_truncated(p):
     write_mrc_raw(p, np.ones((4, 32, 32), np.float32))
     data = Path(p).read_bytes()
@@ -179,6 +183,9 @@ def cases():
              {"in.txt": TEMSIM_OK + "=== camera ===\nx = 1\n"}),
         Case("TEM-simulator value not a number", ["simulate", "in.txt"], 2, "in.txt:8: acc_voltage = 'fast'",
              {"in.txt": TEMSIM_OK.replace("acc_voltage = 300", "acc_voltage = fast")}),
+        Case("TEM-simulator option cutem does not model (gen_defocus = no: defocus from a file)", ["simulate", "in.txt"], 2,
+             "optics.gen_defocus = no is not supported",
+             {"in.txt": TEMSIM_OK.replace("defocus_nominal = 1", "defocus_nominal = 1\ngen_defocus = no")}),
         Case("TEM-simulator ntilts = 0", ["simulate", "in.txt"], 2, "at least one angle",
              {"in.txt": TEMSIM_OK + "=== geometry ===\nntilts = 0\n"}),
         Case("negative dose", ["simulate", "c.toml"], 2, "Detector.dose_e_per_A2 = -1.0 is outside the allowed range",
@@ -206,6 +213,8 @@ def cases():
              {"c.toml": config(det="mtf_c = 0.0"), "tiny.pdb": P}),
         Case("DQE 0", ["simulate", "c.toml"], 2, "Detector.dqe = 0.0",
              {"c.toml": config(det="dqe = 0.0"), "tiny.pdb": P}),
+        Case("multislice slice thickness 0", ["simulate", "c.toml"], 2, "Simulation.slice_thickness_A = 0.0",
+             {"c.toml": config(sim='method = "multislice"\nslice_thickness_A = 0.0'), "tiny.pdb": P}),
         Case("detector 4x4 px", ["simulate", "c.toml"], 2, "Detector.nx = 4 must be an integer in [8, 65536]",
              {"c.toml": config().replace("nx = 32", "nx = 4"), "tiny.pdb": P}),
         Case("tilt angle 95°", ["simulate", "c.toml"], 2, "tilts must lie in [-90, 90]",
@@ -230,6 +239,8 @@ def cases():
              {"c.toml": config(), "tiny.pdb": _truncated_pdb()}),
         Case("mmCIF truncated", ["simulate", "c.toml"], 2, "t.cif",
              {"c.toml": config(structure="t.cif"), "t.cif": _cif_truncated()}),
+        Case("PDB with a non-UTF-8 byte in a residue name", ["simulate", "c.toml"], 2, "cannot read as PDB or mmCIF",
+             {"c.toml": config(), "tiny.pdb": P.encode().replace(b"ALA A   2", b"\x80LA A   2")}),
         Case("PDB without atoms", ["simulate", "c.toml"], 2, "no atoms",
              {"c.toml": config(), "tiny.pdb": "HEADER    EMPTY\nEND\n"}),
         Case("PDB with a NaN coordinate", ["simulate", "c.toml"], 2, "non-finite coordinates",
@@ -257,6 +268,8 @@ def cases():
              {"c.toml": config(det='dqe_curve = "dqe.csv"'), "tiny.pdb": P, "dqe.csv": "x,dqe\n0,0.8\n1,0.3\n"}),
         Case("reconstruct: 2D MRC instead of a stack", ["reconstruct", "s.mrc", "--out", "v.mrc"], 2,
              "expected 3D", {"s.mrc": _mrc2d, "s.tlt": "0\n"}),
+        Case("reconstruct: 3 tilt angles for a 4-image stack", ["reconstruct", "s.mrc", "--out", "v.mrc"], 2,
+             "3 angles for 4 images", {"s.mrc": _mrc_nan_free, "s.tlt": "0\n1\n2\n"}),
         Case("reconstruct: complex MRC (mode 4)", ["reconstruct", "s.mrc", "--out", "v.mrc"], 2,
              "is not a real image mode", {"s.mrc": _mrc_complex, "s.tlt": "0\n1\n2\n3\n"}),
         Case("reconstruct: MRC with NaN", ["reconstruct", "s.mrc", "--out", "v.mrc"], 2, "NaN",
