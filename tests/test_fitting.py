@@ -225,3 +225,28 @@ def test_score_estimator_objective_returns_a_surrogate_and_records_losses():
     obj = F.SimulationObjective(refs, det, loss="log_ps", estimator="score", crn=False, seed=1)
     r = _alpha_gain_fit(det, obj, "adam")
     assert len(obj.losses) == r.evaluations and obj.losses[-1] < obj.losses[0]
+
+
+def test_score_gradients_of_dose_are_far_noisier_than_pathwise_but_not_for_the_mtf():
+    det, refs = _small_blank(n=4)
+    from cutem.spectra import RadialBins, power_spectrum
+    from cutem.detector import score_surrogate
+    bins = RadialBins((96, 96), 1.0)
+    data = bins.average(power_spectrum(refs))
+    names = ("mtf_alpha", "dose_e_per_A2")
+
+    def grad(est, seed, base=0.0):
+        with Tape() as t:
+            w = {k: t.watch(np.asarray(float(getattr(det, k)))) for k in names}
+            d = detect(np.ones((96, 96)), det, rng=seed, estimator=est, params=w)
+            img = d.image - ops.mean(d.image)
+            loss = F.log_radial_ps_loss(ops.abs2(ops.fft2(img)) * (1 / 96 ** 2), data, bins)
+            obj = loss if est == "pathwise" else score_surrogate(loss, d.log_prob, base)
+        return float(loss.value), np.array([float(g) for g in t.gradient(obj, [w[k] for k in names])])
+
+    pw = np.array([grad("pathwise", s)[1] for s in range(30)])
+    L = np.array([grad("score", 100 + s)[0] for s in range(30)])
+    sc = np.array([grad("score", 100 + s, (L.sum() - L[s]) / 29)[1] for s in range(30)])
+    ratio = sc.std(0, ddof=1) / pw.std(0, ddof=1)
+    assert 0.5 < ratio[0] < 2.0      # α acts after the draw: the same derivative either way
+    assert ratio[1] > 10.0           # dose acts before it: the score term dominates
