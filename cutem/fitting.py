@@ -408,6 +408,7 @@ class CTFFit:
     q_range: tuple
     errors: dict = field(default_factory=dict)
     profile: dict = field(default_factory=dict)  #: q, data and model radial profiles for plots
+    extra: dict = field(default_factory=dict)    #: refined ``extra_free`` optics inputs (not validated)
 
     @property
     def defocus_mean_A(self):
@@ -458,7 +459,7 @@ def _envelope_fit(y, basis, c):
 
 def fit_ctf(ps, pixel_size_A, voltage_kV, cs_mm, centred=True, q_range=(1 / 30, 1 / 5),
             amplitude_contrast=0.1, fit_amplitude=True, defocus_range_A=(2000.0, 50000.0),
-            defocus_step_A=None, degree=6, max_astigmatism_A=1500.0, maxiter=100):
+            defocus_step_A=None, degree=6, max_astigmatism_A=1500.0, maxiter=100, extra_free=()):
     """Defocus (u, v), astigmatism angle and amplitude contrast from a power spectrum.
 
     Steps (each guards the next against a wrong Thon-ring basin):
@@ -479,6 +480,8 @@ def fit_ctf(ps, pixel_size_A, voltage_kV, cs_mm, centred=True, q_range=(1 / 30, 
     ----------
     ps : 2D power spectrum (``centred``: DC at the centre, else at [0, 0]).
     pixel_size_A : its sampling (Å per pixel of the image it came from).
+    extra_free : more optics inputs to refine in step 3: ``"cs_A"`` (start: ``cs_mm``,
+        bounds ±50 %) and/or ``"phase_shift_rad"`` (phase plate, start 0).
     Returns
     -------
     :class:`CTFFit` (U ≥ V, angle of the U axis from image x in [0, 180)).
@@ -574,6 +577,13 @@ def fit_ctf(ps, pixel_size_A, voltage_kV, cs_mm, centred=True, q_range=(1 / 30, 
         free.append(FreeParam("amplitude_contrast", amplitude_contrast, 0.0, 0.5, "bounds", 0.1))
     else:
         fixed["amplitude_contrast"] = amplitude_contrast
+    for name in extra_free:
+        if name == "cs_A":
+            free.append(FreeParam("cs_A", cs_mm * 1e7, 0.5 * cs_mm * 1e7, 1.5 * cs_mm * 1e7, "bounds", 1e7))
+        elif name == "phase_shift_rad":
+            free.append(FreeParam("phase_shift_rad", 0.0, -math.pi, math.pi, "bounds", 0.1))
+        else:
+            raise InputError(f"fit_ctf: extra_free may hold cs_A and phase_shift_rad, not {name!r}")
     par = Parametrisation(free, fixed)
     res = fit(lambda th, _: correlation_loss(model(th), data, mask), par, "lbfgsb", maxiter=maxiter)
     th = dict(res.params)
@@ -602,7 +612,7 @@ def fit_ctf(ps, pixel_size_A, voltage_kV, cs_mm, centred=True, q_range=(1 / 30, 
         def resid_sub(theta):
             return resid(theta)[np.asarray(sub)]
         se, _, _ = gauss_newton_covariance(resid_sub, mtheta, names)
-        errs = {k: float(v) * math.sqrt(nsub / len(idx)) for k, v in se.items()}
+        errs = {k: float(v) * math.sqrt(nsub / len(idx)) for k, v in se.items() if k not in extra_free}
         if "astigmatism_angle_rad" in errs:
             errs["astigmatism_angle_deg"] = math.degrees(errs.pop("astigmatism_angle_rad"))
     except Exception:  # uncertainties are a report, never a reason to fail the fit
@@ -616,7 +626,8 @@ def fit_ctf(ps, pixel_size_A, voltage_kV, cs_mm, centred=True, q_range=(1 / 30, 
     profile = {"q": q, "data": y, "model": Phi @ bco2 + (Phi @ eco2) * cring, "background": Phi @ bco2,
                "search_grid": grid, "search_score": s}
     return CTFFit(float(du), float(dv), float(ang_deg), float(w), float(1.0 - res.loss), d1,
-                  time.perf_counter() - t0, res.iterations, (qlo, qhi), errs, profile)
+                  time.perf_counter() - t0, res.iterations, (qlo, qhi), errs, profile,
+                  {k: float(th[k]) for k in extra_free})
 
 
 def _wavelength(voltage_kV):
