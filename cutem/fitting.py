@@ -481,7 +481,10 @@ def fit_ctf(ps, pixel_size_A, voltage_kV, cs_mm, centred=True, q_range=(1 / 30, 
     ps : 2D power spectrum (``centred``: DC at the centre, else at [0, 0]).
     pixel_size_A : its sampling (Å per pixel of the image it came from).
     extra_free : more optics inputs to refine in step 3: ``"cs_A"`` (start: ``cs_mm``,
-        bounds ±50 %) and/or ``"phase_shift_rad"`` (phase plate, start 0).
+        bounds ±50 %) and/or ``"phase_shift_rad"`` (phase plate, start 0). Not validated:
+        Cs trades off with defocus over usual fit ranges (a synthetic 300 kV spectrum with
+        Cs 2.7 mm, fitted to 1/4.5 Å⁻¹, gave 3.7 mm), so keep Cs fixed unless the range
+        reaches far beyond the first few rings.
     Returns
     -------
     :class:`CTFFit` (U ≥ V, angle of the U axis from image x in [0, 180)).
