@@ -149,9 +149,16 @@ class Parametrisation:
         return out
 
     def physical_values(self, u):
-        """Plain floats of the free parameters."""
-        return {p.name: float(B.to_numpy(unwrap(p.to_physical(float(B.to_numpy(unwrap(u[p.name])))))))
-                for p in self.free}
+        """Plain floats of the free parameters (clamped to their bounds against round-off)."""
+        out = {}
+        for p in self.free:
+            v = float(B.to_numpy(unwrap(p.to_physical(float(B.to_numpy(unwrap(u[p.name])))))))
+            if p.lower is not None:
+                v = max(v, p.lower)
+            if p.upper is not None:
+                v = min(v, p.upper)
+            out[p.name] = v
+        return out
 
     def clip(self, u):
         """Project internal values into their box (Adam with ``"bounds"`` transforms)."""
