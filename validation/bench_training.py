@@ -100,6 +100,9 @@ def main(argv=None):
             print(lines[-1], flush=True)
     if not B.cuda_available():
         lines.append("(no GPU on this machine: GPU rows not measured)")
+    la = os.getloadavg()
+    lines.append(f"load average at the end: {la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f} (1/5/15 min; "
+                 f"above {os.cpu_count()} the machine was shared and the times are inflated)")
     if args.sim:
         t, n = sim_time()
         lines.append(f"simulator: one {n}x{n} training image (default SimulatorPairs, numpy) in {t:.2f} s; "

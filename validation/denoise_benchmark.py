@@ -142,12 +142,12 @@ def main(argv=None):
         methods = []
         methods.append(("noisy input", lambda n: n, ""))
         methods.append(("flat image (its mean), reference", lambda n: np.full_like(n, n.mean()), ""))
-        sg = choose(val, lambda n, s: gaussian_filter(n, s), [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0])
+        sg = choose(val, lambda n, s: gaussian_filter(n, s), [2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0])
         methods.append(("Gaussian low-pass", lambda n, s=sg: gaussian_filter(n, s), f"sigma={sg} px"))
-        ms = choose(val, lambda n, k: median_filter(n, k), [3, 5, 9, 15, 21])
+        ms = choose(val, lambda n, k: median_filter(n, k), [5, 11, 21, 31, 41])
         methods.append(("median filter", lambda n, k=ms: median_filter(n, k), f"size={ms}"))
         if have_bm3d:
-            bs = choose(val, lambda n, k: run_bm3d(n, k, det), [0.5, 1.0, 1.5, 2.0, 3.0])
+            bs = choose(val, lambda n, k: run_bm3d(n, k, det), [1.0, 2.0, 4.0, 8.0, 16.0])
             methods.append(("BM3D", lambda n, k=bs: run_bm3d(n, k, det), f"sigma = {bs} x noise RMS"))
         it = args.model_iterations
 
