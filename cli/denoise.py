@@ -101,6 +101,15 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
                             ice_range=_range(ice, "ice", 0, 1e5), particles_range=(int(n_lo), int(n_hi)),
                             structures=structs or None, detector=detector, noise2noise=noise2noise, xp=xp)
     if resume and Path(out).is_file():
+        import json
+
+        import h5py
+
+        with h5py.File(out, "r") as f:
+            stored = json.loads(f.attrs.get("source", "{}"))
+        if stored and stored != json.loads(json.dumps(source.describe())):
+            click.echo(f"warning: {out} was trained on other simulation settings than these options give; "
+                       "continuing with the new settings", err=True)
         click.echo(f"resuming from {out}", err=True)
     t0 = time.perf_counter()
     tr = train(source, net_cfg, cfg, checkpoint=out, resume=resume, xp=xp, progress=not quiet,
