@@ -110,7 +110,7 @@ def fit_mtf(inputs, config_path, kind, dc, free, method, maxiter, lr, pixel_size
         else:
             stack = []
             for p in inputs:
-                data, px = read_mrc(p, name="micrograph")
+                data, px = read_mrc(p, ndim=(2, 3), name="micrograph")
                 data = np.asarray(data, dtype=np.float64)
                 stack += [data] if data.ndim == 2 else list(data)
                 if pixel_size is None and not config_path:
