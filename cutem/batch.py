@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -367,8 +368,15 @@ def _run_local(get, todo, out_dir, device, threads, workers, finished, scheduler
     env_threads = os.environ.get("CUTEM_THREADS")
     if scheduler in ("threads", "threaded") and env_threads is None:
         os.environ["CUTEM_THREADS"] = str(threads)  # threads share the environment
+    import dask
+
+    # fork (Linux): workers start with the driver's modules already imported (spawn would
+    # re-import NumPy/SciPy/cutem in every worker: seconds of a short batch)
+    ctx = {"multiprocessing.context": "fork"} if (scheduler in ("processes", "multiprocessing") and
+                                                  sys.platform.startswith("linux") and
+                                                  dask.config.get("multiprocessing.context", None) in (None, "spawn")) else {}
     try:
-        with Done():
+        with dask.config.set(ctx), Done():
             get(dsk, keys, **kw)
     finally:
         if scheduler in ("threads", "threaded") and env_threads is None:
