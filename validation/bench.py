@@ -329,7 +329,28 @@ def main(argv=None):
     ap.add_argument("--peers", action="store_true", help="abTEM and cryoJAX from the peers environment")
     ap.add_argument("--peers-python", default=os.environ.get("CUTEM_PEERS_PYTHON", "/tmp/peers-venv/bin/python"))
     ap.add_argument("--csv", default=None, help="output CSV (default validation/results/bench.csv)")
+    ap.add_argument("--peers-only", default=None,
+                    help="comma-separated peers (abtem,cryojax) to run against the cases already in --csv; "
+                         "their lines are appended to the .txt")
     args = ap.parse_args(argv)
+    if args.peers_only:
+        from validation.peers.compare import run_peers
+
+        csv_path = Path(args.csv or RESULTS / "bench.csv")
+        with open(csv_path, newline="") as fh:
+            rows = [{k: (float(v) if k.endswith("_s") else int(v) if k in ("atoms", "grid", "slices") else v)
+                     for k, v in r.items()} for r in csv.DictReader(fh)]
+        if args.cases:
+            rows = [r for r in rows if r["case"] in args.cases.split(",")]
+        lines = run_peers(rows, args.peers_python, args.device, only=args.peers_only.split(","))
+        txt = csv_path.with_suffix(".txt")
+        cmd = " ".join(["python", "validation/bench.py", *(argv if argv is not None else sys.argv[1:])])
+        with open(txt, "a") as fh:
+            fh.write(f"\nappended {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{cmd}` "
+                     f"(cutem times from the table above; load average {os.getloadavg()[0]:.1f}):\n")
+            fh.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return rows
     cases = args.cases.split(",") if args.cases else (QUICK_CASES if args.quick else DEFAULT_CASES)
     rows, extra = [], []
     for c in cases:

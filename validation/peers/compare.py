@@ -81,7 +81,7 @@ def compare_potentials(atoms, n, px, peer_potential, label):
             f"(pixel-averaged: {100 * spectra_diff(v, ref, half=False, pixel_average=True):.2f}%)")
 
 
-def run_peers(rows, python, device=None):
+def run_peers(rows, python, device=None, only=None):
     lines = []
     by_case = {r["case"]: r for r in rows}
     wanted = [c for c in ("tmv30_4096_projection", "tmv30_4096_multislice") if c in by_case]
@@ -93,6 +93,7 @@ def run_peers(rows, python, device=None):
             npz = Path(d) / "atoms.npz"
             cfg, atoms = write_atoms(case, npz)
             codes = ["abtem"] + (["cryojax"] if cfg.simulation.method == "projection" else [])
+            codes = [c for c in codes if only is None or c in only]
             peer_pots = {}
             for code in codes:
                 out = Path(d) / f"{code}.npz"
