@@ -159,3 +159,33 @@ def default_rng(seed=None, xp=np):
     if xp is np:
         return np.random.default_rng(seed)
     return xp.random.default_rng(seed)
+
+
+class GridCache:
+    """A small bounded memo for grid-sized arrays (transfer functions, MTFs).
+
+    A simulation evaluates the same CTF or MTF for every tilt and every micrograph of a
+    batch; recomputing it costs more than the FFTs it multiplies. Keys must hold
+    everything the array depends on (shape, dtype, device module, parameter values).
+    """
+
+    def __init__(self, maxsize=4):
+        self.maxsize = maxsize
+        self._d = {}
+
+    def get(self, key, make):
+        hit = self._d.pop(key, None)
+        if hit is None:
+            hit = make()
+            while len(self._d) >= self.maxsize:
+                self._d.pop(next(iter(self._d)))
+        self._d[key] = hit  # most recent last
+        return hit
+
+    def clear(self):
+        self._d.clear()
+
+
+def scalars_key(values):
+    """Hashable key of 0-d arrays or numbers (their float values)."""
+    return tuple(float(to_numpy(v)) for v in values)

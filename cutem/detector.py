@@ -331,6 +331,9 @@ class WaldLogLikelihood(Stage):
                  (xp.asarray(0.7, dtype=dtype),))]
 
 
+_MTF_CACHE = B.GridCache(maxsize=4)
+
+
 @register
 class MTF(Stage):
     """Blur by the TEM-simulator MTF (gain included): out = IFFT[MTF(x) · FFT(counts)].
@@ -348,10 +351,11 @@ class MTF(Stage):
         xp = B.array_module(counts)
         rdt = _rdt(counts)
         shape = counts.shape[-2:]
-        x2 = _freq2_cycles(shape, xp, rdt)
-        m, _ = _mtf_core(x2, prm)
+        # the MTF grid is the same for every image of a run: memoised on its parameters
+        key = (tuple(shape), xp.__name__, np.dtype(rdt).name, B.scalars_key(prm))
+        m = _MTF_CACHE.get(key, lambda: _mtf_core(_freq2_cycles(shape, xp, rdt), prm)[0])
         spec = B.rfft2(counts)
-        ctx.spec, ctx.m, ctx.x2, ctx.prm, ctx.shape, ctx.rdt = spec, m, x2, prm, shape, rdt
+        ctx.spec, ctx.m, ctx.prm, ctx.shape, ctx.rdt = spec, m, prm, shape, rdt
         return B.irfft2(spec * m, s=shape)
 
     def vjp(self, ctx, g):
@@ -362,7 +366,7 @@ class MTF(Stage):
         cross = (xp.conj(G) * ctx.spec).real
         cross = cross.reshape((-1,) + cross.shape[-2:]).sum(axis=0)
         cross = cross * _half_weights(ctx.shape[1], xp, ctx.rdt) / n
-        _, d = _mtf_core(ctx.x2, ctx.prm, derivs=True)
+        _, d = _mtf_core(_freq2_cycles(ctx.shape, xp, ctx.rdt), ctx.prm, derivs=True)
         return (g_counts,) + tuple(xp.asarray((cross * di).sum(), dtype=ctx.rdt) for di in d)
 
     @classmethod

@@ -248,6 +248,9 @@ class _OpticsBase(Stage):
 
 
 # ----------------------------------------------------------------- the wave transfer
+_H_CACHE = B.GridCache(maxsize=2)
+
+
 @register
 class TransferFunction(_OpticsBase):
     """Objective-lens wave transfer: ψ_img = IFFT[FFT(ψ_exit) · e^{iχ̃} · E · A].
@@ -285,7 +288,18 @@ class TransferFunction(_OpticsBase):
                    nyquist_cut, defocus_offset_A, param_grads)
 
     def transfer(self, params, xp, dtype, derivs=False):
-        """H(q) on the full FFT grid (and the derivative pieces)."""
+        """H(q) on the full FFT grid (and the derivative pieces).
+
+        Without derivatives H is memoised on the parameter values, so the tilts and
+        micrographs that share optics reuse it (:class:`adjoints.backend.GridCache`).
+        """
+        if not derivs:
+            key = (self.shape, self.pixel_size_A, self.voltage_kV, self.aperture_q_max, self.nyquist_cut,
+                   self.defocus_offset_A, xp.__name__, np.dtype(dtype).name, B.scalars_key(params))
+            return _H_CACHE.get(key, lambda: self._transfer_h(params, xp, dtype, False)[0]), None
+        return self._transfer_h(params, xp, dtype, True)
+
+    def _transfer_h(self, params, xp, dtype, derivs):
         g = self.geometry(xp, dtype)
         phase, loge, pairs = _transfer(g, params, self.lam, self.k, self.kappa,
                                           self.defocus_offset_A, derivs, False, xp)
