@@ -81,6 +81,9 @@ def main(argv=None):
         load2 = os.getloadavg()
         import mrcfile
 
+        busy_serial = sum(float(r["seconds"]) for r in Bt.read_manifest(work / "serial").values())
+        busy_par = sum(float(r["seconds"]) for r in Bt.read_manifest(work / "parallel").values())
+
         same = 0
         for it in items:
             name = it.config.output + ".mrc"
@@ -103,6 +106,9 @@ def main(argv=None):
         f"parallel (dask process scheduler, {os.cpu_count()} workers):       {t_par:8.1f} s  ({par.done} items, "
         f"load average before {load1[0]:.1f}, after {load2[0]:.1f})",
         f"parallel / serial = {t_par / t_serial:.2f}  (target < 0.6)",
+        f"sum of the items' own seconds: serial {busy_serial:.1f} s, parallel {busy_par:.1f} s "
+        f"(an item takes {busy_par / busy_serial:.2f}x as long while another runs beside it: the two "
+        f"vCPUs and other jobs' load limit the speed-up to {busy_par / t_par:.2f} items at a time)",
         f"identical images serial vs parallel: {same} of {args.count}",
         f"re-run of the finished batch: {again.done} simulated, {again.skipped} skipped, {t_skip:.1f} s",
     ]
