@@ -86,7 +86,7 @@ from typing import NamedTuple
 import numpy as np
 
 import adjoints.backend as B
-from adjoints.stage import Stage, Var, register, unwrap
+from adjoints.stage import Stage, Var, active_tape, register, unwrap
 
 PARAM_NAMES = ("dose_e_per_A2", "mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "mtf_p",
                "mtf_q", "gain", "dqe", "readout_noise")
@@ -551,12 +551,15 @@ def detect(intensity, detector, rng=None, estimator="pathwise", params=None, dra
             raise ValueError("estimator='score' needs quantized counts (Detector.quantized = True)")
         if "counts" not in draws:
             draws["counts"] = sample_poisson(nb_val, gen_(), xp)
-        log_prob = PoissonLogLikelihood(draws["counts"])(n_bar)
+        # log p of the draw only matters to a tape (the score-function surrogate)
+        taped = active_tape() is not None
+        log_prob = PoissonLogLikelihood(draws["counts"])(n_bar) if taped else None
         dqe_val = float(B.to_numpy(unwrap(inputs["dqe"])))
         if dqe_val < 1.0:
             if "wald" not in draws:
                 draws["wald"] = sample_wald(draws["counts"], dqe_val, gen_(), xp)
-            log_prob = log_prob + WaldLogLikelihood(draws["wald"], draws["counts"])(inputs["dqe"])
+            if taped:
+                log_prob = log_prob + WaldLogLikelihood(draws["wald"], draws["counts"])(inputs["dqe"])
             counts = draws["wald"]
         else:
             counts = draws["counts"]
