@@ -92,7 +92,7 @@ def main(argv=None):
     rows = [run_case(c, args.repeats, args.device) for c in ("tmv1_512", "tmv30_4096")]
     load1 = os.getloadavg()
     lines = [
-        "# cutem projected-potential benchmark (projection approximation, 1 Å pixels, bilinear scatter)",
+        "# cutem projected-potential benchmark (projection approximation, 1 Å pixels, cubic B-spline scatter (the default))",
         f"# command: python validation/bench_potential.py --repeats {args.repeats} --device {args.device}",
         f"# machine: {platform.machine()} {os.cpu_count()} CPU cores, {platform.python_version()}, "
         f"FFT {rows[0]['device']}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
