@@ -11,6 +11,7 @@ import traceback
 
 import click
 
+from adjoints.backend import DeviceError
 from cutem.errors import InputError as BadInput
 
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default=None,
@@ -44,7 +45,7 @@ def run_guarded(group) -> int:
     except click.ClickException as exc:  # usage errors are bad input
         exc.show()
         return 2
-    except BadInput as exc:
+    except (BadInput, DeviceError) as exc:  # an unusable --device is bad input too
         click.echo(f"cutem: error: {exc}", err=True)
         return 2
     except Terminated:

@@ -46,10 +46,7 @@ def render(volume, mode, tf_spec, azimuth, elevation, n_orbit, invert, window, o
         fail(f"--orbit = {n_orbit} must be >= 0")
     tf = R.TransferFunction.load(tf_spec) if mode == "dvr" else None
     data, px = io.read_mrc(volume, ndim=3, name="volume")
-    try:
-        xp = B.get_xp(device)
-    except B.DeviceError as exc:
-        fail(f"--device {device}: {exc}")
+    xp = B.get_xp(device)
     vol = xp.asarray(data)
     if max_size:
         vol = R.bin_volume(vol, max_size)

@@ -103,10 +103,7 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, rel
         axis_deg = 0.0
     if thickness is not None and thickness < 1:
         fail(f"--thickness = {thickness} must be a positive number of voxels")
-    try:
-        xp = B.get_xp(device)
-    except B.DeviceError as exc:
-        fail(f"--device {device}: {exc}")
+    xp = B.get_xp(device)
     data = xp.asarray(stack)
     if invert:
         data = -data

@@ -384,6 +384,16 @@ def jacobian(residual_fn, theta_values: dict, names):
     return B.to_numpy(rv).astype(np.float64).ravel(), J
 
 
+def _errors(residuals, vals, names):
+    """1σ errors of the fitted parameters, of a/(a+b+c)-style normalised MTF weights and of
+    the b/a, c/a ratios, from the Gauss–Newton covariance; returns (errs, cov, residuals)."""
+    se, cov, r = gauss_newton_covariance(residuals, vals, names)
+    errs = {k: float(v) for k, v in se.items()}
+    errs.update({k: float(v) for k, v in _normalised_errors(vals, cov, names).items()})
+    errs.update({k: float(v) for k, v in _ratio_errors(vals, cov, names).items()})
+    return errs, cov, r
+
+
 def gauss_newton_covariance(residual_fn, theta_values: dict, names):
     """(std errors, covariance, residuals) from Cov = s²(JᵀJ)⁻¹, s² = RSS/(n − p).
 
@@ -869,10 +879,7 @@ def fit_mtf_blank(images=None, detector=None, free=("mtf_a", "mtf_b", "mtf_c", "
     res = fit(loss, par, method, maxiter=maxiter, lr=lr, tol=tol)
     vals = dict(fixed)
     vals.update(res.params)
-    se, cov, r = gauss_newton_covariance(residuals, vals, par.names)
-    errs = {k: float(v) for k, v in se.items()}
-    errs.update({k: float(v) for k, v in _normalised_errors(vals, cov, par.names).items()})
-    errs.update({k: float(v) for k, v in _ratio_errors(vals, cov, par.names).items()})
+    errs, cov, r = _errors(residuals, vals, par.names)
     phys = expand_ratios(vals)
     res.params = {k: float(phys[k]) for k in _free_physical(free)}
     det = detector.replace(**res.params)
@@ -949,10 +956,7 @@ def fit_mtf_curve(freq_cycles, mtf_values, free=("mtf_a", "mtf_b", "mtf_c", "mtf
     res, par = best
     vals = dict(fixed)
     vals.update(res.params)
-    se, cov, r = gauss_newton_covariance(residuals, vals, par.names)
-    errs = {k: float(v) for k, v in se.items()}
-    errs.update({k: float(v) for k, v in _normalised_errors(vals, cov, par.names).items()})
-    errs.update({k: float(v) for k, v in _ratio_errors(vals, cov, par.names).items()})
+    errs, cov, r = _errors(residuals, vals, par.names)
     model = Wi @ np.asarray(unwrap(model_line(vals)))
     phys = expand_ratios(vals)
     res.params = {k: float(phys[k]) for k in _free_physical(free)}
