@@ -221,7 +221,7 @@ def _tap_index(i, n, order, xp):
         i1 = i + 1
         i1[i1 == n] = 0
         return xp.stack([i, i1], axis=1)
-    return (i[:, None] + xp.asarray(np.asarray(_offsets(order), dtype=np.int64))[None, :]) % n
+    return (i[:, None] + xp.asarray(np.asarray(_offsets(order), dtype=i.dtype))[None, :]) % i.dtype.type(n)
 
 
 def _corner_index_weights(plan, iy, ix, ty, tx, w, xp, order=1):
@@ -249,8 +249,10 @@ def _corner_index_weights(plan, iy, ix, ty, tx, w, xp, order=1):
         xp.multiply(wy1, tx, out=wts[:, 3])
         xp.subtract(wy1, wts[:, 3], out=wts[:, 2])
         return idx, wts
-    jy = _tap_index(iy, plan.ny, order, xp) * plan.nx
-    jx = _tap_index(ix, plan.nx, order, xp)
+    # int32 indices when the grid allows: half the memory traffic of the 16 taps per atom
+    it = np.int32 if plan.ny * plan.nx < 2 ** 31 else np.int64
+    jy = (_tap_index(iy.astype(it), plan.ny, order, xp) * it(plan.nx))
+    jx = _tap_index(ix.astype(it), plan.nx, order, xp)
     wy, _ = _taps(ty, order, xp)
     wx, _ = _taps(tx, order, xp)
     idx = (jy[:, :, None] + jx[:, None, :]).reshape(len(iy), -1)
