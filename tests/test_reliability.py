@@ -47,15 +47,7 @@ class _Argv:
 def _run_in_process(case, workdir, monkeypatch, capsys):
     from cutem.cli.common import run_guarded
 
-    for name, content in case.files.items():
-        p = workdir / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if callable(content):
-            content(p)
-        elif isinstance(content, bytes):
-            p.write_bytes(content)
-        else:
-            p.write_text(content)
+    bad_inputs.write_case_files(case, workdir)
     monkeypatch.chdir(workdir)
     old = signal.getsignal(signal.SIGTERM)
     try:

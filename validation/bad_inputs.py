@@ -294,8 +294,8 @@ def cutem_exe():
     return exe
 
 
-def run_case(case: Case, workdir: Path, timeout=300):
-    """Write the case's files into ``workdir`` and run it; returns (rc, last stderr line, stderr)."""
+def write_case_files(case: Case, workdir: Path):
+    """Write the case's input files (text, bytes, or a writer function) into ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     for name, content in case.files.items():
         p = workdir / name
@@ -306,6 +306,11 @@ def run_case(case: Case, workdir: Path, timeout=300):
             p.write_bytes(content)
         else:
             p.write_text(content)
+
+
+def run_case(case: Case, workdir: Path, timeout=300):
+    """Write the case's files into ``workdir`` and run it; returns (rc, last stderr line, stderr)."""
+    write_case_files(case, workdir)
     env = dict(os.environ)
     for k, v in case.env.items():
         env[k] = str(workdir / v) if k == "PYTHONPATH" else v
