@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from cutem.config import ParticleSpec, RunConfig, from_dict, parse_temsim
 from cutem.errors import InputError
 from cutem.params import Detector, Geometry, Optics, Sample, Simulation
+from helpers import tiny_pdb
 
 SCALE = float(os.environ.get("CUTEM_HYPOTHESIS_SCALE", "1"))
 
@@ -41,14 +42,7 @@ COMMON = dict(deadline=None, derandomize=SCALE == 1, suppress_health_check=[Heal
 
 
 def _tiny_pdb_text(n, seed):
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        x, y, z = rng.uniform(-5, 5, 3)
-        e = "CNOSP"[i % 5]
-        rows.append(f"ATOM  {i + 1:5d}  {e:<3s} ALA A{i + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00 10.00"
-                    f"          {e:>2s}")
-    return "\n".join(rows) + "\nEND\n"
+    return tiny_pdb(n, seed, half_extent_A=5.0, b_factor=10.0, elements="CNOSP")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
+from helpers import tiny_pdb as _tiny_pdb
 
 CUTEM = shutil.which("cutem")
 pytestmark = pytest.mark.skipif(CUTEM is None, reason="the cutem console script is not installed")
@@ -27,14 +28,7 @@ FINAL = [f"{NAME}.mrc", f"{NAME}_noisefree.mrc", f"{NAME}.tlt", f"{NAME}.png", f
 
 
 def tiny_pdb(n=20, seed=0):
-    rng = np.random.default_rng(seed)
-    lines = []
-    for i in range(n):
-        x, y, z = rng.uniform(-8, 8, 3)
-        e = "CNOS"[i % 4]
-        lines.append(f"ATOM  {i + 1:5d}  {e:<3s} ALA A{i + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00 20.00"
-                     f"          {e:>2s}")
-    return "\n".join(lines) + "\nEND\n"
+    return _tiny_pdb(n, seed, half_extent_A=8.0, b_factor=20.0)
 
 
 CONFIG = f"""seed = 11

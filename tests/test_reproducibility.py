@@ -10,6 +10,7 @@ import pytest
 
 from cutem.config import ParticleSpec, RunConfig, load_config
 from cutem.params import Detector, Geometry, Optics, Sample, Simulation
+from helpers import tiny_pdb as _tiny_pdb
 
 CUTEM = shutil.which("cutem")
 needs_cli = pytest.mark.skipif(CUTEM is None, reason="the cutem console script is not installed")
@@ -18,14 +19,7 @@ OUTPUTS = ["rep.mrc", "rep_noisefree.mrc", "rep.tlt", "rep.png"]
 
 
 def tiny_pdb(n=16, seed=2):
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        x, y, z = rng.uniform(-7, 7, 3)
-        e = "CNOS"[i % 4]
-        rows.append(f"ATOM  {i + 1:5d}  {e:<3s} ALA A{i + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00 15.00"
-                    f"          {e:>2s}")
-    return "\n".join(rows) + "\nEND\n"
+    return _tiny_pdb(n, seed, half_extent_A=7.0, b_factor=15.0)
 
 
 CONFIG = """seed = 5
