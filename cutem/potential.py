@@ -271,6 +271,84 @@ def _scatter_add(grid, idx, w, xp):
         cupyx.scatter_add(grid, idx, w.astype(grid.dtype, copy=False))
 
 
+#: atoms per block of the CPU scatter: its 16 int32 indices and 16 weights per atom (8 MiB) stay
+#: near the cache instead of streaming 30 M taps through memory twice
+_SPREAD_BLOCK = 65536
+
+
+def _spread_block(plan, grid, iy, ix, ty, tx, w, xp):
+    """Scatter one block of atoms into the flat grid (B-spline weights, periodic)."""
+    order = plan.order
+    if order == 1:
+        flat, wts = _corner_index_weights(plan, iy, ix, ty, tx, w, xp, 1)
+        _scatter_add(grid, flat.ravel(), wts.ravel(), xp)
+        return
+    ny, nx = plan.ny, plan.nx
+    it = np.int32 if ny * nx < 2 ** 31 else np.int64
+    m = len(w)
+    # interior atoms: every tap is base + a fixed offset; the few within 2 pixels of an edge
+    # wrap around and take the modular path
+    base = iy.astype(it) * it(nx) + ix.astype(it)
+    offs = xp.asarray((np.arange(-1, 3)[:, None] * nx + np.arange(-1, 3)[None, :]).ravel().astype(it))
+    idx = base[:, None] + offs[None, :]
+    edge = (ix < 1) | (ix >= nx - 2) | (iy < 1) | (iy >= ny - 2)
+    if bool(edge.any()):
+        e = xp.flatnonzero(edge)
+        jy = _tap_index(iy[e].astype(it), ny, order, xp) * it(nx)
+        jx = _tap_index(ix[e].astype(it), nx, order, xp)
+        idx[e] = (jy[:, :, None] + jx[:, None, :]).reshape(len(e), -1)
+    wy, _ = _taps(ty, order, xp)
+    wx, _ = _taps(tx, order, xp)
+    wy *= w[:, None]
+    wts = (wy[:, :, None] * wx[:, None, :]).reshape(m, -1)
+    _scatter_add(grid, idx.ravel(), wts.ravel(), xp)
+
+
+_POOL = None
+
+
+def _pool():
+    """Threads for the CPU scatter (NumPy's ufuncs and ``add.at`` release the GIL)."""
+    global _POOL
+    n = B.threads()
+    if _POOL is None or _POOL._max_workers != n:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cutem-scatter")
+    return _POOL
+
+
+def _spread(plan, grid, iy, ix, ty, tx, w, xp, spare=None):
+    """grid (flat, ny·nx) += the atoms spread with the plan's B-spline.
+
+    On the CPU with more than one thread (``CUTEM_THREADS``), the atoms are split between the
+    threads, each scattering into its own grid (``grid`` and the ``spare`` buffers, which are
+    zeroed here) in blocks of ``_SPREAD_BLOCK``; the grids are then summed. On the GPU one
+    ``scatter_add`` takes all atoms.
+    """
+    m = len(w)
+    if xp is not np:
+        _spread_block(plan, grid, iy, ix, ty, tx, w, xp)
+        return
+    nthr = min(B.threads(), max(1, m // _SPREAD_BLOCK))
+    bounds = np.linspace(0, m, nthr + 1).astype(np.int64)
+
+    def work(k, g):
+        for a in range(int(bounds[k]), int(bounds[k + 1]), _SPREAD_BLOCK):
+            b = min(a + _SPREAD_BLOCK, int(bounds[k + 1]))
+            _spread_block(plan, g, iy[a:b], ix[a:b], ty[a:b], tx[a:b], w[a:b], xp)
+
+    if nthr == 1:
+        work(0, grid)
+        return
+    grids = [grid] + list(spare[:nthr - 1])
+    for g in grids[1:]:
+        g.fill(0)
+    list(_pool().map(work, range(nthr), grids))
+    for g in grids[1:]:
+        grid += g
+
+
 def _levels(b, b_step):
     """B lattice level k (int) and interpolation fraction t for each atom."""
     if b_step is None or b_step <= 0:
@@ -413,9 +491,10 @@ def _forward_slice(plan, sa, solvent_V, xp):
     dtype = plan.dtype
     if sa.n == 0:
         return xp.zeros((plan.ny, plan.nx), dtype=dtype)
-    acc = xp.zeros((plan.ny, plan.nxh), dtype=B.complex_dtype(dtype))
+    acc = None
     npix = plan.ny * plan.nx
-    grid = None  # one scatter buffer, reused by every group
+    grid = None  # scatter buffers, reused by every group
+    spare = []
     for z, b_level, idx, wl in sa.groups.entries():
         iy, ix, ty, tx, w, ins = _gather_select(sa, idx, xp)
         if wl is not None:
@@ -424,17 +503,22 @@ def _forward_slice(plan, sa, solvent_V, xp):
             iy, ix, ty, tx, w = iy[ins], ix[ins], ty[ins], tx[ins], w[ins]
         if len(w) == 0:
             continue
-        flat, wts = _corner_index_weights(plan, iy, ix, ty, tx, w, xp, plan.order)
         if grid is None:
             grid = xp.zeros(npix, dtype=dtype)
+            if xp is np:
+                spare = [np.empty(npix, dtype=dtype) for _ in range(B.threads() - 1)]
         else:
             grid.fill(0)
-        _scatter_add(grid, flat.ravel(), wts.ravel(), xp)
-        del flat, wts
+        _spread(plan, grid, iy, ix, ty, tx, w, xp, spare)
         spec = B.rfft2(grid.reshape(plan.ny, plan.nx))
         spec *= plan.kernel(z, b_level, solvent_V)
-        acc += spec
+        if acc is None:
+            acc = spec
+        else:
+            acc += spec
         del spec
+    if acc is None:
+        return xp.zeros((plan.ny, plan.nx), dtype=dtype)
     return B.irfft2(acc, s=(plan.ny, plan.nx)).astype(dtype, copy=False)
 
 
@@ -546,8 +630,9 @@ def projected_potential(atoms, shape, pixel_size_A, *, slice_thickness_A=None, z
     scale : float
         Global multiplier of the atoms' potential.
     spread_order : int
-        1: bilinear scatter (4 weights per atom, fast, the default); 3: cubic B-spline (16
-        weights, sinc⁴ correction, ~10× closer to the exact Fourier sum; slower).
+        3: cubic B-spline scatter (16 weights per atom, sinc⁴ correction; the default, 9e-4
+        relative L2 from the exact Fourier sum on the TMV fragment); 1: bilinear (4 weights,
+        sinc² correction, faster, 6e-3).
     """
     a, b_total, w = _prepare(atoms, b_factor_A2, scale)
     plan = _plan(shape, pixel_size_A, xp, dtype, spread_order)
