@@ -189,6 +189,53 @@ def freq_grid(shape, pixel_size=1.0, xp=np, dtype=DEFAULT_DTYPE, rfft=False):
     return qy[:, None], qx[None, :]
 
 
+_POOL = None
+
+
+def pool():
+    """A shared thread pool of :func:`threads` workers for CPU work that releases the GIL
+    (NumPy ufuncs, ``add.at``, random draws)."""
+    global _POOL
+    n = threads()
+    if _POOL is None or _POOL._max_workers != n:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cutem")
+    return _POOL
+
+
+#: elements per block of a blocked random draw (below this: one draw from the generator itself)
+DRAW_BLOCK = 2 ** 20
+
+
+def blocked_draw(rng, draw, shape, dtype):
+    """Fill an array of ``shape`` by ``draw(generator, index)`` over fixed blocks of rows, on
+    the thread pool.
+
+    NumPy's generators are serial, and a 4096² Poisson draw takes a second; split over
+    threads it takes half. Each block draws from its own child generator
+    (``rng.spawn``, independent streams by SeedSequence construction) and the blocks
+    depend only on the array size, so the result is the same for any number of threads.
+    Arrays under :data:`DRAW_BLOCK` elements are drawn from ``rng`` directly (same stream as
+    ``draw(rng, ...)`` on the whole array).
+    """
+    shape = tuple(int(n) for n in shape)
+    size = int(np.prod(shape))
+    if size < DRAW_BLOCK or len(shape) == 0 or shape[0] < 2:
+        return np.asarray(draw(rng, ...)).astype(dtype, copy=False)
+    nb = min(shape[0], -(-size // DRAW_BLOCK))
+    edges = np.linspace(0, shape[0], nb + 1).astype(np.int64)
+    kids = rng.spawn(nb)
+    out = np.empty(shape, dtype=dtype)
+
+    def work(k):
+        sl = slice(int(edges[k]), int(edges[k + 1]))
+        out[sl] = draw(kids[k], sl)
+
+    list(pool().map(work, range(nb)))
+    return out
+
+
 def default_rng(seed=None, xp=np):
     """A seeded generator on ``xp``'s device (numpy.random.Generator or cupy's)."""
     if xp is np:

@@ -403,6 +403,8 @@ def sample_poisson(n_bar, rng, xp=None):
     """Poisson counts with mean ``n_bar`` (float array of integers, same dtype)."""
     xp = xp or B.array_module(n_bar)
     lam = xp.maximum(n_bar, 0).astype(np.float64)
+    if xp is np:  # threaded over fixed row blocks (B.blocked_draw)
+        return B.blocked_draw(rng, lambda g, sl: g.poisson(lam[sl]), lam.shape, n_bar.dtype)
     return rng.poisson(lam).astype(n_bar.dtype)
 
 
@@ -422,11 +424,17 @@ def sample_wald(counts, dqe, rng, xp=None):
     pos = mu > 0
     mu1 = xp.where(pos, mu, 1.0)
     lam = mu1 * mu1 * dqe / (1 - dqe)
-    nu = rng.standard_normal(mu.shape)
+    if xp is np:
+        nu = B.blocked_draw(rng, lambda g, sl: g.standard_normal(mu[sl].shape), mu.shape, np.float64)
+    else:
+        nu = rng.standard_normal(mu.shape)
     y = nu * nu
     x = mu1 + mu1 * mu1 * y / (2 * lam) - mu1 / (2 * lam) * xp.sqrt(4 * mu1 * lam * y + mu1 * mu1 * y * y)
     x = xp.maximum(x, 1e-300)
-    z = rng.random(mu.shape)
+    if xp is np:
+        z = B.blocked_draw(rng, lambda g, sl: g.random(mu[sl].shape), mu.shape, np.float64)
+    else:
+        z = rng.random(mu.shape)
     x = xp.where(z <= mu1 / (mu1 + x), x, mu1 * mu1 / x)
     return xp.where(pos, x, 0.0).astype(out_dtype)
 

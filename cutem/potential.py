@@ -304,20 +304,6 @@ def _spread_block(plan, grid, iy, ix, ty, tx, w, xp):
     _scatter_add(grid, idx.ravel(), wts.ravel(), xp)
 
 
-_POOL = None
-
-
-def _pool():
-    """Threads for the CPU scatter (NumPy's ufuncs and ``add.at`` release the GIL)."""
-    global _POOL
-    n = B.threads()
-    if _POOL is None or _POOL._max_workers != n:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="cutem-scatter")
-    return _POOL
-
-
 def _spread(plan, grid, iy, ix, ty, tx, w, xp, spare=None):
     """grid (flat, ny·nx) += the atoms spread with the plan's B-spline.
 
@@ -344,7 +330,7 @@ def _spread(plan, grid, iy, ix, ty, tx, w, xp, spare=None):
     grids = [grid] + list(spare[:nthr - 1])
     for g in grids[1:]:
         g.fill(0)
-    list(_pool().map(work, range(nthr), grids))
+    list(B.pool().map(work, range(nthr), grids))
     for g in grids[1:]:
         grid += g
 

@@ -117,6 +117,28 @@ def test_sample_wald_moments():
     assert np.array_equal(sample_wald(np.array([0.0, 3.0]), 1.0, rng), [0.0, 3.0])
 
 
+@pytest.mark.parametrize("sampler", ["poisson", "wald"])
+def test_blocked_draws_do_not_depend_on_thread_count_and_keep_their_moments(sampler, monkeypatch):
+    import adjoints.backend as B
+    from cutem.detector import sample_poisson
+
+    monkeypatch.setattr(B, "DRAW_BLOCK", 4096)   # 40 blocks of rows on a 640×256 image
+    mu = np.full((640, 256), 9.0)
+
+    def draw(threads):
+        monkeypatch.setenv("CUTEM_THREADS", str(threads))
+        rng = np.random.default_rng(5)
+        return sample_poisson(mu, rng) if sampler == "poisson" else sample_wald(mu, 0.6, rng)
+
+    one, two = draw(1), draw(2)
+    assert np.array_equal(one, two)
+    var = 9.0 if sampler == "poisson" else (1 / 0.6 - 1) * 9.0
+    assert abs(one.mean() / 9 - 1) < 0.005 and abs(one.var() / var - 1) < 0.02
+    # blocks are independent streams: neighbouring blocks are uncorrelated
+    rows = one.reshape(40, -1)
+    assert abs(np.corrcoef(rows[:-1].ravel(), rows[1:].ravel())[0, 1]) < 0.01
+
+
 def test_score_counts_are_integer_poisson_with_mean_and_variance_nbar():
     d = Detector(nx=64, ny=64, pixel_size_A=1.0, dose_e_per_A2=4.0)
     r = detect(np.ones((50, 64, 64)), d, rng=3, estimator="score")
