@@ -81,6 +81,33 @@ def compare_potentials(atoms, n, px, peer_potential, label):
             f"(pixel-averaged: {100 * spectra_diff(v, ref, half=False, pixel_average=True):.2f}%)")
 
 
+def cutem_intensity(atoms, cfg):
+    """cutem's noise-free phase-object image |ψ|² of the peers' settings: B = 0, vacuum, no
+    amplitude contrast (the peers have none), the case's defocus and Cs, no envelopes."""
+    import dataclasses
+
+    from cutem import optics as O
+    from cutem.potential import projected_potential
+    from cutem.propagation import exit_wave
+    from cutem.structure import Atoms
+
+    n, px = cfg.detector.nx, cfg.detector.pixel_size_A
+    a0 = Atoms(atoms.positions, atoms.elements, atoms.species, np.zeros(atoms.n), atoms.occupancies)
+    v = projected_potential(a0, (n, n), px, dtype=np.float64)
+    wave = exit_wave(v, cfg.optics.voltage_kV, px, method="projection")
+    opt = dataclasses.replace(cfg.optics, amplitude_contrast=0.0)
+    return np.abs(np.asarray(O.apply_optics(wave, opt, px))) ** 2
+
+
+def compare_images(ours, peer, label):
+    """Mean ratio, and the relative L2 of the contrast (image − its mean) spectra below half
+    Nyquist (abTEM cuts its wave at 2/3 of Nyquist against aliasing, cutem at Nyquist)."""
+    c1, c2 = ours - ours.mean(), peer - peer.mean()
+    corr = float((c1 * c2).sum() / np.sqrt((c1 * c1).sum() * (c2 * c2).sum()))
+    return (f"noise-free image vs {label}: mean {100 * (ours.mean() / peer.mean() - 1):+.3f}%, contrast "
+            f"relative L2 below half Nyquist {100 * spectra_diff(c1, c2):.2f}%, correlation {corr:.4f}")
+
+
 def run_peers(rows, python, device=None, only=None):
     lines = []
     by_case = {r["case"]: r for r in rows}
@@ -94,7 +121,7 @@ def run_peers(rows, python, device=None, only=None):
             cfg, atoms = write_atoms(case, npz)
             codes = ["abtem"] + (["cryojax"] if cfg.simulation.method == "projection" else [])
             codes = [c for c in codes if only is None or c in only]
-            peer_pots = {}
+            peer_pots, peer_imgs = {}, {}
             for code in codes:
                 out = Path(d) / f"{code}.npz"
                 info = run_one(python, code, npz, out)
@@ -105,7 +132,13 @@ def run_peers(rows, python, device=None, only=None):
                 ours_ctf = round(ours - row["detector_s"], 3)
                 lines.append(f"{case} {code} {info.get('version', '')}: first call {info['first_s']:.2f} s, warm "
                              f"{info['warm_s']:.2f} s; cutem warm {ours} s (without detector {ours_ctf} s): "
-                             f"peer/cutem = {info['warm_s'] / ours:.2f} ({info['warm_s'] / ours_ctf:.2f})")
+                             f"peer/cutem = {info['warm_s'] / ours:.2f} ({info['warm_s'] / ours_ctf:.2f})"
+                             + (f" [{info['model']}]" if info.get("model") else ""))
+                if info.get("weak_phase_warm_s"):
+                    w = info["weak_phase_warm_s"]
+                    lines.append(f"{case} {code} weak-phase contrast model (linear, no exit wave; not cutem's "
+                                 f"physics): first call {info['weak_phase_first_s']:.2f} s, warm {w:.2f} s; "
+                                 f"peer/cutem without detector = {w / ours_ctf:.2f}")
                 z = np.load(out)
                 pot = z["potential"]
                 if code == "abtem":
@@ -113,10 +146,17 @@ def run_peers(rows, python, device=None, only=None):
                 else:
                     pot = pot / CRYOJAX_PER_VOLT
                 peer_pots[code] = pot
+                peer_imgs[code] = z["image"].T if code == "abtem" else z["image"]
             if cfg.simulation.method == "projection":
                 for code, pot in peer_pots.items():
                     lines.append(f"{case} " + compare_potentials(atoms, cfg.detector.nx, cfg.detector.pixel_size_A,
                                                                   pot, code))
+                # cryoJAX's phase object sits at the specimen plane like cutem's; abTEM's one-slice
+                # multislice propagates the exit wave through the slice (130-1300 Å here), a defocus
+                # shift, so its image is not compared
+                if "cryojax" in peer_imgs:
+                    lines.append(f"{case} " + compare_images(cutem_intensity(atoms, cfg), peer_imgs["cryojax"],
+                                                             "cryojax"))
                 if len(peer_pots) == 2:
                     a, c = peer_pots["abtem"], peer_pots["cryojax"]
                     lines.append(f"{case} cryojax vs abtem: mean {100 * (c.mean() / a.mean() - 1):+.4f}%, relative L2 "

@@ -13,7 +13,8 @@ The simulated micrograph: plane wave, projected potential (phase object: one sli
 the whole specimen; multislice: ``slice_thickness_A`` slices), lens with defocus (underfocus
 positive), Cs, no envelope, |ψ|². abTEM: Peng parametrisation (``parametrization="peng"``),
 infinite projection. cryoJAX: its atom potential (Peng 5-Gaussian tables, the package's
-default) rendered on the grid, then its own phase-object and CTF image model.
+default) rendered on the grid, then its phase-object image model (Rytov exit wave, CTF on the
+wave, |ψ|²), and for reference its weak-phase contrast model (cryojax_peer.py).
 """
 from __future__ import annotations
 
