@@ -9,7 +9,8 @@ count ``P`` (padded, oversampled), with ``S`` slices (1 for the phase object):
    corner indices and weights, the float64 weights ``bincount`` converts to) —
    ``ATOM_BYTES`` per atom — and the Fourier accumulation (float64 scatter grid, its
    float32 copy, half-spectrum, kernel, accumulator, output: ``POTENTIAL_GRID_BYTES`` per
-   pixel) plus the output slices, 4·S bytes per pixel (float32);
+   pixel), one more scatter grid (4 bytes per pixel) per extra CPU thread, plus the output
+   slices, 4·S bytes per pixel (float32);
 2. *ice* (:func:`cutem.potential.ice_potential`): per-pixel float64 geometry of the tilted
    layer (``ICE_GRID_BYTES``) plus per slice its overlap and derivative grids in float64,
    their stack and float32 copy (``ICE_SLICE_BYTES`` per pixel and slice), while the atoms'
@@ -149,6 +150,12 @@ def n_slices(cfg, z_extent_A=None) -> int:
     return max(1, int(math.ceil((hi - lo) / sim.slice_thickness_A - 1e-9)))
 
 
+def _threads() -> int:
+    import adjoints.backend as B
+
+    return B.threads()
+
+
 def _device_name(device) -> str:
     import adjoints.backend as B
 
@@ -200,7 +207,9 @@ def estimate(cfg, n_atoms, device=None, *, z_extent_A=None, atom_chunk=None, gro
     cache = min(int(groups), KERNEL_CACHE_CAP // max(kern, 1)) * kern if kern <= KERNEL_CACHE_CAP else 0
     # chunked: the running sum of the slices is alive beside the chunk's output
     acc = slices if chunk < n else 0
-    phases = {"potential": fixed + k * POTENTIAL_GRID_BYTES * P + slices + acc
+    # on the CPU each extra scatter thread fills its own grid (cutem.potential._spread)
+    spare = 4 * k * P * (_threads() - 1) if dev == "cpu" else 0
+    phases = {"potential": fixed + k * POTENTIAL_GRID_BYTES * P + slices + acc + spare
               + max(ATOM_BYTES * chunk, ATOM_LOOP_BYTES * chunk + cache)}
     retained = fixed + RETAINED_ATOM_BYTES * n + k * FIRST_USE_GRID_BYTES * P + slices
     if cfg.sample.ice:
