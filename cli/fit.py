@@ -41,12 +41,20 @@ def _report_lines(title, params, errors, extra=()):
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="TOML or TEM-simulator file: the fixed detector values (pixel size, dose, DQE) "
                    "and the start; its [detector] is what the output replaces.")
-@click.option("--kind", type=click.Choice(["auto", "micrographs", "spectrum", "curve"]), default="auto",
-              show_default=True, help="What the inputs are (auto: .star = MTF curve, MRC = blank micrographs).")
+@click.option("--kind", type=click.Choice(["auto", "micrographs", "specimen", "spectrum", "curve"]), default="auto",
+              show_default=True, help="What the inputs are (auto: .star = MTF curve; MRC = micrographs of the "
+                                      "--config's specimen when it has particles, else blank micrographs).")
 @click.option("--dc", type=click.Choice(["centre", "corner"]), default="centre", show_default=True,
               help="Where DC sits in an input power spectrum.")
 @click.option("--free", default=None,
-              help=f"Comma-separated detector fields to fit [micrographs: {_MTF_FREE}; curve: {_CURVE_FREE}].")
+              help=f"Comma-separated names to fit [micrographs, specimen: {_MTF_FREE}; curve: {_CURVE_FREE}]. "
+                   "With a specimen also ice_thickness_A (centre and edge together), thickness_center_A, "
+                   "thickness_edge_A, defocus_A (u = v), defocus_u_A, defocus_v_A.")
+@click.option("--ps-objective", type=click.Choice(["log_radial", "whittle"]), default="log_radial",
+              show_default=True, help="Specimen micrographs: log radial power-spectrum loss or the 2D Whittle "
+                                      "likelihood of the periodogram.")
+@click.option("--tilt", type=int, default=0, show_default=True, help="Specimen: which tilt of the config the "
+                                                                      "micrographs show.")
 @click.option("--method", type=click.Choice(["lbfgsb", "adam"]), default="lbfgsb", show_default=True)
 @click.option("--maxiter", type=int, default=300, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True, help="Adam step (internal units).")
@@ -65,9 +73,14 @@ def _report_lines(title, params, errors, extra=()):
               help="Output prefix: PREFIX.toml, PREFIX.png, PREFIX.txt.")
 @device_option
 @quiet_option
-def fit_mtf(inputs, config_path, kind, dc, free, method, maxiter, lr, pixel_size, objective, loss_name, estimator,
-            crn, seed, out, device, quiet):
-    """Fit the detector's MTF (and gain) to blank micrographs, a power spectrum or an MTF curve.
+def fit_mtf(inputs, config_path, kind, dc, free, ps_objective, tilt, method, maxiter, lr, pixel_size, objective,
+            loss_name, estimator, crn, seed, out, device, quiet):
+    """Fit the detector's MTF (and gain) to micrographs, a power spectrum or an MTF curve.
+
+    Micrographs with a specimen (--config: a cutem TOML or TEM-simulator input file with
+    the particles, ice and optics the micrographs show): the closed-form expected power
+    spectrum of that scene through the simulator (cutem.fitting.fit_mtf_specimen) is fitted,
+    with the ice thickness and defocus optionally free.
 
     Blank micrographs (MRC images or stacks, uniform illumination): the log radially
     averaged power spectrum is fitted with the expected spectrum N̄/DQE·MTF² and the image
@@ -83,8 +96,12 @@ def fit_mtf(inputs, config_path, kind, dc, free, method, maxiter, lr, pixel_size
     cfg = load_config(config_path) if config_path else RunConfig()
     det = cfg.detector
     if kind == "auto":
-        kind = "curve" if all(str(p).lower().endswith(".star") for p in inputs) else "micrographs"
+        kind = "curve" if all(str(p).lower().endswith(".star") for p in inputs) else \
+            ("specimen" if config_path and cfg.particles else "micrographs")
+    if kind == "specimen" and not config_path:
+        fail("fit-mtf: micrographs with a specimen need --config (the scene the simulator should reproduce)")
     out = Path(out)
+    cfg_out = None
     if kind == "curve":
         if len(inputs) != 1:
             fail("fit-mtf: give one MTF STAR file")
@@ -119,8 +136,21 @@ def fit_mtf(inputs, config_path, kind, dc, free, method, maxiter, lr, pixel_size
             if len(shapes) != 1:
                 fail(f"fit-mtf: micrographs must share one shape, got {sorted(shapes)}")
             imgs = np.stack(stack)
+            if kind == "specimen":
+                if (imgs.shape[2], imgs.shape[1]) != (det.nx, det.ny):
+                    fail(f"fit-mtf: micrographs are {imgs.shape[2]}x{imgs.shape[1]} but the config's detector is "
+                         f"{det.nx}x{det.ny}")
+                if not 0 <= tilt < len(cfg.geometry.tilt_angles_deg):
+                    fail(f"fit-mtf: --tilt {tilt} outside the config's {len(cfg.geometry.tilt_angles_deg)} tilts")
+                if pixel_size:
+                    cfg = cfg.replace(detector=det)
+                res = fitting.fit_mtf_specimen(imgs, cfg, free=names, objective=ps_objective, tilt=tilt,
+                                               method=method, maxiter=maxiter, lr=lr)
+                cfg_out = fitting.specimen_config_with(cfg, res.fit.params)
             det = det.replace(nx=imgs.shape[2], ny=imgs.shape[1])
-            if objective == "simulated":
+            if kind == "specimen":
+                pass
+            elif objective == "simulated":
                 if method == "lbfgsb" and not (crn and estimator == "pathwise"):
                     fail("fit-mtf: L-BFGS-B needs a deterministic objective: --estimator pathwise --crn "
                          "(or use --method adam)")
@@ -140,9 +170,12 @@ def fit_mtf(inputs, config_path, kind, dc, free, method, maxiter, lr, pixel_size
             params[k] = nn[k]
     lines = _report_lines(f"cutem fit-mtf ({kind}, {f.method}): {f.iterations} iterations, {f.evaluations} "
                           f"evaluations, {f.seconds:.2f} s, loss {f.loss:.6g} [{f.message}]", params, errs,
-                          extra + ["errors: Gauss–Newton, exact Jacobian (tape), residual variance from the fit",
+                          extra + [("errors: inverse observed information of the Whittle likelihood (Hessian "
+                                    "from exact gradients)") if (kind == "specimen" and ps_objective == "whittle")
+                                   else "errors: Gauss–Newton, exact Jacobian (tape), residual variance from the fit",
                                    "a_n, b_n, c_n = a, b, c / (a + b + c): the MTF depends only on these"])
-    cfg_out = cfg.replace(detector=res.detector, source=f"cutem fit-mtf {' '.join(map(str, inputs))}")
+    cfg_out = (cfg_out or cfg.replace(detector=res.detector)).replace(
+        source=f"cutem fit-mtf {' '.join(map(str, inputs))}")
     write_resolved(out.with_suffix(".toml"), cfg_out)
     p = res.profile
     fitting.plot_fit_png(out.with_suffix(".png"), p["x"][1:] if kind != "curve" else p["x"],
