@@ -35,7 +35,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -262,16 +262,111 @@ def is_complete(out_dir, item: Item, row) -> bool:
     return all(p.is_file() for p in _outputs(out_dir, item).values())
 
 
+# ------------------------------------------------------------------------- threads per task
+_BLAS_PREFIXES = ("openblas", "scipy_openblas")
+_BLAS_SUFFIXES = ("", "64_", "_64_")
+
+
+def _openblas_libraries():
+    """``(set_num_threads, get_num_threads)`` of every OpenBLAS loaded in this process.
+
+    NumPy's and SciPy's wheels each bundle their own OpenBLAS (symbols prefixed
+    ``scipy_openblas`` and suffixed ``64_`` for the 64-bit-integer build). Found through
+    ``/proc/self/maps``, so Linux only; elsewhere (or with another BLAS) nothing is found and
+    nothing is changed.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = sorted({ln.split()[-1] for ln in fh if "openblas" in ln.rsplit("/", 1)[-1].lower()
+                            and ".so" in ln})
+    except OSError:
+        return []
+    out = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)  # already loaded: the same handle, no new copy
+        except OSError:
+            continue
+        for pre in _BLAS_PREFIXES:
+            for suf in _BLAS_SUFFIXES:
+                set_ = getattr(lib, f"{pre}_set_num_threads{suf}", None)
+                get = getattr(lib, f"{pre}_get_num_threads{suf}", None)
+                if set_ is not None and get is not None:
+                    set_.argtypes, set_.restype, get.restype = [ctypes.c_int], None, ctypes.c_int
+                    out.append((set_, get))
+                    break
+            else:
+                continue
+            break
+    return out
+
+
+def blas_threads():
+    """Threads of each loaded OpenBLAS (a list; empty when none was found)."""
+    return [int(get()) for _, get in _openblas_libraries()]
+
+
+def set_blas_threads(n):
+    """Set every loaded OpenBLAS to ``n`` threads (or to the counts of a list from
+    :func:`blas_threads`); returns the previous counts.
+
+    Why a batch does this: cutem's BLAS calls are tiny (atoms (n, 3) times a 3×3 rotation),
+    and after each call OpenBLAS's worker threads keep spinning on the CPU for a while before
+    they sleep. A 256² TMV micrograph made ~0.1 s of BLAS calls and so kept a second core
+    busy: 128 ms of CPU per item instead of 65 ms with one BLAS thread (measured, 2-core VM).
+    Two process workers then each spin on the other's core, and an item took 1.9× as long
+    beside another as alone. One BLAS thread per process worker removes that; the results are
+    the same (the (n, 3) × (3, 3) products are split over rows, never over the sum).
+    """
+    libs = _openblas_libraries()
+    old = [int(get()) for _, get in libs]
+    counts = list(n) if isinstance(n, (list, tuple)) else [int(n)] * len(libs)
+    for (set_, _), k in zip(libs, counts):
+        set_(max(1, int(k)))
+    return old
+
+
+def _forget_parent_pool():
+    """After ``fork``: drop the parent's thread pool (:func:`adjoints.backend.pool`).
+
+    Its threads do not exist in the child, but the executor object does, and it believes its
+    idle threads will take new work: the first ``pool().map`` in a forked worker would wait for
+    ever whenever the worker's thread count equals the parent's (e.g. ``CUTEM_THREADS`` set by
+    the user, or ``workers=1``). The child builds a fresh pool on first use.
+    """
+    import adjoints.backend as B
+
+    B._POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_pool)
+
+
 # ---------------------------------------------------------------------------------- tasks
 def run_item(cfg: RunConfig, out_dir, device=None, threads=None):
-    """One task: simulate an item's config to its files; returns (output name, seconds)."""
+    """One task: simulate an item's config to its files.
+
+    ``threads``: the task's share of the cores (process workers): FFT threads and the thread
+    pool (``CUTEM_THREADS``, unless the user set it) and BLAS threads. Returns
+    ``(output name, seconds, info)``; ``info`` says where and how the task ran: ``pid``,
+    ``fft_threads`` (:func:`adjoints.backend.threads`), ``blas_threads``, ``cpu_seconds``
+    (CPU time of the worker process over the task, all its threads).
+    """
+    import adjoints.backend as B
+
     from .run import run_simulation
 
     if threads:
         os.environ.setdefault("CUTEM_THREADS", str(int(threads)))
-    t0 = time.perf_counter()
+        set_blas_threads(B.threads())
+    t0, c0 = time.perf_counter(), time.process_time()
     run_simulation(cfg, out_dir, device=device, progress=False, resume=True)
-    return cfg.output, time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return cfg.output, secs, {"pid": os.getpid(), "fft_threads": B.threads(), "blas_threads": blas_threads(),
+                              "cpu_seconds": cpu}
 
 
 def _local_get(scheduler):
@@ -293,6 +388,13 @@ class BatchResult:
     total: int
     seconds: float
     manifest: Path
+    #: item index -> how its task ran (:func:`run_item`'s info and ``seconds``), this run's items
+    tasks: dict = field(default_factory=dict)
+
+    @property
+    def workers(self) -> dict:
+        """pid -> (FFT threads, BLAS threads) of each process that ran tasks."""
+        return {t["pid"]: (t["fft_threads"], tuple(t["blas_threads"])) for t in self.tasks.values()}
 
 
 def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=None, progress=True,
@@ -324,10 +426,12 @@ def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=Non
 
         bar = tqdm(total=len(items), initial=skipped, desc="micrographs", unit="item")
     by_name = {it.config.output: it for it in todo}
+    tasks = {}  # item index -> run_item's info (BatchResult.tasks)
 
     def finished(result):
-        name, secs = result
+        name, secs, info = result
         it = by_name[name]
+        tasks[it.index] = dict(info, seconds=secs)
         rows[it.index] = _row(it, "done", f"{secs:.3f}")
         write_manifest(out_dir, items, rows)
         if bar is not None:
@@ -346,7 +450,7 @@ def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=Non
     finally:
         if bar is not None:
             bar.close()
-    return BatchResult(len(todo), skipped, len(items), time.perf_counter() - t0, out_dir / MANIFEST)
+    return BatchResult(len(todo), skipped, len(items), time.perf_counter() - t0, out_dir / MANIFEST, tasks)
 
 
 def _run_local(get, todo, out_dir, device, threads, workers, finished, scheduler):
@@ -366,8 +470,11 @@ def _run_local(get, todo, out_dir, device, threads, workers, finished, scheduler
 
     kw = {} if scheduler in ("sync", "synchronous", "single-threaded") else {"num_workers": workers}
     env_threads = os.environ.get("CUTEM_THREADS")
-    if scheduler in ("threads", "threaded") and env_threads is None:
-        os.environ["CUTEM_THREADS"] = str(threads)  # threads share the environment
+    blas_before = None
+    if scheduler in ("threads", "threaded"):
+        if env_threads is None:
+            os.environ["CUTEM_THREADS"] = str(threads)  # threads share the environment
+        blas_before = set_blas_threads(threads)  # ... and the BLAS; restored below
     import dask
 
     # fork (Linux): workers start with the driver's modules already imported (spawn would
@@ -381,6 +488,8 @@ def _run_local(get, todo, out_dir, device, threads, workers, finished, scheduler
     finally:
         if scheduler in ("threads", "threaded") and env_threads is None:
             os.environ.pop("CUTEM_THREADS", None)
+        if blas_before is not None:
+            set_blas_threads(blas_before)
 
 
 def _run_distributed(address, todo, out_dir, device, finished):

@@ -201,3 +201,63 @@ def test_distributed_local_cluster_on_loopback(base, tmp_path):
     Bt.run_batch(items[2:], tmp_path / "s", scheduler="sync", progress=False)
     with mrcfile.open(tmp_path / "d" / "m_00002.mrc") as a, mrcfile.open(tmp_path / "s" / "m_00002.mrc") as b:
         assert np.array_equal(a.data, b.data)
+
+
+def test_process_workers_run_one_fft_and_one_blas_thread_each(base, tmp_path):
+    # a task's share of the cores is its FFT threads, its thread pool and its BLAS threads:
+    # OpenBLAS threads left at all cores spin after each call and take the other worker's core
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores")
+    items = Bt.items_from_ranges(load_config(base), 4, 3, {"dose_e_per_A2": (5, 10)})
+    env = os.environ.pop("CUTEM_THREADS", None)
+    try:
+        r = Bt.run_batch(items, tmp_path / "p", scheduler="processes", workers=2, progress=False)
+    finally:
+        if env is not None:
+            os.environ["CUTEM_THREADS"] = env
+    assert r.done == 4 and set(r.tasks) == {0, 1, 2, 3}
+    assert os.getpid() not in r.workers and 1 <= len(r.workers) <= 2
+    for fft, blas in r.workers.values():
+        assert fft == (os.cpu_count() or 1) // 2
+        assert all(b == fft for b in blas)
+    assert all(t["cpu_seconds"] > 0 for t in r.tasks.values())
+
+
+def test_threads_scheduler_restores_the_drivers_blas_threads(base, tmp_path):
+    before = Bt.blas_threads()
+    if not before:
+        pytest.skip("no OpenBLAS loaded (another BLAS or not Linux)")
+    old = Bt.set_blas_threads(3)
+    try:
+        assert Bt.blas_threads() == [3] * len(before)
+        items = Bt.items_from_ranges(load_config(base), 2, 3, {"dose_e_per_A2": (5, 10)})
+        r = Bt.run_batch(items, tmp_path / "t", scheduler="threads", workers=2, progress=False)
+        assert r.done == 2
+        for t in r.tasks.values():  # during the tasks: the task's share of the cores
+            assert t["blas_threads"] == [max(1, (os.cpu_count() or 1) // 2)] * len(before)
+        assert Bt.blas_threads() == [3] * len(before)
+    finally:
+        Bt.set_blas_threads(old)
+    assert Bt.blas_threads() == before
+
+
+def _pool_answer(_):
+    import adjoints.backend as B
+
+    return B.pool().submit(int, "7").result(timeout=10)
+
+
+def test_forked_worker_gets_a_working_thread_pool(monkeypatch):
+    # the parent's pool object survives fork without its threads; with the same thread count the
+    # child would reuse it and wait for ever (batch drops it in the child)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import adjoints.backend as B
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    monkeypatch.setenv("CUTEM_THREADS", "2")
+    assert B.pool().submit(int, "5").result(timeout=10) == 5
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as ex:
+        assert ex.submit(_pool_answer, 0).result(timeout=30) == 7

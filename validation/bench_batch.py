@@ -56,6 +56,14 @@ RANGES = {"particles": (1, 3), "defocus_A": (10000.0, 30000.0), "dose_e_per_A2":
           "ice_thickness_A": (250.0, 400.0)}
 
 
+def _threads(res):
+    """'FFT n, BLAS [..] (k processes)' or each distinct setting with its process count."""
+    kinds = {}
+    for fft, blas in res.workers.values():
+        kinds[(fft, blas)] = kinds.get((fft, blas), 0) + 1
+    return "; ".join(f"FFT {f}, BLAS {list(b)} ({n} process{'es' if n > 1 else ''})" for (f, b), n in kinds.items())
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=200)
@@ -83,6 +91,8 @@ def main(argv=None):
 
         busy_serial = sum(float(r["seconds"]) for r in Bt.read_manifest(work / "serial").values())
         busy_par = sum(float(r["seconds"]) for r in Bt.read_manifest(work / "parallel").values())
+        cpu_serial = sum(t["cpu_seconds"] for t in serial.tasks.values())
+        cpu_par = sum(t["cpu_seconds"] for t in par.tasks.values())
 
         same = 0
         for it in items:
@@ -109,6 +119,10 @@ def main(argv=None):
         f"sum of the items' own seconds: serial {busy_serial:.1f} s, parallel {busy_par:.1f} s "
         f"(an item takes {busy_par / busy_serial:.2f}x as long while another runs beside it: the two "
         f"vCPUs and other jobs' load limit the speed-up to {busy_par / t_par:.2f} items at a time)",
+        f"CPU seconds of the items (all threads of the process running them): serial {cpu_serial:.1f} s, "
+        f"parallel {cpu_par:.1f} s ({cpu_par / cpu_serial:.2f}x)",
+        f"threads (FFT, BLAS per library) of the processes that ran items: serial {_threads(serial)}, "
+        f"parallel {_threads(par)}",
         f"identical images serial vs parallel: {same} of {args.count}",
         f"re-run of the finished batch: {again.done} simulated, {again.skipped} skipped, {t_skip:.1f} s",
     ]
