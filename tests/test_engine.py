@@ -1,4 +1,6 @@
 """The adjoints engine: stages, tape, checks, optimisers."""
+import os
+
 import numpy as np
 import pytest
 
@@ -195,3 +197,19 @@ def test_scatter_then_gather_of_integer_points_is_identity(rng):
     grid = ops.scatter_add(v, pos, (4, 4))
     assert grid[1, 2] == 2.0 and grid[3, 0] == -1.0 and grid.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(ops.gather(grid, pos), v)
+
+
+def test_freed_memory_is_kept_in_the_heap_unless_switched_off():
+    import platform
+    import subprocess
+    import sys
+
+    code = "import adjoints.backend as B; print(B.KEEPS_FREED_MEMORY)"
+    env = dict(os.environ)
+    env.pop("CUTEM_KEEP_MEMORY", None)
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
+    env["CUTEM_KEEP_MEMORY"] = "0"
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
+    assert off == "False"
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert on == str(glibc)
