@@ -14,6 +14,12 @@ with true Poisson counts and Wald DQE noise (``cutem.detector.detect``, estimato
    statistical limit, not a bias), and the spread over starts (the optimiser's share).
 4. Estimators: variance of pathwise vs score-function gradients of the MTF objective at
    the same parameters, 100 draws each.
+5. Is 5 % possible at all? The Cramér–Rao bound (``cutem.fitting.blank_crb``: Whittle
+   Fisher information of the 2D periodogram plus the image mean) of (a_n, b_n, c_n, α, β,
+   gain) from 20 images of 400², per truth, next to the realised errors of the log-PS fit
+   and of the 2D Whittle maximum-likelihood fit (``fit_mtf_blank(objective="whittle")``);
+   and a replicate study (40 independent 20-image data sets at the reference truth) that
+   compares the spread of both estimators with the bound.
 
 Run: python validation/fit_mtf_recovery.py   (writes validation/results/fit_mtf_recovery.txt)
 """
@@ -29,7 +35,7 @@ import numpy as np
 from adjoints import Adam, Tape, ops
 from cutem.config import load_config
 from cutem.detector import detect, mtf_radial, score_surrogate
-from cutem.fitting import (fit_mtf_blank, focal_frequency_loss, log_radial_ps_loss,
+from cutem.fitting import (blank_crb, fit_mtf_blank, focal_frequency_loss, log_radial_ps_loss,
                            normalised_mtf_params)
 from cutem.spectra import RadialBins, power_spectrum
 
@@ -37,6 +43,8 @@ OUT = Path(__file__).parent / "results" / "fit_mtf_recovery.txt"
 BLANK = Path(__file__).resolve().parents[2] / "shared" / "data" / "tmv" / "input_blank.txt"
 FREE = ("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "gain")
 NIMG = 20
+KEYS = ("a_n", "b_n", "c_n", "mtf_alpha", "mtf_beta", "gain")
+N_REPLICATES = 40
 
 
 def reference_detector():
@@ -56,12 +64,22 @@ def mtf_rms(det_fit, det_true):
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
-def rel_errors(p, truth):
+def signed_errors(p, truth):
     n_f, n_t = normalised_mtf_params(p), normalised_mtf_params(truth)
-    out = {k: abs(n_f[k] / n_t[k] - 1) for k in n_f}
+    out = {k: n_f[k] / n_t[k] - 1 for k in n_f}
     for k in ("mtf_alpha", "mtf_beta", "gain"):
-        out[k] = abs(p[k] / truth[k] - 1)
+        out[k] = p[k] / truth[k] - 1
     return out
+
+
+def rel_errors(p, truth):
+    return {k: abs(v) for k, v in signed_errors(p, truth).items()}
+
+
+def crb(det, n=NIMG):
+    """Relative Cramér–Rao σ of KEYS for n images of the detector's size."""
+    c = blank_crb((det.ny, det.nx), det.pixel_size_A, det, free=FREE, n_images=n)
+    return {k: c[k] for k in KEYS}
 
 
 def paper_setting(det_true, refs, start, seed, iters=20, lr=0.1):
@@ -140,24 +158,35 @@ def main():
         truths.append(det0.replace(mtf_a=float(rng.uniform(0.4, 0.9)), mtf_b=float(rng.uniform(0.1, 0.4)),
                                    mtf_c=float(rng.uniform(0.05, 0.2)), mtf_alpha=float(rng.uniform(5, 20)),
                                    mtf_beta=float(rng.uniform(25, 80)), gain=float(rng.uniform(5, 20))))
+    out("# σ(b_n), σ(β): the fit's own Gauss–Newton (log-PS) or inverse observed information (Whittle) 1σ;")
+    out("# CRB row: the Cramér–Rao σ (relative) of every parameter for this truth, 20 images of 400² (fitting.blank_crb)")
     hdr = (f"{'truth':>5} {'method':<26} {'iters':>5} {'sec':>6} {'a_n':>6} {'b_n':>6} {'c_n':>6} {'α':>6} {'β':>6} "
            f"{'gain':>6} {'MTFrms':>7} | {'σ(b_n)':>6} {'σ(β)':>6}")
     out(hdr)
     out("-" * len(hdr))
-    summary = {"cutem": [], "paper": []}
+    summary = {"cutem": [], "whittle": [], "paper": []}
+    crbs, signed = [], {"cutem": [], "whittle": []}
     for i, det in enumerate(truths):
         refs = simulate(det, NIMG, seed=100 + i)
         truth = {k: float(getattr(det, k)) for k in FREE}
         start = {k: truth[k] * rng.uniform(0.5, 1.5) for k in FREE}
-        r = fit_mtf_blank(refs, det, free=FREE, start=start)
-        e = rel_errors(r.fit.params, truth)
-        rms = mtf_rms(r.detector, det)
-        sig_b = r.errors["b_n"] / normalised_mtf_params(truth)["b_n"]
-        sig_beta = r.errors["mtf_beta"] / truth["mtf_beta"]
-        summary["cutem"].append((e, rms, r.fit.iterations, r.fit.seconds))
-        out(f"{i:>5} {'cutem L-BFGS-B, log-PS':<26} {r.fit.iterations:>5} {r.fit.seconds:>6.2f} "
-            + " ".join(f"{100 * e[k]:>5.1f}%" for k in ("a_n", "b_n", "c_n", "mtf_alpha", "mtf_beta", "gain"))
-            + f" {100 * rms:>6.3f}% | {100 * sig_b:>5.1f}% {100 * sig_beta:>5.1f}%")
+        c = crb(det)
+        crbs.append(c)
+        out(f"{i:>5} {'Cramér–Rao σ (bound)':<26} {'':>5} {'':>6} "
+            + " ".join(f"{100 * c[k]:>5.1f}%" for k in KEYS) + f" {'':>7} |")
+        for key, label, obj in (("cutem", "cutem L-BFGS-B, log-PS", "log_radial"),
+                                ("whittle", "cutem L-BFGS-B, 2D Whittle", "whittle")):
+            r = fit_mtf_blank(refs, det, free=FREE, start=start, objective=obj)
+            se = signed_errors(r.fit.params, truth)
+            e = {k: abs(v) for k, v in se.items()}
+            rms = mtf_rms(r.detector, det)
+            sig_b = r.errors["b_n"] / normalised_mtf_params(truth)["b_n"]
+            sig_beta = r.errors["mtf_beta"] / truth["mtf_beta"]
+            summary[key].append((e, rms, r.fit.iterations, r.fit.seconds))
+            signed[key].append(se)
+            out(f"{i:>5} {label:<26} {r.fit.iterations:>5} {r.fit.seconds:>6.2f} "
+                + " ".join(f"{100 * e[k]:>5.1f}%" for k in KEYS)
+                + f" {100 * rms:>6.3f}% | {100 * sig_b:>5.1f}% {100 * sig_beta:>5.1f}%")
         pp, sec = paper_setting(det, refs, start, seed=i)
         e2 = rel_errors(pp, truth)
         rms2 = mtf_rms(det.replace(**{k: max(v, 0.0) if k != "gain" else v for k, v in pp.items()}), det) \
@@ -167,7 +196,7 @@ def main():
             + " ".join(f"{100 * e2[k]:>5.1f}%" for k in ("a_n", "b_n", "c_n", "mtf_alpha", "mtf_beta", "gain"))
             + f" {100 * rms2:>6.3f}% |")
     out("")
-    for key, name in (("cutem", "cutem L-BFGS-B"), ("paper", "paper setting")):
+    for key, name in (("cutem", "cutem L-BFGS-B"), ("whittle", "cutem Whittle"), ("paper", "paper setting")):
         rows = summary[key]
         med = {k: np.median([r[0][k] for r in rows]) for k in rows[0][0]}
         mx = {k: np.max([r[0][k] for r in rows]) for k in rows[0][0]}
@@ -176,8 +205,78 @@ def main():
             f"{np.mean([r[2] for r in rows]):.0f} iterations")
         out(f"{'':<16} max    rel. error: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in mx.items()))
     out("")
+    out("# Cramér–Rao bound vs realised error, per truth (20 images of 400²): z = (fit/truth − 1)/σ_CRB.")
+    out("# An efficient estimator has z ~ N(0, 1): RMS(z) ≈ 1 and median |z| ≈ 0.67 over the 11 truths.")
+    out(f"{'truth':>5} {'CRB b_n':>8} {'CRB β':>7} | {'log-PS b_n':>10} {'β':>7} {'z_b':>6} {'z_β':>6} | "
+        f"{'Whittle b_n':>11} {'β':>7} {'z_b':>6} {'z_β':>6}")
+    for i, c in enumerate(crbs):
+        row = f"{i:>5} {100 * c['b_n']:>7.1f}% {100 * c['mtf_beta']:>6.1f}% |"
+        for key, w in (("cutem", 10), ("whittle", 11)):
+            se = signed[key][i]
+            row += (f" {100 * se['b_n']:>+{w - 1}.1f}% {100 * se['mtf_beta']:>+6.1f}% {se['b_n'] / c['b_n']:>+6.2f} "
+                    f"{se['mtf_beta'] / c['mtf_beta']:>+6.2f} |")
+        out(row.rstrip(" |"))
+    for key, name in (("cutem", "log-PS"), ("whittle", "Whittle")):
+        z = np.array([[signed[key][i][k] / crbs[i][k] for k in KEYS] for i in range(len(crbs))])
+        out(f"{name:<8} RMS(z): " + ", ".join(f"{k} {v:.2f}" for k, v in zip(KEYS, np.sqrt(np.mean(z ** 2, 0))))
+            + "; median |z|: " + ", ".join(f"{k} {v:.2f}" for k, v in zip(KEYS, np.median(np.abs(z), 0))))
+    cb = np.array([c["b_n"] for c in crbs])
+    cbeta = np.array([c["mtf_beta"] for c in crbs])
+    out(f"CRB σ over the 11 truths (20 images): b_n {100 * cb.min():.1f}–{100 * cb.max():.1f}% (median "
+        f"{100 * np.median(cb):.1f}%), β {100 * cbeta.min():.1f}–{100 * cbeta.max():.1f}% (median {100 * np.median(cbeta):.1f}%)")
+    need = lambda s, tgt: NIMG * (s / tgt) ** 2  # noqa: E731  (σ_CRB ∝ 1/sqrt(n))
+    out(f"images for σ_CRB = 5% (b_n, β; median truth): {need(np.median(cb), 0.05):.0f}, {need(np.median(cbeta), 0.05):.0f}; "
+        f"for 95% of fits within 5% (σ = 2.5%): {need(np.median(cb), 0.025):.0f}, {need(np.median(cbeta), 0.025):.0f}")
+
+    out("")
+    out(f"# Replicate study: {N_REPLICATES} independent 20-image data sets at the reference truth, start truth × U(0.5, 1.5);")
+    out("# spread of the fitted values (relative) against the Cramér–Rao σ.")
+    det = det0
+    truth = {k: float(getattr(det, k)) for k in FREE}
+    c0 = crb(det)
+    rep = {"log_radial": [], "whittle": []}
+    rrng = np.random.default_rng(99)
+    t0 = time.perf_counter()
+    for j in range(N_REPLICATES):
+        im = simulate(det, NIMG, seed=20_000 + j)
+        start = {k: truth[k] * rrng.uniform(0.5, 1.5) for k in FREE}
+        for obj in rep:
+            r = fit_mtf_blank(im, det, free=FREE, start=start, objective=obj)
+            rep[obj].append([signed_errors(r.fit.params, truth)[k] for k in KEYS])
+    out(f"{'':<22} " + " ".join(f"{k:>9}" for k in ("a_n", "b_n", "c_n", "α", "β", "gain")))
+    out(f"{'CRB σ':<22} " + " ".join(f"{100 * c0[k]:>8.2f}%" for k in KEYS))
+    for obj, name in (("log_radial", "log-PS"), ("whittle", "Whittle")):
+        a = np.array(rep[obj])
+        out(f"{name + ' std':<22} " + " ".join(f"{100 * v:>8.2f}%" for v in a.std(0, ddof=1)))
+        out(f"{name + ' RMS error':<22} " + " ".join(f"{100 * v:>8.2f}%" for v in np.sqrt((a ** 2).mean(0))))
+        out(f"{name + ' median |err|':<22} " + " ".join(f"{100 * v:>8.2f}%" for v in np.median(np.abs(a), 0))
+            + "   (efficient Gaussian: 0.674 σ)")
+        out(f"{name + ' within 5%':<22} " + " ".join(f"{100 * v:>8.0f}%" for v in (np.abs(a) < 0.05).mean(0)))
+    out(f"# ({time.perf_counter() - t0:.0f} s)")
+    ratio = {obj: np.array(rep[obj]).std(0, ddof=1) / np.array([c0[k] for k in KEYS]) for obj in rep}
+    ib, ibeta = KEYS.index("b_n"), KEYS.index("mtf_beta")
+    lo_r = min(ratio["log_radial"][ib], ratio["log_radial"][ibeta])
+    hi_r = max(ratio["log_radial"][ib], ratio["log_radial"][ibeta])
+    if hi_r >= 1.3:
+        verdict = "above the bound: the log-PS estimator leaves information unused"
+    elif lo_r >= 0.8:
+        verdict = "at the bound: the estimator is efficient and the remaining error is missing information"
+    else:
+        verdict = ("not above the bound (below it: at σ ≈ 20–30 % the likelihood is far from Gaussian and the "
+                   "estimates are pulled towards the physical bounds, so the local bound is only a guide); the "
+                   "estimator wastes no information, the error is missing information")
+    out(f"# Finding: spread/CRB for b_n, β = {ratio['log_radial'][ib]:.2f}, {ratio['log_radial'][ibeta]:.2f} (log-PS), "
+        f"{ratio['whittle'][ib]:.2f}, {ratio['whittle'][ibeta]:.2f} (Whittle): {verdict}.")
+    out(f"# At 20 images the bound itself is σ(b_n) = {100 * c0['b_n']:.1f}%, σ(β) = {100 * c0['mtf_beta']:.1f}% at the "
+        f"reference truth ({100 * np.median(cb):.1f}%, {100 * np.median(cbeta):.1f}% median over the truths), so no unbiased")
+    out("# estimator recovers b_n and β within 5% from 20 images of 400²: the two Lorentzian terms b/(1+βq²) and")
+    out("# a/(1+αq²) plus c trade off along a direction the spectrum barely constrains. a_n, c_n, α, gain are")
+    out("# (bound well below 5%) recoverable, as the table shows.")
+
+    out("")
     out("# Is the remaining error statistical? Reference truth, same start, more images (σ from Gauss–Newton):")
-    out(f"{'images':>6} {'a_n':>7} {'b_n':>7} {'c_n':>7} {'α':>7} {'β':>7} {'gain':>7} {'MTFrms':>8} | {'σ(a_n)':>7} {'σ(b_n)':>7} {'σ(β)':>7}")
+    out(f"{'images':>6} {'a_n':>7} {'b_n':>7} {'c_n':>7} {'α':>7} {'β':>7} {'gain':>7} {'MTFrms':>8} | {'σ(a_n)':>7} {'σ(b_n)':>7} {'σ(β)':>7}"
+        f" | {'CRB b_n':>7} {'CRB β':>7}")
     det = det0
     truth = {k: float(getattr(det, k)) for k in FREE}
     start = {k: truth[k] * 1.3 for k in FREE}
@@ -193,7 +292,8 @@ def main():
         nt = normalised_mtf_params(truth)
         out(f"{n:>6} " + " ".join(f"{100 * e[k]:>6.1f}%" for k in ("a_n", "b_n", "c_n", "mtf_alpha", "mtf_beta", "gain"))
             + f" {100 * mtf_rms(r.detector, det):>7.3f}% | {100 * r.errors['a_n'] / nt['a_n']:>6.1f}% "
-            f"{100 * r.errors['b_n'] / nt['b_n']:>6.1f}% {100 * r.errors['mtf_beta'] / truth['mtf_beta']:>6.1f}%")
+            f"{100 * r.errors['b_n'] / nt['b_n']:>6.1f}% {100 * r.errors['mtf_beta'] / truth['mtf_beta']:>6.1f}%"
+            f" | {100 * crb(det, n)['b_n']:>6.1f}% {100 * crb(det, n)['mtf_beta']:>6.1f}%")
     out("")
     out("# Estimators: gradient of the log radial PS loss (one simulated 400x400 image vs the 20-image reference")
     out("# spectrum) at the reference parameters; 100 draws each; score = integer Poisson+Wald draws with the")
