@@ -13,11 +13,13 @@ the other items, on the order they run in, or on the scheduler.
 
 Manifest ``manifest.csv`` in the output folder: one row per item (item, status, output
 file, seed, seconds, every varied parameter), rewritten atomically (temporary file +
-rename) by the driver each time an item finishes. Re-running the same batch skips the items
-whose row says ``done`` with the same seed and parameters and whose output files all exist;
-the rest are (re)computed. An interrupted batch (Ctrl-C, SIGTERM, SIGKILL) leaves only
-complete files under final names (every file is written atomically), so resuming neither
-redoes finished items nor trusts half-written ones.
+rename) by the driver each time an item finishes. Re-running the same batch skips the
+complete items and (re)computes the rest. An item is complete when all its output files exist and its
+``NAME_params.toml`` (written last) holds its resolved parameters (:func:`is_complete`), so
+an item that a worker finished is not redone even when the driver was killed before it could
+record it. An interrupted batch (Ctrl-C, SIGTERM, SIGKILL) leaves only complete files under
+final names (every file is written atomically), so resuming neither redoes finished items nor
+trusts half-written ones.
 
 Varied parameters (table columns or range options), besides any ``section.field`` of the
 config (e.g. ``optics.cs_mm``, ``detector.dose_e_per_A2``):
@@ -252,14 +254,30 @@ def write_manifest(out_dir, items, rows):
                 w.writerow(rows[it.index])
 
 
-def is_complete(out_dir, item: Item, row) -> bool:
-    """The manifest says done for the same seed and parameters, and every output exists."""
-    if not row or row.get("status") != "done":
+def _resolved_text(text):
+    return "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+
+
+def is_complete(out_dir, item: Item, row=None) -> bool:
+    """Every output of the item exists and its ``NAME_params.toml`` holds the item's resolved
+    parameters (seed included; comment lines aside).
+
+    :func:`cutem.run.run_simulation` writes that file after all the other outputs, each file
+    atomically, so it is the item's own proof of completion: an item finished by a worker is
+    recognised even when the batch was killed before the driver recorded it in the manifest
+    (the manifest ``row`` is not needed), and a base config changed in a field that is not a
+    varied parameter makes the item stale.
+    """
+    from .config import to_toml
+
+    paths = _outputs(out_dir, item)
+    if not all(p.is_file() for p in paths.values()):
         return False
-    want = _row(item, "done")
-    if any(row.get(k, "") != v for k, v in want.items() if k not in ("seconds",)):
+    try:
+        have = paths["params"].read_text()
+    except (OSError, UnicodeDecodeError):
         return False
-    return all(p.is_file() for p in _outputs(out_dir, item).values())
+    return _resolved_text(have) == _resolved_text(to_toml(item.config))
 
 
 # ------------------------------------------------------------------------- threads per task
@@ -369,6 +387,14 @@ def run_item(cfg: RunConfig, out_dir, device=None, threads=None):
                               "cpu_seconds": cpu}
 
 
+def _cores() -> int:
+    """Cores this process may use (its CPU affinity: ``taskset``, containers), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _local_get(scheduler):
     if scheduler in ("threads", "threaded"):
         from dask.threaded import get
@@ -403,7 +429,8 @@ def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=Non
 
     ``scheduler``: ``"processes"`` (default), ``"threads"``, ``"sync"`` (serial) or the
     address of a ``dask.distributed`` scheduler (``tcp://host:8786``). ``workers``: local
-    worker count (default: all cores); each task gets cores/workers FFT threads.
+    worker count (default: all cores this process may use); each task gets cores/workers
+    FFT, pool and BLAS threads (:func:`run_item`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -411,8 +438,9 @@ def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=Non
     old = read_manifest(out_dir)
     rows, todo = {}, []
     for it in items:
-        if is_complete(out_dir, it, old.get(it.index)):
-            rows[it.index] = old[it.index]
+        if is_complete(out_dir, it):
+            row = old.get(it.index)
+            rows[it.index] = row if (row and row.get("status") == "done") else _row(it, "done")
         else:
             rows[it.index] = _row(it, "pending")
             todo.append(it)
@@ -437,7 +465,7 @@ def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=Non
         if bar is not None:
             bar.update(1)
 
-    ncpu = os.cpu_count() or 1
+    ncpu = _cores()
     try:
         if todo:
             get = _local_get(scheduler)
@@ -469,6 +497,10 @@ def _run_local(get, todo, out_dir, device, threads, workers, finished, scheduler
                 finished(result)
 
     kw = {} if scheduler in ("sync", "synchronous", "single-threaded") else {"num_workers": workers}
+    if scheduler in ("processes", "multiprocessing"):
+        # one item per round trip (Dask's process default is 6): each finished item reaches the
+        # manifest at once, and the last items of a batch spread over all the workers
+        kw["chunksize"] = 1
     env_threads = os.environ.get("CUTEM_THREADS")
     blas_before = None
     if scheduler in ("threads", "threaded"):

@@ -206,7 +206,7 @@ def test_distributed_local_cluster_on_loopback(base, tmp_path):
 def test_process_workers_run_one_fft_and_one_blas_thread_each(base, tmp_path):
     # a task's share of the cores is its FFT threads, its thread pool and its BLAS threads:
     # OpenBLAS threads left at all cores spin after each call and take the other worker's core
-    if (os.cpu_count() or 1) < 2:
+    if Bt._cores() < 2:
         pytest.skip("needs 2 cores")
     items = Bt.items_from_ranges(load_config(base), 4, 3, {"dose_e_per_A2": (5, 10)})
     env = os.environ.pop("CUTEM_THREADS", None)
@@ -218,7 +218,7 @@ def test_process_workers_run_one_fft_and_one_blas_thread_each(base, tmp_path):
     assert r.done == 4 and set(r.tasks) == {0, 1, 2, 3}
     assert os.getpid() not in r.workers and 1 <= len(r.workers) <= 2
     for fft, blas in r.workers.values():
-        assert fft == (os.cpu_count() or 1) // 2
+        assert fft == Bt._cores() // 2
         assert all(b == fft for b in blas)
     assert all(t["cpu_seconds"] > 0 for t in r.tasks.values())
 
@@ -234,7 +234,7 @@ def test_threads_scheduler_restores_the_drivers_blas_threads(base, tmp_path):
         r = Bt.run_batch(items, tmp_path / "t", scheduler="threads", workers=2, progress=False)
         assert r.done == 2
         for t in r.tasks.values():  # during the tasks: the task's share of the cores
-            assert t["blas_threads"] == [max(1, (os.cpu_count() or 1) // 2)] * len(before)
+            assert t["blas_threads"] == [max(1, Bt._cores() // 2)] * len(before)
         assert Bt.blas_threads() == [3] * len(before)
     finally:
         Bt.set_blas_threads(old)
@@ -261,3 +261,39 @@ def test_forked_worker_gets_a_working_thread_pool(monkeypatch):
     assert B.pool().submit(int, "5").result(timeout=10) == 5
     with ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as ex:
         assert ex.submit(_pool_answer, 0).result(timeout=30) == 7
+
+
+def test_items_finished_but_not_in_the_manifest_are_not_redone(base, tmp_path):
+    # a driver killed between a worker's last file and its manifest row: the item's own
+    # params file (written last) proves it complete
+    cfg = load_config(base)
+    items = Bt.items_from_ranges(cfg, 3, 4, {"defocus_A": (1e4, 2e4)})
+    out = tmp_path / "o"
+    Bt.run_batch(items, out, scheduler="sync", progress=False)
+    names = [f"m_{i:05d}.mrc" for i in range(3)]
+    before = _mtimes(out, names)
+    (out / "manifest.csv").unlink()
+    r = Bt.run_batch(items, out, scheduler="sync", progress=False)
+    assert (r.done, r.skipped) == (0, 3)
+    assert _mtimes(out, names) == before
+    assert all(row["status"] == "done" for row in Bt.read_manifest(out).values())
+    # an item whose params file is not its resolved config (half-finished, or another config)
+    # is recomputed, and so is every item after a change of a base field that is not varied
+    (out / "m_00001_params.toml").write_text("seed = 1\n")
+    r = Bt.run_batch(items, out, scheduler="sync", progress=False)
+    assert (r.done, r.skipped) == (1, 2)
+    other = Bt.items_from_ranges(cfg.replace(detector=cfg.detector.replace(dose_e_per_A2=25.0)), 3, 4,
+                                 {"defocus_A": (1e4, 2e4)})
+    r = Bt.run_batch(other, out, scheduler="sync", progress=False)
+    assert (r.done, r.skipped) == (3, 0)
+
+
+def test_params_file_is_the_last_output_written(base, tmp_path):
+    # is_complete relies on run_simulation writing NAME_params.toml after every other output
+    from cutem.run import output_paths
+
+    items = Bt.items_from_ranges(load_config(base), 1, 4, {})
+    Bt.run_batch(items, tmp_path, scheduler="sync", progress=False)
+    paths = output_paths(tmp_path, items[0].config.output)
+    last = paths.pop("params").stat().st_mtime_ns
+    assert all(p.stat().st_mtime_ns <= last for p in paths.values())

@@ -64,11 +64,103 @@ def _threads(res):
     return "; ".join(f"FFT {f}, BLAS {list(b)} ({n} process{'es' if n > 1 else ''})" for (f, b), n in kinds.items())
 
 
+PHASES = (("preflight", "cutem.validate", "preflight", "scene (structures read, particles placed, checks)"),
+          ("potential", "cutem.pipeline", "specimen_potential", "projected potential + ice"),
+          ("wave+optics", "cutem.pipeline", "exit_wave", "exit wave"),
+          ("wave+optics", "cutem.optics", "apply_optics", "lens"),
+          ("detector", "cutem.detector", "detect", "detector"),
+          ("write", "cutem.io", "write_mrc", ""), ("write", "cutem.io", "write_png", ""),
+          ("write", "cutem.io", "write_tlt", ""), ("write", "cutem.run", "write_resolved", ""))
+
+
+def phase_worker(count, offset, seed):
+    """Run items offset..offset+count-1 one after another in this process (after one warm-up
+    item) with timers around the pipeline's phases; print one JSON line of ms per item (wall and
+    CPU of the whole process) per phase."""
+    import importlib
+    import json
+
+    from cutem import batch as Bt
+    from cutem.config import load_config
+
+    acc = {}
+
+    def wrap(mod, name, label):
+        f = getattr(mod, name)
+
+        def g(*a, **k):
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                return f(*a, **k)
+            finally:
+                w = acc.setdefault(label, [0.0, 0.0])
+                w[0] += time.perf_counter() - t0
+                w[1] += time.process_time() - c0
+        setattr(mod, name, g)
+
+    import cutem.run  # noqa: F401  (the modules whose functions are timed)
+    for label, mod, name, _ in PHASES:
+        wrap(importlib.import_module(mod), name, label)
+    work = Path(tempfile.mkdtemp(prefix="cutem-bench-phases-"))
+    try:
+        (work / "base.toml").write_text(TOML)
+        items = Bt.items_from_ranges(load_config(work / "base.toml"), offset + count + 1, seed, RANGES)
+        Bt.run_item(items[-1].config, str(work), None, None)  # warm-up: imports, plans, caches
+        acc.clear()
+        t0, c0 = time.perf_counter(), time.process_time()
+        for it in items[offset:offset + count]:
+            Bt.run_item(it.config, str(work), None, None)
+        acc["TOTAL"] = [time.perf_counter() - t0, time.process_time() - c0]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    import adjoints.backend as B
+
+    print(json.dumps({"ms": {k: [1e3 * v[0] / count, 1e3 * v[1] / count] for k, v in acc.items()},
+                      "fft_threads": B.threads(), "blas_threads": Bt.blas_threads()}))
+
+
+def phases(count, seed):
+    """Per-item phase times: one process with cutem's defaults; one process with 1 FFT and 1
+    BLAS thread; two such processes side by side (what two process workers do)."""
+    import json
+    import subprocess
+
+    def start(offset, env):
+        return subprocess.Popen([sys.executable, __file__, "--phase-worker", str(count), str(offset), str(seed)],
+                                env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+
+    one = {"CUTEM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    runs = []
+    for label, envs in (("one process, cutem defaults (FFT, pool, BLAS on all cores)", [{}]),
+                        ("one process, defaults but BLAS 1 thread", [{"OPENBLAS_NUM_THREADS": "1"}]),
+                        ("one process, 1 FFT + 1 BLAS thread", [one]),
+                        ("two such processes side by side (mean)", [one, one])):
+        load = os.getloadavg()[0]
+        procs = [start(k * count, e) for k, e in enumerate(envs)]
+        outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        ms = {k: [sum(o["ms"][k][j] for o in outs) / len(outs) for j in (0, 1)] for k in outs[0]["ms"]}
+        runs.append((label, load, outs[0]["fft_threads"], outs[0]["blas_threads"], ms))
+    names = ["preflight", "potential", "wave+optics", "detector", "write", "TOTAL"]
+    lines = [f"per item, ms wall / ms CPU (all threads of the process), {count} items each after a warm-up item:",
+             f"{'':72s}" + "".join(f"{n:>16s}" for n in names) + "   load"]
+    for label, load, fft, blas, ms in runs:
+        lines.append(f"{label + f' [FFT {fft}, BLAS {blas}]':72s}"
+                     + "".join(f"{ms[n][0]:8.1f}/{ms[n][1]:<7.1f}" for n in names) + f"   {load:.1f}")
+    other = {lab: ms["TOTAL"][0] - sum(ms[n][0] for n in names[:-1]) for lab, _, _, _, ms in runs}
+    lines.append("rest of run_item (atoms rotated for the tilt, memory plan, config hash, stale-file sweep), ms wall: "
+                 + ", ".join(f"{v:.1f}" for v in other.values()))
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--seed", type=int, default=8)
+    ap.add_argument("--phases", type=int, default=40, help="items per phase-timing run (0: skip)")
+    ap.add_argument("--phase-worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.phase_worker:
+        return phase_worker(*args.phase_worker)
     from cutem import batch as Bt
     from cutem import io
     from cutem.config import load_config
@@ -83,9 +175,9 @@ def main(argv=None):
         serial = Bt.run_batch(items, work / "serial", scheduler="sync", progress=False)
         t_serial = time.perf_counter() - t0
         load1 = os.getloadavg()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         par = Bt.run_batch(items, work / "parallel", scheduler="processes", progress=False)
-        t_par = time.perf_counter() - t0
+        t_par, cpu_driver = time.perf_counter() - t0, time.process_time() - c0
         load2 = os.getloadavg()
         import mrcfile
 
@@ -123,9 +215,12 @@ def main(argv=None):
         f"parallel {cpu_par:.1f} s ({cpu_par / cpu_serial:.2f}x)",
         f"threads (FFT, BLAS per library) of the processes that ran items: serial {_threads(serial)}, "
         f"parallel {_threads(par)}",
+        f"driver process during the parallel run (Dask scheduling, manifest rewrites): {cpu_driver:.2f} s CPU",
         f"identical images serial vs parallel: {same} of {args.count}",
         f"re-run of the finished batch: {again.done} simulated, {again.skipped} skipped, {t_skip:.1f} s",
     ]
+    if args.phases:
+        lines += ["", *phases(args.phases, args.seed)]
     text = "\n".join(lines) + "\n"
     out = HERE / "results" / "bench_batch.txt"
     with io.atomic_path(out, suffix=".txt") as tmp:
