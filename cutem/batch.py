@@ -285,8 +285,12 @@ _BLAS_PREFIXES = ("openblas", "scipy_openblas")
 _BLAS_SUFFIXES = ("", "64_", "_64_")
 
 
+_BLAS_LIBS = (None, [])  # ((pid, modules imported), libraries) of the last look-up
+
+
 def _openblas_libraries():
-    """``(set_num_threads, get_num_threads)`` of every OpenBLAS loaded in this process.
+    """``(set_num_threads, get_num_threads)`` of every OpenBLAS loaded in this process
+    (looked up again only in a new process or after imports: 2 ms, 3 % of a 256² item).
 
     NumPy's and SciPy's wheels each bundle their own OpenBLAS (symbols prefixed
     ``scipy_openblas`` and suffixed ``64_`` for the 64-bit-integer build). Found through
@@ -295,6 +299,10 @@ def _openblas_libraries():
     """
     import ctypes
 
+    global _BLAS_LIBS
+    key = (os.getpid(), len(sys.modules))
+    if _BLAS_LIBS[0] == key:
+        return _BLAS_LIBS[1]
     try:
         with open("/proc/self/maps") as fh:
             paths = sorted({ln.split()[-1] for ln in fh if "openblas" in ln.rsplit("/", 1)[-1].lower()
@@ -318,6 +326,7 @@ def _openblas_libraries():
             else:
                 continue
             break
+    _BLAS_LIBS = (key, out)
     return out
 
 
@@ -330,13 +339,14 @@ def set_blas_threads(n):
     """Set every loaded OpenBLAS to ``n`` threads (or to the counts of a list from
     :func:`blas_threads`); returns the previous counts.
 
-    Why a batch does this: cutem's BLAS calls are tiny (atoms (n, 3) times a 3×3 rotation),
-    and after each call OpenBLAS's worker threads keep spinning on the CPU for a while before
-    they sleep. A 256² TMV micrograph made ~0.1 s of BLAS calls and so kept a second core
-    busy: 128 ms of CPU per item instead of 65 ms with one BLAS thread (measured, 2-core VM).
-    Two process workers then each spin on the other's core, and an item took 1.9× as long
-    beside another as alone. One BLAS thread per process worker removes that; the results are
-    the same (the (n, 3) × (3, 3) products are split over rows, never over the sum).
+    Why a batch runs its tasks with one BLAS thread: cutem's BLAS calls are tiny (atoms (n, 3)
+    times a 3×3 rotation) and gain nothing from threads, but after each call OpenBLAS's worker
+    threads keep spinning on the CPU for a while before they sleep. A 256² TMV micrograph
+    took 128 ms of CPU with the default (all cores) instead of 65 ms with one BLAS thread
+    (measured, 2-core VM, ``validation/bench_batch.py``): the spinning thread occupies the
+    other core. Two process workers then spin on each other's core, and an item took 1.9× as
+    long beside another as alone. The results are the same bit for bit (the (n, 3) × (3, 3)
+    products are split over rows, never over the sum).
     """
     libs = _openblas_libraries()
     old = [int(get()) for _, get in libs]
@@ -368,7 +378,8 @@ def run_item(cfg: RunConfig, out_dir, device=None, threads=None):
     """One task: simulate an item's config to its files.
 
     ``threads``: the task's share of the cores (process workers): FFT threads and the thread
-    pool (``CUTEM_THREADS``, unless the user set it) and BLAS threads. Returns
+    pool (``CUTEM_THREADS``, unless the user set it). BLAS runs one thread in every task
+    (:func:`set_blas_threads` says why); a worker process keeps that setting. Returns
     ``(output name, seconds, info)``; ``info`` says where and how the task ran: ``pid``,
     ``fft_threads`` (:func:`adjoints.backend.threads`), ``blas_threads``, ``cpu_seconds``
     (CPU time of the worker process over the task, all its threads).
@@ -379,7 +390,8 @@ def run_item(cfg: RunConfig, out_dir, device=None, threads=None):
 
     if threads:
         os.environ.setdefault("CUTEM_THREADS", str(int(threads)))
-        set_blas_threads(B.threads())
+    if any(b != 1 for b in blas_threads()):
+        set_blas_threads(1)  # see set_blas_threads; the driver's own count is restored by _run_local
     t0, c0 = time.perf_counter(), time.process_time()
     run_simulation(cfg, out_dir, device=device, progress=False, resume=True)
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -502,11 +514,11 @@ def _run_local(get, todo, out_dir, device, threads, workers, finished, scheduler
         # manifest at once, and the last items of a batch spread over all the workers
         kw["chunksize"] = 1
     env_threads = os.environ.get("CUTEM_THREADS")
-    blas_before = None
-    if scheduler in ("threads", "threaded"):
-        if env_threads is None:
-            os.environ["CUTEM_THREADS"] = str(threads)  # threads share the environment
-        blas_before = set_blas_threads(threads)  # ... and the BLAS; restored below
+    if scheduler in ("threads", "threaded") and env_threads is None:
+        os.environ["CUTEM_THREADS"] = str(threads)  # threads share the environment
+    # tasks in this process (sync, threads) run BLAS on one thread, like process workers; the
+    # driver's own setting comes back afterwards
+    blas_before = set_blas_threads(1) if scheduler not in ("processes", "multiprocessing") else None
     import dask
 
     # fork (Linux): workers start with the driver's modules already imported (spawn would
