@@ -56,6 +56,21 @@ RANGES = {"particles": (1, 3), "defocus_A": (10000.0, 30000.0), "dose_e_per_A2":
           "ice_thickness_A": (250.0, 400.0)}
 
 
+def _cpu_clock():
+    """(CPU seconds of the whole machine, of this process and its reaped children)."""
+    with open("/proc/stat") as fh:
+        f = [int(x) for x in fh.readline().split()[1:9]]
+    machine = (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    t = os.times()
+    return machine, t.user + t.system + t.children_user + t.children_system
+
+
+def _others(c0, c1, wall):
+    """Other jobs' share of the machine between two _cpu_clock() readings."""
+    other = max(0.0, (c1[0] - c0[0]) - (c1[1] - c0[1]))
+    return f"other jobs {other:.1f} CPU-s = {other / wall:.2f} of the {os.cpu_count()} cores"
+
+
 def _threads(res):
     """'FFT n, BLAS [..] (k processes)' or each distinct setting with its process count."""
     kinds = {}
@@ -170,15 +185,15 @@ def main(argv=None):
         (work / "base.toml").write_text(TOML)
         cfg = load_config(work / "base.toml")
         items = Bt.items_from_ranges(cfg, args.count, args.seed, RANGES)
-        load0 = os.getloadavg()
+        load0, k0 = os.getloadavg(), _cpu_clock()
         t0 = time.perf_counter()
         serial = Bt.run_batch(items, work / "serial", scheduler="sync", progress=False)
         t_serial = time.perf_counter() - t0
-        load1 = os.getloadavg()
+        load1, k1 = os.getloadavg(), _cpu_clock()
         t0, c0 = time.perf_counter(), time.process_time()
         par = Bt.run_batch(items, work / "parallel", scheduler="processes", progress=False)
         t_par, cpu_driver = time.perf_counter() - t0, time.process_time() - c0
-        load2 = os.getloadavg()
+        load2, k2 = os.getloadavg(), _cpu_clock()
         import mrcfile
 
         busy_serial = sum(float(r["seconds"]) for r in Bt.read_manifest(work / "serial").values())
@@ -204,9 +219,9 @@ def main(argv=None):
         f"ranges {RANGES}",
         "",
         f"serial (dask sync scheduler, FFTs on all cores):      {t_serial:8.1f} s  ({serial.done} items, "
-        f"load average before {load0[0]:.1f})",
+        f"load average before {load0[0]:.1f}; {_others(k0, k1, t_serial)})",
         f"parallel (dask process scheduler, {os.cpu_count()} workers):       {t_par:8.1f} s  ({par.done} items, "
-        f"load average before {load1[0]:.1f}, after {load2[0]:.1f})",
+        f"load average before {load1[0]:.1f}, after {load2[0]:.1f}; {_others(k1, k2, t_par)})",
         f"parallel / serial = {t_par / t_serial:.2f}  (target < 0.6)",
         f"sum of the items' own seconds: serial {busy_serial:.1f} s, parallel {busy_par:.1f} s "
         f"(an item takes {busy_par / busy_serial:.2f}x as long while another runs beside it: the two "
