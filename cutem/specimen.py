@@ -134,11 +134,17 @@ class Scene:
         i = 0
         for p in self.particles:
             m = p.atoms.n
-            M = T @ p.rotation
-            np.matmul(p.atoms.positions, M.T.astype(p.atoms.positions.dtype), out=pos[i:i + m]) \
-                if p.atoms.positions.dtype == dtype else \
-                np.copyto(pos[i:i + m], p.atoms.positions @ M.T)
-            pos[i:i + m] += (T @ p.translation).astype(dtype)
+            M = (T @ p.rotation).astype(dtype)
+            t = (T @ p.translation).astype(dtype)
+            src = p.atoms.positions
+            out = pos[i:i + m]
+            # 3×3 by hand, not matmul: a BLAS call on an (m, 3) array leaves OpenBLAS threads
+            # spinning on the cores that the FFTs and the scatter need next
+            for k in range(3):
+                np.multiply(src[:, 0], M[k, 0], out=out[:, k], casting="unsafe")
+                out[:, k] += src[:, 1] * M[k, 1]
+                out[:, k] += src[:, 2] * M[k, 2]
+                out[:, k] += t[k]
             i += m
         return Atoms(pos, el, species, b, o)
 
