@@ -90,8 +90,9 @@ PHASES = (("preflight", "cutem.validate", "preflight", "scene (structures read, 
 
 def phase_worker(count, offset, seed):
     """Run items offset..offset+count-1 one after another in this process (after one warm-up
-    item) with timers around the pipeline's phases; print one JSON line of ms per item (wall and
-    CPU of the whole process) per phase."""
+    item) through :func:`cutem.run.run_simulation` (as ``cutem simulate`` does: the threads as
+    the environment sets them, no batch) with timers around the pipeline's phases; print one
+    JSON line of ms per item (wall and CPU of the whole process) per phase."""
     import importlib
     import json
 
@@ -113,18 +114,18 @@ def phase_worker(count, offset, seed):
                 w[1] += time.process_time() - c0
         setattr(mod, name, g)
 
-    import cutem.run  # noqa: F401  (the modules whose functions are timed)
+    from cutem.run import run_simulation
     for label, mod, name, _ in PHASES:
         wrap(importlib.import_module(mod), name, label)
     work = Path(tempfile.mkdtemp(prefix="cutem-bench-phases-"))
     try:
         (work / "base.toml").write_text(TOML)
         items = Bt.items_from_ranges(load_config(work / "base.toml"), offset + count + 1, seed, RANGES)
-        Bt.run_item(items[-1].config, str(work), None, None)  # warm-up: imports, plans, caches
+        run_simulation(items[-1].config, work, progress=False)  # warm-up: plans, caches
         acc.clear()
         t0, c0 = time.perf_counter(), time.process_time()
         for it in items[offset:offset + count]:
-            Bt.run_item(it.config, str(work), None, None)
+            run_simulation(it.config, work, progress=False)
         acc["TOTAL"] = [time.perf_counter() - t0, time.process_time() - c0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -146,10 +147,10 @@ def phases(count, seed):
 
     one = {"CUTEM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     runs = []
-    for label, envs in (("one process, cutem defaults (FFT, pool, BLAS on all cores)", [{}]),
-                        ("one process, defaults but BLAS 1 thread", [{"OPENBLAS_NUM_THREADS": "1"}]),
+    for label, envs in (("one process, run_simulation defaults", [{}]),
+                        ("one process, BLAS 1 thread (= a sync batch)", [{"OPENBLAS_NUM_THREADS": "1"}]),
                         ("one process, 1 FFT + 1 BLAS thread", [one]),
-                        ("two such processes side by side (mean)", [one, one])):
+                        ("two such processes side by side (= 2 workers)", [one, one])):
         load = os.getloadavg()[0]
         procs = [start(k * count, e) for k, e in enumerate(envs)]
         outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
@@ -162,7 +163,7 @@ def phases(count, seed):
         lines.append(f"{label + f' [FFT {fft}, BLAS {blas}]':72s}"
                      + "".join(f"{ms[n][0]:8.1f}/{ms[n][1]:<7.1f}" for n in names) + f"   {load:.1f}")
     other = {lab: ms["TOTAL"][0] - sum(ms[n][0] for n in names[:-1]) for lab, _, _, _, ms in runs}
-    lines.append("rest of run_item (atoms rotated for the tilt, memory plan, config hash, stale-file sweep), ms wall: "
+    lines.append("rest of run_simulation (atoms rotated for the tilt, memory plan, config hash, stale-file sweep), ms wall: "
                  + ", ".join(f"{v:.1f}" for v in other.values()))
     return lines
 
