@@ -1,15 +1,24 @@
 """Batch benchmark (issue 8): 200 micrographs (256², TMV, random parameters) through Dask.
 
 The same batch (same seeds, so the same images) is run twice into fresh folders: serially
-(``--scheduler sync``: one item at a time in this process, FFTs on all cores) and with the
-local process scheduler on every core (one task per micrograph, one FFT thread per task).
-Reports both wall times, their ratio (issue target: parallel < 0.6 × serial), whether the two
-runs wrote identical images, and the machine's load average (other jobs slow both runs).
+(``--scheduler sync``: one item at a time in this process, FFTs and the thread pool on all
+cores, as a batch without Dask would run) and with the local process scheduler on every core
+(one task per micrograph, one FFT thread per task). Both runs are warm (one extra item runs in
+this process first; the forked workers inherit its imports and caches). Reports both wall
+times, their ratio (issue target: parallel < 0.6 × serial), the items' wall and CPU seconds,
+the FFT/BLAS threads each process ran with, the driver's CPU, whether the two runs wrote
+identical images, the load average and the CPU that other jobs used meanwhile (the machine is
+shared: other jobs slow both runs, the serial one more, since it has fewer runnable threads).
+
+Then (``--phases N``, default 40) N items per setting are timed phase by phase (scene, potential,
+wave + optics, detector, file writing) in fresh processes through ``run_simulation``: with its
+defaults, with one BLAS thread (what a sync batch runs), with one FFT and one BLAS thread, and
+two of those side by side (what two process workers do).
 
 Items: 256×256 px at 2 Å, 1–3 TMV fragments at random positions and orientations,
 defocus 1–3 µm, dose 20–60 e⁻/Å², ice 250–400 Å, 300 kV, the default detector.
 
-Run:  python validation/bench_batch.py [--count 200]
+Run:  python validation/bench_batch.py [--count 200] [--seed 8] [--phases 40]
 Writes validation/results/bench_batch.txt.
 """
 from __future__ import annotations
