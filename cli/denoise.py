@@ -28,11 +28,11 @@ def _range(text, name, lo=None, hi=None):
 @click.option("-o", "--out", "out", default="denoiser.h5", show_default=True,
               help="Checkpoint / model file (HDF5); written every --checkpoint-every steps.")
 @click.option("--steps", type=int, default=None, help="Adam steps [default 1200].")
-@click.option("--batch", type=int, default=None, help="Patches per step [default 8].")
-@click.option("--patch", type=int, default=None, help="Patch side in pixels [default 64].")
+@click.option("--batch", type=int, default=None, help="Patches per step [default 4].")
+@click.option("--patch", type=int, default=None, help="Patch side in pixels [default 96].")
 @click.option("--lr", type=float, default=None, help="Initial learning rate [default 2e-3].")
 @click.option("--loss", type=click.Choice(["l2", "l1"]), default=None, help="Training loss [default l2].")
-@click.option("--depth", type=int, default=2, show_default=True, help="U-Net levels below the top.")
+@click.option("--depth", type=int, default=3, show_default=True, help="U-Net levels below the top.")
 @click.option("--width", type=int, default=16, show_default=True, help="U-Net channels at the top level.")
 @click.option("--convs", type=int, default=1, show_default=True, help="3x3 convolutions per level and side.")
 @click.option("--residual/--no-residual", default=False, show_default=True,
@@ -43,22 +43,26 @@ def _range(text, name, lo=None, hi=None):
 @click.option("--dose", default="5,60", show_default=True, help="Dose range, e-/Å² per image.")
 @click.option("--defocus", default="5000,30000", show_default=True, help="Defocus range, Å (underfocus +).")
 @click.option("--ice", default="150,500", show_default=True, help="Ice thickness range, Å.")
-@click.option("--particles", default="2,8", show_default=True, help="Particles per image (range).")
+@click.option("--particles", default="40,80", show_default=True,
+              help="Particles per image (range; a crowded field: fewer when the field is full).")
 @click.option("--structure", "structures", multiple=True,
               help="PDB/mmCIF file to draw particles from, or 'tmv' for the packaged TMV fragment "
                    "(repeatable; default: tmv).")
 @click.option("--mtf", "mtf_file", type=click.Path(exists=True, dir_okay=False),
               help="Detector parameters from a `cutem fit-mtf` result (TOML).")
-@click.option("--pool", type=int, default=None, help="Simulated images kept for patch sampling [default 12].")
-@click.option("--refresh-every", type=int, default=None, help="Steps between new simulations [default 20].")
+@click.option("--pool", type=int, default=None, help="Simulated images kept for patch sampling [default 16].")
+@click.option("--refresh-every", type=int, default=None, help="Steps between new simulations [default 10].")
 @click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints [default 250].")
 @click.option("--resume", is_flag=True, help="Continue from --out if it exists.")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write a small inference-only model file (weights and settings, no optimiser "
+                   "state or image pool) here at the end.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
 @quiet_option
 def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, convs, residual, noise2noise, image_size,
                    pixel_size, dose, defocus, ice, particles, structures, mtf_file, pool, refresh_every,
-                   checkpoint_every, resume, seed, device, quiet):
+                   checkpoint_every, resume, export_path, seed, device, quiet):
     """Train a U-Net denoiser on simulated (noisy, noise-free) pairs generated on the fly.
 
     CONFIG (optional TOML or TEM-simulator file) supplies optics, detector and sample
@@ -117,8 +121,14 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
     dt = time.perf_counter() - t0
     import numpy as np
 
-    click.echo(f"trained {tr.step_count} steps ({tr.net.n_params()} weights) in {dt:.0f} s; "
-               f"final loss {np.mean(tr.history[-50:]):.4f}; model: {out}")
+    msg = (f"trained {tr.step_count} steps ({tr.net.n_params()} weights) in {dt:.0f} s; "
+           f"final loss {np.mean(tr.history[-50:]):.4f}; model: {out}")
+    if export_path:
+        from cutem.denoise import export_model
+
+        export_model(out, export_path)
+        msg += f"; exported {export_path}"
+    click.echo(msg)
 
 
 @click.command()

@@ -214,6 +214,44 @@ def test_simulator_pairs_draw_conditions_within_ranges():
     assert len({round(c.detector.dose_e_per_A2, 6) for c in cfgs}) == 20
 
 
+def test_learning_rate_warms_up_then_decays_to_the_final_value():
+    c = TrainConfig(steps=100, lr=1e-3, lr_final=1e-5, warmup=10)
+    lrs = [c.lr_at(i) for i in range(100)]
+    assert lrs[0] == pytest.approx(1e-3 / 11) and lrs[9] == pytest.approx(1e-3 * 10 / 11)
+    assert lrs[10] == pytest.approx(1e-3) and lrs[99] == pytest.approx(1e-5)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11])) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert TrainConfig(steps=5, warmup=0).lr_at(0) == pytest.approx(TrainConfig().lr)
+
+
+def test_crowded_scene_fills_the_field_without_3d_overlap(tmp_path):
+    """The default training fields are crowded: particles are placed until the field is
+    full, bounding spheres never intersect in 3D, and in thick ice some overlap in projection."""
+    from cutem.denoise import SimulatorPairs
+    from helpers import tiny_pdb
+
+    pdb = tmp_path / "p.pdb"
+    pdb.write_text(tiny_pdb(n=30, half_extent_A=10.0))
+    src = SimulatorPairs(image_size=32, pixel_size_A=4.0, ice_range=(400, 400), structures=[str(pdb)])
+    assert src.particles_range == (40, 80)  # the crowded default
+    rng = np.random.default_rng(2)
+    cfg = src.config(rng)
+    asked = sum(p.count for p in cfg.particles)
+    src.scene(cfg, rng)
+    c, r = src.last_placed
+    assert 0 < len(r) <= asked
+    d3 = np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1)) + np.eye(len(r)) * 1e9
+    assert np.all(d3 >= r[:, None] + r[None] - 1e-9)
+    d2 = np.sqrt(((c[:, None, :2] - c[None, :, :2]) ** 2).sum(-1)) + np.eye(len(r)) * 1e9
+    assert np.any(d2 < r[:, None] + r[None])  # stacked in depth
+    assert np.all(np.abs(c[:, 2]) <= 200 - r)  # inside the ice
+    # bounding discs cover most of the 128 Å field
+    yy, xx = (np.mgrid[:32, :32] - 16 + 0.5) * 4.0
+    cover = np.zeros((32, 32), bool)
+    for (x, y, _z), ri in zip(c, r):
+        cover |= (xx - x) ** 2 + (yy - y) ** 2 < ri * ri
+    assert cover.mean() > 0.8
+
+
 def test_cli_train_denoiser_on_the_simulator_and_resume(tmp_path):
     """Tiny end-to-end run: simulated Noise2Noise pairs, checkpoint, resume to more steps."""
     import json
@@ -229,8 +267,21 @@ def test_cli_train_denoiser_on_the_simulator_and_resume(tmp_path):
             "--width", "4", "-q", "--device", "cpu"]
     res = CliRunner().invoke(main, args + ["--steps", "3"])
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(main, args + ["--steps", "4", "--resume"])
+    small = str(tmp_path / "small.h5")
+    res = CliRunner().invoke(main, args + ["--steps", "4", "--resume", "--export", small])
     assert res.exit_code == 0, res.output
+    # the exported model: same weights, no optimiser state or image pool, cannot be resumed
+    from cutem.denoise import load_denoiser
+
+    _n1, p_full, _i1 = load_denoiser(out)
+    _n2, p_small, i_small = load_denoiser(small)
+    assert all(np.array_equal(p_full[k], p_small[k]) for k in p_full) and int(i_small["step"]) == 4
+    with h5py.File(small) as f:
+        assert "adam" not in f and "pool" not in f and len(f["history/loss"]) == 4
+    from cutem.errors import InputError
+
+    res = CliRunner().invoke(main, ["train-denoiser", "-o", small, "--resume", "--steps", "5", "-q"])
+    assert isinstance(res.exception, InputError) and "cannot resume" in str(res.exception)
     with h5py.File(out) as f:
         assert int(f.attrs["step"]) == 4 and len(f["history/loss"]) == 4
         src = json.loads(f.attrs["source"])

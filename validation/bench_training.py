@@ -23,14 +23,14 @@ import numpy as np
 
 import adjoints.backend as B
 from adjoints.nn import UNet, UNetConfig
-from cutem.denoise import TrainConfig, Trainer
+from cutem.denoise import DEFAULT_NET, TrainConfig, Trainer
 
 CONFIGS = [
-    ("default (depth 2, width 16, 1 conv)", UNetConfig(), 8, 64),
-    ("depth 2, width 16, 2 convs", UNetConfig(convs=2), 8, 64),
+    ("default (depth 3, width 16, 1 conv)", DEFAULT_NET, TrainConfig().batch, TrainConfig().patch),
+    ("depth 3, width 16, batch 8 of 64²", DEFAULT_NET, 8, 64),
+    ("depth 2, width 16, 1 conv", UNetConfig(depth=2, width=16, convs=1), 8, 64),
     ("small (depth 2, width 8, 1 conv)", UNetConfig(depth=2, width=8, convs=1), 8, 64),
     ("deep (depth 3, width 16, 2 convs)", UNetConfig(depth=3, width=16, convs=2), 8, 64),
-    ("default, batch 16 of 96²", UNetConfig(), 16, 96),
 ]
 
 
@@ -105,8 +105,9 @@ def main(argv=None):
                  f"above {os.cpu_count()} the machine was shared and the times are inflated)")
     if args.sim:
         t, n = sim_time()
-        lines.append(f"simulator: one {n}x{n} training image (default SimulatorPairs, numpy) in {t:.2f} s; "
-                     f"with refresh_every=20 that adds {t / 20:.3f} s per step")
+        k = TrainConfig().refresh_every
+        lines.append(f"simulator: one {n}x{n} crowded training image (default SimulatorPairs, numpy) in {t:.2f} s; "
+                     f"with refresh_every={k} that adds {t / k:.3f} s per step")
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
