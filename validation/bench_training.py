@@ -106,7 +106,7 @@ def main(argv=None):
     if args.sim:
         t, n = sim_time()
         k = TrainConfig().refresh_every
-        lines.append(f"simulator: one {n}x{n} crowded training image (default SimulatorPairs, numpy) in {t:.2f} s; "
+        lines.append(f"simulator: one {n}x{n} crowded training image (default SimulatorPairs: TMV fragments only, numpy) in {t:.2f} s; "
                      f"with refresh_every={k} that adds {t / k:.3f} s per step")
     text = "\n".join(lines) + "\n"
     print(text)
