@@ -344,13 +344,16 @@ def set_blas_threads(n):
     :func:`blas_threads`); returns the previous counts.
 
     Why a batch runs its tasks with one BLAS thread: cutem's BLAS calls are tiny (atoms (n, 3)
-    times a 3×3 rotation) and gain nothing from threads, but after each call OpenBLAS's worker
-    threads keep spinning on the CPU for a while before they sleep. A 256² TMV micrograph
-    took 128 ms of CPU with the default (all cores) instead of 65 ms with one BLAS thread
-    (measured, 2-core VM, ``validation/bench_batch.py``): the spinning thread occupies the
-    other core. Two process workers then spin on each other's core, and an item took 1.9× as
-    long beside another as alone. The results are the same bit for bit (the (n, 3) × (3, 3)
-    products are split over rows, never over the sum).
+    times a 3×3 rotation, separable-kernel outer products) and gain nothing from threads, but
+    after each call OpenBLAS's worker threads keep spinning on the CPU for a while (~65 ms)
+    before they sleep. While :meth:`cutem.specimen.Scene.atoms` rotated the atoms with a
+    matmul, a 256² TMV micrograph took 128 ms of CPU with the default (all cores) instead of
+    65 ms with one BLAS thread (measured, 2-core VM): the spinning thread occupied the other
+    core, and two process workers spun on each other's core, so an item took 1.9× as long
+    beside another as alone. The rotation is elementwise now; one BLAS thread per task keeps
+    any remaining or future small BLAS call (here or in user code run by the workers) from
+    doing that again. The results are the same bit for bit (such products are split over
+    rows, never over the sum).
     """
     libs = _openblas_libraries()
     old = [int(get()) for _, get in libs]
