@@ -51,8 +51,8 @@ def _report_lines(title, params, errors, extra=()):
                    "With a specimen also ice_thickness_A (centre and edge together), thickness_center_A, "
                    "thickness_edge_A, defocus_A (u = v), defocus_u_A, defocus_v_A.")
 @click.option("--ps-objective", type=click.Choice(["log_radial", "whittle"]), default="log_radial",
-              show_default=True, help="Specimen micrographs: log radial power-spectrum loss or the 2D Whittle "
-                                      "likelihood of the periodogram.")
+              show_default=True, help="Micrographs (blank or with a specimen): log radial power-spectrum loss or "
+                                      "the 2D Whittle likelihood of the periodogram.")
 @click.option("--tilt", type=int, default=0, show_default=True, help="Specimen: which tilt of the config the "
                                                                       "micrographs show.")
 @click.option("--method", type=click.Choice(["lbfgsb", "adam"]), default="lbfgsb", show_default=True)
@@ -147,10 +147,8 @@ def fit_mtf(inputs, config_path, kind, dc, free, ps_objective, tilt, method, max
                 res = fitting.fit_mtf_specimen(imgs, cfg, free=names, objective=ps_objective, tilt=tilt,
                                                method=method, maxiter=maxiter, lr=lr)
                 cfg_out = fitting.specimen_config_with(cfg, res.fit.params)
-            det = det.replace(nx=imgs.shape[2], ny=imgs.shape[1])
-            if kind == "specimen":
-                pass
             elif objective == "simulated":
+                det = det.replace(nx=imgs.shape[2], ny=imgs.shape[1])
                 if method == "lbfgsb" and not (crn and estimator == "pathwise"):
                     fail("fit-mtf: L-BFGS-B needs a deterministic objective: --estimator pathwise --crn "
                          "(or use --method adam)")
@@ -158,7 +156,9 @@ def fit_mtf(inputs, config_path, kind, dc, free, ps_objective, tilt, method, max
                                                   seed=seed)
                 res = fitting.fit_mtf_simulated(obj, det, free=names, method=method, maxiter=maxiter, lr=lr)
             else:
-                res = fitting.fit_mtf_blank(imgs, det, free=names, method=method, maxiter=maxiter, lr=lr)
+                det = det.replace(nx=imgs.shape[2], ny=imgs.shape[1])
+                res = fitting.fit_mtf_blank(imgs, det, free=names, method=method, maxiter=maxiter, lr=lr,
+                                            objective=ps_objective)
         xlabel, ylabel, logy, rlabel = "spatial frequency (cycles/pixel)", "radial power spectrum", True, "log(fit/data)"
         extra = []
     f = res.fit
@@ -171,7 +171,9 @@ def fit_mtf(inputs, config_path, kind, dc, free, ps_objective, tilt, method, max
     lines = _report_lines(f"cutem fit-mtf ({kind}, {f.method}): {f.iterations} iterations, {f.evaluations} "
                           f"evaluations, {f.seconds:.2f} s, loss {f.loss:.6g} [{f.message}]", params, errs,
                           extra + [("errors: inverse observed information of the Whittle likelihood (Hessian "
-                                    "from exact gradients)") if (kind == "specimen" and ps_objective == "whittle")
+                                    "from exact gradients)")
+                                   if (kind in ("specimen", "micrographs") and ps_objective == "whittle"
+                                       and objective == "expected")
                                    else "errors: Gauss–Newton, exact Jacobian (tape), residual variance from the fit",
                                    "a_n, b_n, c_n = a, b, c / (a + b + c): the MTF depends only on these"])
     cfg_out = (cfg_out or cfg.replace(detector=res.detector)).replace(

@@ -949,8 +949,9 @@ def fit_mtf_blank(images=None, detector=None, free=("mtf_a", "mtf_b", "mtf_c", "
     res.params = {k: float(phys[k]) for k in _free_physical(free)}
     det = detector.replace(**res.params)
     model = bins.average(np.asarray(unwrap(blank_expected_ps(shape, px, phys, intensity))))
-    profile = {"x": bins.q * px, "data": data, "model": model,
-               "residual": np.log(model) - np.log(data), "weights": w}
+    with np.errstate(divide="ignore", invalid="ignore"):   # the DC ring of mean-free data is 0
+        resid = np.log(model) - np.log(data)
+    profile = {"x": bins.q * px, "data": data, "model": model, "residual": resid, "weights": w}
     return MTFFit(det, res, errs, profile)
 
 

@@ -90,3 +90,23 @@ def test_crb_of_the_paper_setting_for_b_and_beta_is_far_above_5_percent():
     assert 0.26 < c["b_n"] < 0.29 and 0.19 < c["mtf_beta"] < 0.22
     assert 0.07 < c["a_n"] < 0.08 and 0.055 < c["mtf_alpha"] < 0.07 and 0.02 < c["c_n"] < 0.025
     assert c["gain"] < 3e-4
+
+
+def test_cli_fit_mtf_blank_with_the_whittle_objective(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+    from cutem.config import RunConfig, load_config, write_resolved
+    from cutem.io import write_mrc
+
+    imgs = np.asarray(detect(np.ones((16, 64, 64)), DET, rng=5, estimator="score").image)
+    write_mrc(tmp_path / "blank.mrc", imgs.astype(np.float32), 5.0)
+    write_resolved(tmp_path / "det.toml", RunConfig(detector=DET.replace(mtf_beta=25.0, gain=7.0)))
+    res = CliRunner().invoke(main, ["fit-mtf", str(tmp_path / "blank.mrc"), "--config", str(tmp_path / "det.toml"),
+                                    "--free", "mtf_b,mtf_beta,gain", "--ps-objective", "whittle",
+                                    "-o", str(tmp_path / "fit")])
+    assert res.exit_code == 0, res.output
+    assert "Whittle" in res.output and "(micrographs," in res.output
+    det = load_config(tmp_path / "fit.toml").detector
+    # bound (16 images of 64²): β 15.8 %, gain 0.12 %; start β 25 (−38 %), gain 7 (−30 %)
+    assert abs(det.gain / DET.gain - 1) < 0.005 and abs(det.mtf_beta / DET.mtf_beta - 1) < 0.32

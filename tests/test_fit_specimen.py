@@ -61,7 +61,7 @@ def test_specimen_fit_recovers_mtf_ice_thickness_and_defocus(scene, objective):
         wrong = F.specimen_config_with(cfg, start)
         r = F.fit_mtf_specimen(imgs, wrong, free=free, objective=objective)
         e = _rel(r.fit.params)
-        # measured (both starts reach the same optimum; printed by this test's fits):
+        # measured with these seeds (both starts reach the same optimum):
         #   whittle:    b −1.2 %, β −0.04 %, ice −0.05 % (−0.3 Å), defocus +34 Å; 1σ: 3.7 %, 8 %, 0.3 Å, 17 Å
         #   log_radial: b −1.4 %, β +1.1 %, ice −0.05 %, defocus +146 Å;          1σ: 3.5 %, 8 %, 0.3 Å, 117 Å
         # (the ring average loses most of the defocus information of four particles' Thon rings)

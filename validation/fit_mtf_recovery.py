@@ -298,6 +298,7 @@ def main():
     truth = {k: float(getattr(det, k)) for k in FREE}
     start = {k: truth[k] * 1.3 for k in FREE}
     start["mtf_b"] = truth["mtf_b"] * 0.7
+    same_opt = []
     for n in (20, 80, 320):
         ps, mean = 0.0, 0.0
         for j in range(0, n, 20):
@@ -305,12 +306,21 @@ def main():
             ps = ps + power_spectrum(im) * (20 / n)
             mean += im.mean() * 20 / n
         r = fit_mtf_blank(None, det, free=FREE, start=start, ps=ps, mean=mean, n_images=n)
+        # the same data refitted from the truth: same optimum = no optimiser failure / local minimum
+        rt = fit_mtf_blank(None, det, free=FREE, start=truth, ps=ps, mean=mean, n_images=n)
+        same_opt.append((n, r.fit.loss, rt.fit.loss, abs(normalised_mtf_params(rt.fit.params)["b_n"]
+                                                         / normalised_mtf_params(r.fit.params)["b_n"] - 1)))
         e = rel_errors(r.fit.params, truth)
         nt = normalised_mtf_params(truth)
         out(f"{n:>6} " + " ".join(f"{100 * e[k]:>6.1f}%" for k in ("a_n", "b_n", "c_n", "mtf_alpha", "mtf_beta", "gain"))
             + f" {100 * mtf_rms(r.detector, det):>7.3f}% | {100 * r.errors['a_n'] / nt['a_n']:>6.1f}% "
             f"{100 * r.errors['b_n'] / nt['b_n']:>6.1f}% {100 * r.errors['mtf_beta'] / truth['mtf_beta']:>6.1f}%"
             f" | {100 * crb(det, n)['b_n']:>6.1f}% {100 * crb(det, n)['mtf_beta']:>6.1f}%")
+    out("# refit of the same data from the truth: " + "; ".join(
+        f"{n} images: loss {lf:.4f} (start above) vs {lt:.4f} (truth start), b_n differs by {100 * db:.2f}%"
+        for n, lf, lt, db in same_opt))
+    out("# (equal losses: the error of a row is that data set's own optimum, not an optimiser failure; at 80 images")
+    out("# the bound is σ(b_n) 13.8%, and the b_n–β–α–c trade-off makes the error distribution heavy-tailed)")
     out("")
     out("# Estimators: gradient of the log radial PS loss (one simulated 400x400 image vs the 20-image reference")
     out("# spectrum) at the reference parameters; 100 draws each; score = integer Poisson+Wald draws with the")
