@@ -204,6 +204,18 @@ def pool():
     return _POOL
 
 
+def _forget_pool_after_fork():
+    """A forked child inherits the pool object but not its threads; the executor would wait
+    for ever for idle workers that do not exist (Dask's process scheduler forks). The child
+    builds a fresh pool on first use."""
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 #: elements per block of a blocked random draw (below this: one draw from the generator itself)
 DRAW_BLOCK = 2 ** 20
 

@@ -363,23 +363,6 @@ def set_blas_threads(n):
     return old
 
 
-def _forget_parent_pool():
-    """After ``fork``: drop the parent's thread pool (:func:`adjoints.backend.pool`).
-
-    Its threads do not exist in the child, but the executor object does, and it believes its
-    idle threads will take new work: the first ``pool().map`` in a forked worker would wait for
-    ever whenever the worker's thread count equals the parent's (e.g. ``CUTEM_THREADS`` set by
-    the user, or ``workers=1``). The child builds a fresh pool on first use.
-    """
-    import adjoints.backend as B
-
-    B._POOL = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_parent_pool)
-
-
 # ---------------------------------------------------------------------------------- tasks
 def run_item(cfg: RunConfig, out_dir, device=None, threads=None):
     """One task: simulate an item's config to its files.
