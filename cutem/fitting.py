@@ -846,6 +846,60 @@ def _normalised_errors(vals, cov, names):
     return dict(zip(("a_n", "b_n", "c_n"), np.sqrt(np.maximum(np.diag(cn), 0))))
 
 
+def _mean_residual(mean, weight, sd_logmean):
+    """Residual of the log image mean against the observed ``mean`` (σ = ``sd_logmean``)."""
+    def r(mu):
+        return (ops.log(mu) - math.log(mean)) * (math.sqrt(weight) / sd_logmean)
+    return r
+
+
+def _spectrum_objective(model, ps, data, nimg, bins, w, objective, mean_residual=None):
+    """(residuals, loss) of a power-spectrum fit.
+
+    ``model(theta)`` → (expected 2D power spectrum S, expected image mean) on the tape; ``ps``
+    the observed mean periodogram of ``nimg`` images and ``data`` its ring average. ``"log_radial"``:
+    loss = Σ residuals² with the weighted log ring residuals (and the mean's); ``"whittle"``:
+    the 2D Whittle negative log-likelihood n Σ_q [log S + P/S]/2 (DC left out) plus half the
+    squared mean residual, minus a constant that makes it O(1) per frequency at the optimum.
+    """
+    def residuals(theta):
+        S, mu = model(theta)
+        r = log_radial_residuals(S, data, bins, w)
+        if mean_residual is not None:
+            r = ops.concat([r, ops.reshape(mean_residual(mu), (1,))])
+        return r
+
+    if objective == "log_radial":
+        def loss(theta, _step):
+            r = residuals(theta)
+            return ops.sum(r * r)
+        return residuals, loss
+    mask = np.ones(ps.shape)
+    mask[0, 0] = 0.0
+    const = 0.5 * nimg * float(np.sum(mask * (np.log(np.where(mask > 0, np.maximum(ps, 1e-300), 1.0)) + 1.0)))
+
+    def loss(theta, _step):
+        S, mu = model(theta)
+        L = whittle_nll(S, ps, nimg, mask) - const
+        if mean_residual is not None:
+            rm = mean_residual(mu)
+            L = L + rm * rm * 0.5
+        return L
+    return residuals, loss
+
+
+def _fit_errors(objective, loss, residuals, vals, names):
+    """Standard errors at the optimum: the inverse Hessian of the Whittle likelihood, or
+    Gauss–Newton on the residuals. A report: a failure here gives no errors, never a failed fit."""
+    try:
+        if objective == "whittle":
+            _, cov = observed_information_covariance(lambda th: loss(th, 0), vals, names)
+            return _errors_from_cov(vals, cov, names)
+        return _errors(residuals, vals, names)[0]
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+        return {}
+
+
 def fit_mtf_blank(images=None, detector=None, free=("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "gain"),
                   start=None, ps=None, mean=None, intensity=1.0, method="lbfgsb", maxiter=200, lr=0.1,
                   qmax_cycles=None, mean_weight=1.0, weighting="count", n_images=1, tol=1e-12,
@@ -911,40 +965,16 @@ def fit_mtf_blank(images=None, detector=None, free=("mtf_a", "mtf_b", "mtf_c", "
     par = Parametrisation(detector_free_params(detector, free, start), fixed)
     use_mean = mean is not None and mean > 0 and mean_weight > 0
 
-    def residuals(theta):
+    def model(theta):
         theta = expand_ratios(theta)
-        r = log_radial_residuals(blank_expected_ps(shape, px, theta, intensity), data, bins, w)
-        if use_mean:
-            rm = (ops.log(blank_mean(px, theta, intensity)) - math.log(mean)) * (math.sqrt(mean_weight) / sd_logmean)
-            r = ops.concat([r, ops.reshape(rm, (1,))])
-        return r
+        return blank_expected_ps(shape, px, theta, intensity), blank_mean(px, theta, intensity)
 
-    if objective == "log_radial":
-        def loss(theta, _step):
-            r = residuals(theta)
-            return ops.sum(r * r)
-    else:
-        wmask = np.ones(shape)
-        wmask[0, 0] = 0.0
-        # n Σ_half [log P + 1] makes the value O(1) per frequency at the optimum (no effect on the fit)
-        const = 0.5 * nimg * float(np.sum(wmask * (np.log(np.where(wmask > 0, np.maximum(ps, 1e-300), 1.0)) + 1.0)))
-
-        def loss(theta, _step):
-            theta = expand_ratios(theta)
-            L = whittle_nll(blank_expected_ps(shape, px, theta, intensity), ps, nimg, wmask) - const
-            if use_mean:
-                rm = (ops.log(blank_mean(px, theta, intensity)) - math.log(mean)) * (math.sqrt(mean_weight) / sd_logmean)
-                L = L + rm * rm * 0.5
-            return L
-
+    mean_res = _mean_residual(mean, mean_weight, sd_logmean) if use_mean else None
+    residuals, loss = _spectrum_objective(model, ps, data, nimg, bins, w, objective, mean_res)
     res = fit(loss, par, method, maxiter=maxiter, lr=lr, tol=tol)
     vals = dict(fixed)
     vals.update(res.params)
-    if objective == "whittle":
-        _, cov = observed_information_covariance(lambda th: loss(th, 0), vals, par.names)
-        errs = _errors_from_cov(vals, cov, par.names)
-    else:
-        errs, cov, r = _errors(residuals, vals, par.names)
+    errs = _fit_errors(objective, loss, residuals, vals, par.names)
     phys = expand_ratios(vals)
     res.params = {k: float(phys[k]) for k in _free_physical(free)}
     det = detector.replace(**res.params)
@@ -1599,45 +1629,11 @@ def fit_mtf_specimen(images, cfg, free=("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", 
         / abs(mean) if mean else 1.0
     use_mean = mean > 0 and mean_weight > 0
     par = Parametrisation(_specimen_free_params(model, free, start), {})
-    mask = np.ones(shape)
-    mask[0, 0] = 0.0
-
-    def mean_residual(mu):
-        return (ops.log(mu) - math.log(mean)) * (math.sqrt(mean_weight) / sd_logmean)
-
-    def residuals(theta):
-        S, mu = model(theta)
-        r = log_radial_residuals(S, data, bins, w)
-        if use_mean:
-            r = ops.concat([r, ops.reshape(mean_residual(mu), (1,))])
-        return r
-
-    if objective == "log_radial":
-        def loss(theta, _step):
-            r = residuals(theta)
-            return ops.sum(r * r)
-    else:
-        # the constant n Σ log P + n·#q makes the value O(1) per frequency at the optimum
-        const = 0.5 * nimg * float(np.sum(mask * (np.log(np.maximum(ps, 1e-300)) + 1.0)))
-
-        def loss(theta, _step):
-            S, mu = model(theta)
-            L = whittle_nll(S, ps, nimg, mask) - const
-            if use_mean:
-                rm = mean_residual(mu)
-                L = L + rm * rm * 0.5
-            return L
-
+    mean_res = _mean_residual(mean, mean_weight, sd_logmean) if use_mean else None
+    residuals, loss = _spectrum_objective(model, ps, data, nimg, bins, w, objective, mean_res)
     res = fit(loss, par, method, maxiter=maxiter, lr=lr, tol=tol)
     vals = dict(res.params)
-    try:
-        if objective == "whittle":
-            _, cov = observed_information_covariance(lambda th: loss(th, 0), vals, par.names)
-            errs = _errors_from_cov(vals, cov, par.names)
-        else:
-            errs, _, _ = _errors(residuals, vals, par.names)
-    except Exception:  # uncertainties are a report, never a reason to fail the fit
-        errs = {}
+    errs = _fit_errors(objective, loss, residuals, vals, par.names)
     phys = expand_ratios(vals)
     det_names = [k for k in free if k not in SPECIMEN_FIT_NAMES]
     res.params = {k: float(phys[k]) for k in free}
