@@ -44,8 +44,8 @@ import numpy as np
 from .errors import InputError
 
 #: bytes per atom at the start of the atom potential (positions, sorting, per-atom scatter
-#: arrays of every atom at once) ...
-ATOM_BYTES = 260
+#: arrays of every atom at once; the taps are made per block of atoms, not for all) ...
+ATOM_BYTES = 150
 #: ... and while the (element, B level) groups are scattered one by one (the cache of Fourier
 #: kernels grows meanwhile)
 ATOM_LOOP_BYTES = 46
