@@ -21,6 +21,7 @@ summing cotangents of values used more than once.
 from __future__ import annotations
 
 import threading
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -163,10 +164,17 @@ class Var:
 
     __array_priority__ = 1000  # so ndarray <op> Var defers to Var's reflected operator
 
-    def __init__(self, value, tape, node=None):
+    def __init__(self, value, tape):
         self.value = value
-        self.tape = tape
-        self.node = node
+        # weak: the tape holds its nodes, each node its output Var; a strong reference back
+        # would make a cycle that keeps every stage context (im2col buffers, FFT grids) alive
+        # until the next garbage collection instead of freeing it when the tape goes
+        self._tape = weakref.ref(tape)
+
+    @property
+    def tape(self):
+        """The tape that recorded this value (None once that tape is gone)."""
+        return self._tape()
 
     shape = property(lambda self: self.value.shape)
     dtype = property(lambda self: self.value.dtype)
@@ -215,9 +223,7 @@ class Tape:
 
     def _record(self, stage, ctx, inputs, values, out):
         var = Var(out, self)
-        node = _Node(stage, ctx, inputs, values, var)
-        var.node = node
-        self.nodes.append(node)
+        self.nodes.append(_Node(stage, ctx, inputs, values, var))
         return var
 
     def gradient(self, y, wrt, seed=None):

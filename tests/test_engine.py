@@ -123,6 +123,31 @@ def test_tape_gives_gradient_of_requested_intermediate():
     assert gy[0] == pytest.approx(3.0) and gx[0] == pytest.approx(12.0)
 
 
+def test_stage_contexts_are_freed_with_the_tape_not_at_the_next_garbage_collection():
+    import gc
+    import weakref
+
+    held = []
+
+    class _Keeps(Stage):
+        def forward(self, ctx, x):
+            ctx.buffer = np.ones(1000)   # stands for an im2col buffer or an FFT grid
+            held.append(weakref.ref(ctx.buffer))
+            return x * 2.0
+
+        def vjp(self, ctx, g):
+            return (g * 2.0,)
+
+    gc.disable()
+    try:
+        for _ in range(3):
+            v, g = value_and_grad(lambda x: ops.sum(_Keeps()(x) * x))(np.arange(3.0))
+            assert np.allclose(g, 4 * np.arange(3.0))
+        assert all(r() is None for r in held)   # freed by reference counting alone
+    finally:
+        gc.enable()
+
+
 def test_complex_gradient_convention_real_and_imag_parts(rng):
     # L = |z|^2 summed: dL/dRe = 2x, dL/dIm = 2y, so the stored gradient is 2z
     z = rng.standard_normal(3) + 1j * rng.standard_normal(3)
