@@ -13,15 +13,16 @@ slice's projected potential is
     V̂(q) = Σ_atoms oⱼ K f_Zⱼ(q/2) exp(−Bⱼ q²/4) exp(−2πi q·rⱼ),     K = h²/(2π m₀ e),
 
 evaluated on the grid's frequencies. It is computed as: atoms grouped by (element, B level) →
-each group scattered onto the grid with bilinear weights (``add.at`` into one reused float32
-buffer) → rfft2 of each group's
-grid → multiplied by the group's transform K f_Z(q/2) e^{−B q²/4} divided by the transfer
-function of the scatter itself, sinc²(k_y/n_y)·sinc²(k_x/n_x) (the transform of the bilinear
-"tent") → summed over the groups in Fourier space → one inverse rfft2 → ÷ px² (a Fourier
-series over the field area). The per-group transforms are separable (every factor is a
-Gaussian in q_x times one in q_y), so each is one small matrix product (ny×5)·(5×nx/2+1).
-The division by sinc² corrects the scatter's mean transfer but not its aliases (the error at
-frequency q is of order the atom's transform times sinc²(1 − q·px)/sinc²(q·px)).
+each group spread onto the grid with cubic B-spline weights (16 per atom; ``add.at`` into a
+reused float32 buffer per thread, atoms in blocks of 65,536 split over the CPU threads) →
+rfft2 of each group's grid → multiplied by the group's transform K f_Z(q/2) e^{−B q²/4}
+divided by the transfer function of the spreading itself, sinc⁴(k_y/n_y)·sinc⁴(k_x/n_x) (the
+transform of the cubic B-spline; sinc² for ``spread_order=1``, the bilinear "tent") → summed
+over the groups in Fourier space → one inverse rfft2 → ÷ px² (a Fourier series over the
+field area). The per-group transforms are separable (every factor is a Gaussian in q_x times
+one in q_y), so each is one small matrix product (ny×5)·(5×nx/2+1).
+The division by sinc⁴ corrects the spreading's mean transfer but not its aliases (the error at
+frequency q is of order the atom's transform times sinc⁴(1 − q·px)/sinc⁴(q·px)).
 validation/potential_checks.py measures the result against the exact band-limited Fourier sum
 (every atom's own phase factor at every grid frequency, :func:`exact_fourier_potential`): for
 the TMV fragment (B = 90 Å²) at 1 Å pixels the relative L2 error is 9.1e-4 with the default
