@@ -27,7 +27,7 @@ validation/potential_checks.py measures the result against the exact band-limite
 (every atom's own phase factor at every grid frequency, :func:`exact_fourier_potential`): for
 the TMV fragment (B = 90 Å²) at 1 Å pixels the relative L2 error is 9.1e-4 with the default
 ``spread_order=3`` (cubic B-spline, 16 weights per atom, sinc⁴ correction) and 6.0e-3 with
-``spread_order=1`` (bilinear, 4 weights; about 40% faster at 4096², for previews); the exact sum itself differs from gemmi's real-space DensityCalculatorE map
+``spread_order=1`` (bilinear, 4 weights; cheaper, for previews); the exact sum itself differs from gemmi's real-space DensityCalculatorE map
 (projected along z) by 3.7e-4. A single carbon atom on a 0.005 Å grid matches the analytic
 V_z(r) to 7.5e-4 of its peak, and every slice integrates to K Σ oⱼ f_Zⱼ(0) exactly.
 
