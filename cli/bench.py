@@ -18,7 +18,7 @@ from .common import device_option
 @click.option("--peers", is_flag=True, help="Also run abTEM and cryoJAX (environment of validation/peers/setup.sh).")
 @click.option("--peers-python", default=None, help="Python of the peers environment (default /tmp/peers-venv).")
 @click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False),
-              help="Output CSV (default validation/results/bench.csv; a .txt is written beside it).")
+              help="Output CSV (default ./cutem_bench.csv; a .txt is written beside it).")
 @device_option
 def bench(cases, quick, repeats, process, peers, peers_python, csv_path, device):
     """Time every stage and the whole pipeline on TMV and RYMV scenes; print and write the table."""
@@ -42,8 +42,8 @@ def bench(cases, quick, repeats, process, peers, peers_python, csv_path, device)
         argv.append("--peers")
     if peers_python:
         argv += ["--peers-python", peers_python]
-    if csv_path:
-        argv += ["--csv", csv_path]
+    # the working directory, not the checkout's validation/results (the recorded results)
+    argv += ["--csv", str(Path(csv_path or "cutem_bench.csv").resolve())]
     for c in (cases.split(",") if cases else []):
         try:
             vb.parse_case(c)

@@ -1,0 +1,21 @@
+"""`cutem bench` writes its table where the user runs it, never over the recorded results."""
+import csv
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cli.bench import bench
+
+RECORDED = Path(__file__).resolve().parents[1] / "validation" / "results" / "bench.csv"
+
+
+def test_bench_writes_to_the_working_directory_and_leaves_recorded_results(tmp_path, monkeypatch):
+    before = RECORDED.read_bytes() if RECORDED.exists() else None
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(bench, ["--cases", "tmv1_512_projection", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(tmp_path / "cutem_bench.csv")))
+    assert [row["case"] for row in rows] == ["tmv1_512_projection"]
+    assert int(rows[0]["atoms"]) == 62671 and float(rows[0]["peak_GB"]) > 0
+    assert (tmp_path / "cutem_bench.txt").is_file()
+    assert (RECORDED.read_bytes() if RECORDED.exists() else None) == before
