@@ -135,6 +135,10 @@ class _Plan:
         # 1 / transfer function of the scatter: sinc² per axis (bilinear), sinc⁴ (cubic B-spline)
         self.inv_ty = 1.0 / np.sinc(ky / ny) ** (order + 1)
         self.inv_tx = 1.0 / np.sinc(kx / nx) ** (order + 1)
+        # int32 indices when the grid allows: half the memory traffic of the taps
+        self.index_dtype = np.int32 if ny * nx < 2 ** 31 else np.int64
+        off = np.asarray(_offsets(order))
+        self.tap_offsets = xp.asarray((off[:, None] * nx + off[None, :]).ravel().astype(self.index_dtype))
 
     #: bytes of Fourier kernels kept per plan (they are reused across calls and tilts)
     KERNEL_CACHE_BYTES = 512 * 2 ** 20
@@ -225,42 +229,6 @@ def _tap_index(i, n, order, xp):
     return (i[:, None] + xp.asarray(np.asarray(_offsets(order), dtype=i.dtype))[None, :]) % i.dtype.type(n)
 
 
-def _corner_index_weights(plan, iy, ix, ty, tx, w, xp, order=1):
-    """Flat pixel indices and weights, (m, taps²), taps interleaved per atom (consecutive atoms
-    are neighbours in space, so the scatter stays cache-friendly)."""
-    if order == 1:  # bilinear: written column by column into preallocated arrays (no stacks)
-        m = len(iy)
-        nx, ny = plan.nx, plan.ny
-        idx = xp.empty((m, 4), dtype=np.int64)
-        r0 = iy * nx
-        r1 = iy + 1
-        r1[r1 == ny] = 0
-        r1 *= nx
-        ix1 = ix + 1
-        ix1[ix1 == nx] = 0
-        xp.add(r0, ix, out=idx[:, 0])
-        xp.add(r0, ix1, out=idx[:, 1])
-        xp.add(r1, ix, out=idx[:, 2])
-        xp.add(r1, ix1, out=idx[:, 3])
-        wts = xp.empty((m, 4), dtype=w.dtype)
-        wy1 = w * ty
-        wy0 = w - wy1
-        xp.multiply(wy0, tx, out=wts[:, 1])
-        xp.subtract(wy0, wts[:, 1], out=wts[:, 0])
-        xp.multiply(wy1, tx, out=wts[:, 3])
-        xp.subtract(wy1, wts[:, 3], out=wts[:, 2])
-        return idx, wts
-    # int32 indices when the grid allows: half the memory traffic of the 16 taps per atom
-    it = np.int32 if plan.ny * plan.nx < 2 ** 31 else np.int64
-    jy = (_tap_index(iy.astype(it), plan.ny, order, xp) * it(plan.nx))
-    jx = _tap_index(ix.astype(it), plan.nx, order, xp)
-    wy, _ = _taps(ty, order, xp)
-    wx, _ = _taps(tx, order, xp)
-    idx = (jy[:, :, None] + jx[:, None, :]).reshape(len(iy), -1)
-    wts = ((wy * w[:, None])[:, :, None] * wx[:, None, :]).reshape(len(iy), -1)
-    return idx, wts
-
-
 def _scatter_add(grid, idx, w, xp):
     """grid[idx] += w with repeated indices summed, in the grid's own dtype and buffer
     (NumPy ≥ 2's ``add.at`` is several times faster than ``bincount`` here and allocates nothing)."""
@@ -278,21 +246,16 @@ _SPREAD_BLOCK = 65536
 
 
 def _spread_block(plan, grid, iy, ix, ty, tx, w, xp):
-    """Scatter one block of atoms into the flat grid (B-spline weights, periodic)."""
-    order = plan.order
-    if order == 1:
-        flat, wts = _corner_index_weights(plan, iy, ix, ty, tx, w, xp, 1)
-        _scatter_add(grid, flat.ravel(), wts.ravel(), xp)
-        return
-    ny, nx = plan.ny, plan.nx
-    it = np.int32 if ny * nx < 2 ** 31 else np.int64
-    m = len(w)
-    # interior atoms: every tap is base + a fixed offset; the few within 2 pixels of an edge
-    # wrap around and take the modular path
-    base = iy.astype(it) * it(nx) + ix.astype(it)
-    offs = xp.asarray((np.arange(-1, 3)[:, None] * nx + np.arange(-1, 3)[None, :]).ravel().astype(it))
-    idx = base[:, None] + offs[None, :]
-    edge = (ix < 1) | (ix >= nx - 2) | (iy < 1) | (iy >= ny - 2)
+    """Scatter one block of atoms into the flat grid (B-spline weights, periodic).
+
+    Taps interleaved per atom (consecutive atoms are neighbours in space, so the scatter stays
+    cache-friendly). An interior atom's taps are its base index plus the plan's fixed offsets;
+    the few atoms near an edge, whose taps wrap around, take the modular path.
+    """
+    order, ny, nx, it = plan.order, plan.ny, plan.nx, plan.index_dtype
+    lo, hi = -_offsets(order)[0], _offsets(order)[-1]
+    idx = (iy.astype(it) * it(nx) + ix.astype(it))[:, None] + plan.tap_offsets[None, :]
+    edge = (ix < lo) | (ix >= nx - hi) | (iy < lo) | (iy >= ny - hi)
     if bool(edge.any()):
         e = xp.flatnonzero(edge)
         jy = _tap_index(iy[e].astype(it), ny, order, xp) * it(nx)
@@ -301,7 +264,7 @@ def _spread_block(plan, grid, iy, ix, ty, tx, w, xp):
     wy, _ = _taps(ty, order, xp)
     wx, _ = _taps(tx, order, xp)
     wy *= w[:, None]
-    wts = (wy[:, :, None] * wx[:, None, :]).reshape(m, -1)
+    wts = (wy[:, :, None] * wx[:, None, :]).reshape(len(w), -1)
     _scatter_add(grid, idx.ravel(), wts.ravel(), xp)
 
 
