@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from report import Report  # validation/report.py (this folder is on sys.path)
+
 from cutem.fitting import fit_ctf, simulated_spectrum_correlation
 from cutem.io import read_mrc, read_star
 
@@ -40,11 +42,7 @@ def main():
     star = read_star(DATA / "micrographs_ctf.star")["micrographs"]
     ref = {Path(n).stem: (float(u), float(v), float(a)) for n, u, v, a in
            zip(star["rlnMicrographName"], star["rlnDefocusU"], star["rlnDefocusV"], star["rlnDefocusAngle"])}
-    lines = []
-
-    def out(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    out = Report(OUT)
 
     out("# cutem fit-ctf on the real β-galactosidase spectra vs CTFFIND4 (micrographs_ctf.star)")
     out("# command: python validation/fit_betagal_ctf.py")
@@ -81,8 +79,7 @@ def main():
     out(f"astigmatism angle error (astigmatism > 200 Å: {len(aerrs)} micrographs): median {np.median(aerrs):.1f}°, "
         f"max {np.max(aerrs):.1f}°")
     out(f"simulated-vs-real profile correlation: median {np.median(simc):.3f}, min {np.min(simc):.3f}")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
+    out.write()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from report import Report  # validation/report.py (this folder is on sys.path)
+
 from adjoints import Adam, Tape, ops
 from cutem.config import load_config
 from cutem.detector import detect, mtf_radial, score_surrogate
@@ -136,12 +138,7 @@ def estimator_table(det, refs, nd=100):
 
 
 def main():
-    lines = []
-
-    def out(s=""):
-        print(s)
-        lines.append(s)
-        sys.stdout.flush()
+    out = Report(OUT)
 
     det0 = reference_detector()
     out("# MTF recovery from simulated blank micrographs (cutem.fitting.fit_mtf_blank)")
@@ -335,8 +332,7 @@ def main():
     out("# estimators differentiate the same blur of the drawn counts (the score term is zero: N̄ does not depend on")
     out("# them); they differ only in the draw (Gaussian vs integer counts). For dose and DQE, which act before the")
     out("# draw, the score-function estimator is the noisy one.")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
+    out.write()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from report import Report  # validation/report.py (this folder is on sys.path)
+
 import cutem
 from cutem import fitting as F
 from cutem.config import ParticleSpec, RunConfig
@@ -59,12 +61,7 @@ CASES = [("b, β, ice, defocus", ("mtf_b", "mtf_beta", "ice_thickness_A", "defoc
 
 
 def main():
-    lines = []
-
-    def out(s=""):
-        print(s)
-        lines.append(s)
-        sys.stdout.flush()
+    out = Report(OUT)
 
     tmp = Path(tempfile.mkdtemp())
     (tmp / "blob.pdb").write_text(tiny_pdb(n=600, seed=3, half_extent_A=12.0))
@@ -119,8 +116,7 @@ def main():
     out("# β unidentified (the fits' own σ of 100–300 % say so), as the Cramér–Rao bound of the blank case")
     out("# (validation/results/fit_mtf_recovery.txt: σ(b_n) ≈ 27 % with 12× more pixels) predicts;")
     out("# some of these fits stop at the 300-iteration limit in that flat valley.")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
+    out.write()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from report import Report  # validation/report.py (this folder is on sys.path)
+
 from cutem.fitting import fit_mtf_curve, normalised_mtf_params
 from cutem.io import read_star
 
@@ -27,11 +29,7 @@ def load(path):
 
 
 def main():
-    lines = []
-
-    def out(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    out = Report(OUT)
 
     out("# TEM-simulator MTF form fitted to measured detector MTFs (RELION mtf_*.star, 300 kV)")
     out("# command: python validation/fit_real_detectors.py")
@@ -71,8 +69,7 @@ def main():
     out("# where the form cannot follow the data (p,q form):")
     for s in notes:
         out("  " + s)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
+    out.write()
 
 
 if __name__ == "__main__":
