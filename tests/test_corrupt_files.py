@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cutem.errors import InputError
+from validation.bad_inputs import TEMSIM_OK
 
 SCALE = float(os.environ.get("CUTEM_HYPOTHESIS_SCALE", "1"))
 COMMON = dict(deadline=None, derandomize=SCALE == 1, suppress_health_check=[HealthCheck.too_slow])
@@ -185,28 +186,8 @@ structure = "a.pdb"
 placement = "random"
 count = 1
 """
-TEMSIM = b"""=== simulation ===
-rand_seed = 1
-=== sample ===
-diameter = 1000
-thickness_center = 10
-thickness_edge = 10
-=== electronbeam ===
-acc_voltage = 300
-dose_per_im = 1000
-=== optics ===
-magnification = 30000
-defocus_nominal = 1
-=== geometry ===
-ntilts = 3
-theta_start = -10
-theta_incr = 10
-=== detector ===
-det_pix_x = 32
-det_pix_y = 32
-pixel_size = 6
-mtf_a = 0.5
-"""
+# the valid TEM-simulator input of the bad-inputs table, with tilts and one MTF key
+TEMSIM = (TEMSIM_OK + "mtf_a = 0.5\n=== geometry ===\nntilts = 3\ntheta_start = -10\ntheta_incr = 10\n").encode()
 
 
 @settings(max_examples=n_examples(150), **COMMON)
