@@ -84,17 +84,23 @@ def check_files(cfg: RunConfig):
         _check_file(path, "detector.dqe_curve")
 
 
+def _per_tilt(values, n, name, unit=""):
+    """``values`` as an array of ``n`` finite floats (one per tilt), or a one-line InputError."""
+    try:
+        a = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} = {values!r} must be {n} numbers") from None
+    if a.shape != (n,) or not np.isfinite(a).all():
+        raise InputError(f"{name} must be {n} finite numbers{unit}, got {list(values)}")
+    return a
+
+
 def check_values(cfg: RunConfig):
     """Cross-field checks the parameter objects cannot make alone."""
     g, o, d = cfg.geometry, cfg.optics, cfg.detector
     n = len(g.tilt_angles_deg)
     if g.dose_weights is not None:
-        try:
-            w = np.asarray(g.dose_weights, dtype=float)
-        except (TypeError, ValueError):
-            raise InputError(f"geometry.dose_weights = {g.dose_weights!r} must be {n} numbers") from None
-        if w.shape != (n,) or not np.isfinite(w).all():
-            raise InputError(f"geometry.dose_weights must be {n} finite numbers, got {list(g.dose_weights)}")
+        w = _per_tilt(g.dose_weights, n, "geometry.dose_weights")
         if (w < 0).any() or w.sum() <= 0:
             raise InputError("geometry.dose_weights must be >= 0 with a positive sum, got "
                              f"{list(g.dose_weights)}")
@@ -103,13 +109,7 @@ def check_values(cfg: RunConfig):
             raise InputError(f"geometry.dose_weights give {peak:g} e-/A^2 on one tilt; the allowed range "
                              "of Detector.dose_e_per_A2 is [0, 1e5]")
     if g.defocus_offsets_A is not None:
-        try:
-            off = np.asarray(g.defocus_offsets_A, dtype=float)
-        except (TypeError, ValueError):
-            raise InputError(f"geometry.defocus_offsets_A = {g.defocus_offsets_A!r} must be {n} numbers") from None
-        if off.shape != (n,) or not np.isfinite(off).all():
-            raise InputError(f"geometry.defocus_offsets_A must be {n} finite numbers (Å), got "
-                             f"{list(g.defocus_offsets_A)}")
+        off = _per_tilt(g.defocus_offsets_A, n, "geometry.defocus_offsets_A", " (Å)")
         for k, v in enumerate(off):
             for name in ("defocus_u_A", "defocus_v_A"):
                 total = getattr(o, name) + float(v)
