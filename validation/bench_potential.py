@@ -73,13 +73,17 @@ print(json.dumps(dict(case=case, atoms=int(atoms.n), shape=list(shape), first=fi
 """
 
 
-def run_case(case, repeats, device):
+def run_case(case, repeats, device, keep_memory=True):
     env = dict(os.environ)
+    if not keep_memory:  # glibc's default: large arrays mmap'ed on allocation, unmapped when freed
+        env["CUTEM_KEEP_MEMORY"] = "0"
     out = subprocess.run([sys.executable, "-c", CHILD, case, str(repeats), device], capture_output=True, text=True,
                          env=env, cwd=os.path.dirname(HERE))
     if out.returncode:
         raise SystemExit(f"benchmark child failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row["label"] = case if keep_memory else f"{case} *"
+    return row
 
 
 def main(argv=None):
@@ -90,6 +94,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     load0 = os.getloadavg()
     rows = [run_case(c, args.repeats, args.device) for c in ("tmv1_512", "tmv30_4096")]
+    # the same with the allocator left alone (CUTEM_KEEP_MEMORY=0): what keeping freed memory saves
+    rows.append(run_case("tmv30_4096", args.repeats, args.device, keep_memory=False))
     load1 = os.getloadavg()
     lines = [
         "# cutem projected-potential benchmark (projection approximation, 1 Å pixels, cubic B-spline scatter (the default))",
@@ -99,11 +105,11 @@ def main(argv=None):
         f"# load average (1 min) before/after: {load0[0]:.1f} / {load1[0]:.1f} "
         f"(other jobs share this machine; wall-clock times grow with load)",
         "",
-        f"{'case':<12} {'atoms':>9} {'grid':>9} {'warm s':>8} {'warm med':>9} {'warm cpu':>9} "
+        f"{'case':<14} {'atoms':>9} {'grid':>9} {'warm s':>8} {'warm med':>9} {'warm cpu':>9} "
         f"{'Matoms/s':>9} {'1st call':>9} {'cold proc':>10} {'cold cpu':>9} {'peak GiB':>9}  target",
     ]
     for r in rows:
-        lines.append(f"{r['case']:<12} {r['atoms']:>9d} {r['shape'][0]:>4d}x{r['shape'][1]:<4d} "
+        lines.append(f"{r['label']:<14} {r['atoms']:>9d} {r['shape'][0]:>4d}x{r['shape'][1]:<4d} "
                      f"{r['warm_min']:>8.3f} {r['warm_median']:>9.3f} {r['warm_cpu_min']:>9.3f} "
                      f"{r['atoms'] / r['warm_min'] / 1e6:>9.2f} {r['first']:>9.3f} {r['cold_wall']:>10.2f} {r['cold_cpu']:>9.2f} "
                      f"{r['peak_gib']:>9.2f}  {TARGETS[r['case']]}")
@@ -111,14 +117,17 @@ def main(argv=None):
               "# call summed over threads (less sensitive to other jobs than the wall clock); Matoms/s from warm s;",
               "# cold proc: interpreter start to first potential done (imports, PDB, scene, first call);",
               "# peak: the process's maximum resident set size.",
+              "# *: CUTEM_KEEP_MEMORY=0, glibc's allocator as it comes (every large array page-faulted in anew",
+              "#    on each call); the other rows keep freed memory in the heap (adjoints.backend).",
               "", "# peers (the issue's numbers, same kind of 2-core machine, not re-measured here):"]
     for name, case, t, note in PEERS:
         lines.append(f"#   {name:<20} {case:<20} {t:<14} {note}")
     text = "\n".join(lines) + "\n"
     print(text)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write(text)
+    from cutem.io import atomic_path
+
+    with atomic_path(args.out, suffix=".txt") as tmp:
+        tmp.write_text(text)
 
 
 if __name__ == "__main__":
