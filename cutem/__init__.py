@@ -20,7 +20,7 @@ def load_all():
 
 _LAZY = {"load_config": ("cutem.config", "load_config"), "default_config": ("cutem.config", "default_config"),
          "simulate": ("cutem.pipeline", "simulate"), "value_and_grad_image": ("cutem.pipeline", "value_and_grad_image"),
-         "run_simulation": ("cutem.run", "run_simulation"),
+         "run_simulation": ("cutem.run", "run_simulation"), "ImageModel": ("cutem.imaging", "ImageModel"),
          "Optics": ("cutem.params", "Optics"), "Detector": ("cutem.params", "Detector"),
          "Sample": ("cutem.params", "Sample"), "Geometry": ("cutem.params", "Geometry"),
          "Simulation": ("cutem.params", "Simulation"), "InputError": ("cutem.errors", "InputError")}

@@ -498,21 +498,17 @@ class SimulatorPairs:
         return sc
 
     def __call__(self, rng):
-        from .pipeline import Grid, image_model, specimen_potential, tilt_settings
+        from .imaging import ImageModel
 
         cfg = self.config(rng)
-        xp = self.xp
-        grid = Grid.from_config(cfg)
-        scene = self.scene(cfg, rng)
-        angle, optics, detector = tilt_settings(cfg, 0)
-        atoms = scene.atoms(angle, cfg.geometry.tilt_axis_deg)
-        self.last_atoms = atoms  # the projected particles, for masks in the validation
-        v, v_abs = specimen_potential(atoms, cfg, grid, angle, xp, np.dtype(cfg.simulation.dtype))
+        model = ImageModel.from_config(cfg, 0, scene=self.scene(cfg, rng), xp=self.xp)
+        self.last_atoms = model.atoms  # the projected particles, for masks in the validation
         seeds = rng.integers(2**31, size=2)
-        d = image_model(v, v_abs, cfg, grid, optics, detector, rng=B.default_rng(int(seeds[0]), xp))
+        d = model.render(rng=B.default_rng(int(seeds[0]), self.xp))
         noisy = B.to_numpy(unwrap(d.image))
         if self.noise2noise:
-            d2 = image_model(v, v_abs, cfg, grid, optics, detector, rng=B.default_rng(int(seeds[1]), xp))
+            # the second draw reuses the model's potential: only the noise is new
+            d2 = model.render(rng=B.default_rng(int(seeds[1]), self.xp))
             return noisy, B.to_numpy(unwrap(d2.image))
         return noisy, B.to_numpy(unwrap(d.noise_free))
 

@@ -1434,10 +1434,9 @@ class SpecimenModel:
     """Expected power spectrum and mean of micrographs of a fixed specimen (taped).
 
     The scene of ``cfg`` (atoms and ice, tilt ``tilt``) goes through the deterministic part
-    of the microscope on the tape — potential (:func:`cutem.pipeline.specimen_potential`,
-    or the potential *stages* when the ice thickness is free), exit wave, optics
-    (:func:`cutem.optics.apply_optics`), binning, expected counts N̄(r) and the MTF
-    (:func:`cutem.pipeline.image_model` with ``estimator="none"``): the noise-free image
+    of the microscope on the tape — its :class:`cutem.imaging.ImageModel` rendered with
+    ``estimator="none"`` (the potential computed once; the ice through its stage when the
+    thickness is free): the noise-free image
     m(r) = gain·MTF ⊛ N̄. The shot noise (Poisson, then the Wald DQE model) is independent
     per pixel with variance N̄(r)/DQE, so after the MTF its spectrum is white times MTF².
     The expected periodogram of one micrograph is therefore, in closed form (no noise draw,
@@ -1453,16 +1452,15 @@ class SpecimenModel:
     """
 
     def __init__(self, cfg, tilt=0, scene=None, free=()):
-        from . import pipeline as P
+        from .imaging import ImageModel, stack_z_range, tilt_settings
+        from .specimen import scene_from_config
 
         cfg = cfg.replace(simulation=cfg.simulation.replace(dtype="float64"))
         self.cfg = cfg
-        self.grid = P.Grid.from_config(cfg)
-        self.angle, self.optics, self.detector = P.tilt_settings(cfg, tilt)
-        scene = scene if scene is not None else P.build_scene(cfg)
-        self.atoms = scene.atoms(self.angle, cfg.geometry.tilt_axis_deg)
         s = cfg.sample
         self.thickness_free = any(k in free for k in ("ice_thickness_A", "thickness_center_A", "thickness_edge_A"))
+        z_range = None
+        scene = scene if scene is not None else scene_from_config(cfg)
         if self.thickness_free:
             if not s.ice:
                 raise InputError("fit: the ice thickness is free but [sample] ice = false")
@@ -1470,22 +1468,18 @@ class SpecimenModel:
                 raise InputError("fit: the ice thickness is not identifiable with [sample] ice_absorption = 0 "
                                  "(a uniform ice layer is then a pure phase: the image does not depend on it); "
                                  "set ice_absorption > 0")
-            from .potential import ProjectedPotentialStage, ice_potential_V
+            if cfg.simulation.method == "multislice":
+                # the slice stack must hold the thickest ice the fit may try
+                t = min(1e5, max(s.thickness_center_A, s.thickness_edge_A) * 3 + 1000)
+                big = cfg.replace(sample=s.replace(thickness_center_A=t, thickness_edge_A=t))
+                angle = tilt_settings(cfg, tilt)[0]
+                from .grid import Grid
 
-            sim = cfg.simulation
-            dz = sim.slice_thickness_A if sim.method == "multislice" else None
-            # the slice stack must cover the thickest ice the fit may try
-            big = s.replace(thickness_center_A=min(1e5, max(s.thickness_center_A, s.thickness_edge_A) * 3 + 1000),
-                            thickness_edge_A=min(1e5, max(s.thickness_center_A, s.thickness_edge_A) * 3 + 1000))
-            self.z_range = P._z_range(self.atoms, cfg.replace(sample=big), self.angle)
-            st = ProjectedPotentialStage(self.atoms, self.grid.shape, self.grid.pixel_size_A, slice_thickness_A=dz,
-                                         z_range_A=self.z_range, b_factor_A2=sim.b_factor_A2,
-                                         solvent_V=ice_potential_V())
-            self.v_atoms = st(np.asarray(self.atoms.positions, np.float64), np.asarray(self.atoms.b_factors, np.float64),
-                              np.asarray(1.0))
-            self.v, self.v_abs = None, None
-        else:
-            self.v, self.v_abs = P.specimen_potential(self.atoms, cfg, self.grid, self.angle, np, np.float64)
+                z_range = stack_z_range(big, Grid.from_config(cfg), angle,
+                                        scene.z_extent(angle, cfg.geometry.tilt_axis_deg) if len(scene) else None)
+        self.model = ImageModel.from_config(cfg, tilt, scene=scene, xp=np, dtype=np.float64, z_range_A=z_range)
+        self.grid, self.angle = self.model.grid, self.model.angle_deg
+        self.optics, self.detector, self.atoms = self.model.optics, self.model.detector, self.model.atoms
 
     def theta0(self):
         """Every parameter the model knows, at the config's values (floats)."""
@@ -1499,43 +1493,25 @@ class SpecimenModel:
                    "defocus_A": 0.5 * (self.optics.defocus_u_A + self.optics.defocus_v_A)})
         return th
 
-    def _potential(self, th):
-        if not self.thickness_free:
-            return self.v, self.v_abs
-        from .potential import IcePotentialStage
-
-        cfg, s = self.cfg, self.cfg.sample
-        sim = cfg.simulation
-        dz = sim.slice_thickness_A if sim.method == "multislice" else None
-        if "ice_thickness_A" in th and isinstance(th["ice_thickness_A"], Var):
-            tc = th["ice_thickness_A"]
-            te = tc + (s.thickness_edge_A - s.thickness_center_A)
-        else:
-            tc, te = th["thickness_center_A"], th["thickness_edge_A"]
-        ist = IcePotentialStage(s, self.grid.shape, self.grid.pixel_size_A, slice_thickness_A=dz,
-                                z_range_A=self.z_range, tilt_deg=self.angle,
-                                tilt_axis_deg=cfg.geometry.tilt_axis_deg)
-        vi = ist(_as_input(tc), _as_input(te))
-        v = vi + self.v_atoms
-        v_abs = self.v_atoms * sim.absorption if sim.absorption > 0 else None
-        if s.ice_absorption > 0:
-            v_abs = vi * s.ice_absorption if v_abs is None else vi * s.ice_absorption + v_abs
-        return v, v_abs
-
     def __call__(self, theta):
         """(S (2D, FFT layout), expected image mean), both taped, for ``theta``."""
         from . import detector as D
         from . import optics as O
-        from .pipeline import image_model
 
         th = dict(self.theta0())
         th.update(expand_ratios(theta))
         if "defocus_A" in theta:
             th["defocus_u_A"] = th["defocus_v_A"] = th["defocus_A"]
         params = {k: _as_input(th[k]) for k in tuple(O.PARAM_NAMES) + tuple(D.PARAM_NAMES)}
-        v, v_abs = self._potential(th)
-        det = image_model(v, v_abs, self.cfg, self.grid, self.optics, self.detector, estimator="none",
-                          params=params)
+        if self.thickness_free:
+            tc, te = th["thickness_center_A"], th["thickness_edge_A"]
+            if "ice_thickness_A" in theta:
+                # centre and edge shifted together, keeping the config's difference
+                s = self.cfg.sample
+                tc = th["ice_thickness_A"]
+                te = tc + (s.thickness_edge_A - s.thickness_center_A)
+            params.update(thickness_center_A=_as_input(tc), thickness_edge_A=_as_input(te))
+        det = self.model.render(params, estimator="none")
         img = det.image
         ny, nx = self.grid.detector_shape
         n = ny * nx

@@ -26,8 +26,8 @@ The coefficients were read off the code and checked against tracemalloc peaks
 (validation/bench.py writes estimate vs measured for every benchmark scene).
 
 Atoms are processed in chunks when the atom term alone would not fit
-(:func:`projected_potential_chunked`: the potential is linear in the atoms, so the chunks'
-potentials add up exactly); tilts are computed one at a time. When even the grid terms
+(:class:`cutem.imaging.ImageModel` with ``atom_chunk``: the potential is linear in the
+atoms, so the chunks' potentials add up exactly); tilts are computed one at a time. When even the grid terms
 exceed the free memory (on the CPU ``MemAvailable`` of /proc/meminfo; on a GPU the
 device's free memory plus CuPy's pool), :func:`check` raises a one-line
 :class:`cutem.errors.InputError` naming the setting that would fit. ``CUTEM_MEMORY_LIMIT``
@@ -35,13 +35,14 @@ device's free memory plus CuPy's pool), :func:`check` raises a one-line
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InputError
+from .grid import Grid
+from .imaging import slice_count
 
 #: bytes per atom at the start of the atom potential (positions, sorting, per-atom scatter
 #: arrays of every atom at once; the taps are made per block of atoms, not for all) ...
@@ -128,26 +129,19 @@ def available_bytes(device="cpu") -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
-def grid_of(cfg):
-    from .pipeline import Grid
-
-    return Grid.from_config(cfg)
-
-
-def n_slices(cfg, z_extent_A=None) -> int:
-    """Slices of the run's thickest tilt: 1 for the phase object; multislice: the ice layer's
-    path at the steepest tilt and the particles' z extent, cut every ``slice_thickness_A``."""
-    sim, s = cfg.simulation, cfg.sample
-    if sim.method != "multislice":
+def n_slices(cfg, scene=None, z_extent_A=None) -> int:
+    """Slices of the run's thickest tilt, counted as its image models slice
+    (:func:`cutem.imaging.slice_count`): 1 for the phase object; multislice: the particles (of
+    ``scene`` at each tilt, or ``z_extent_A``) and the tilted ice slab over the field."""
+    if cfg.simulation.method != "multislice":
         return 1
-    tilts = cfg.geometry.tilt_angles_deg or (0.0,)
-    worst = max(abs(float(a)) for a in tilts)
-    t = max(s.thickness_center_A, s.thickness_edge_A) if s.ice else 0.0
-    t /= max(math.cos(math.radians(worst)), 0.05)
-    lo, hi = -t / 2, t / 2
-    if z_extent_A is not None:
-        lo, hi = min(lo, z_extent_A[0] - 1.0), max(hi, z_extent_A[1] + 1.0)
-    return max(1, int(math.ceil((hi - lo) / sim.slice_thickness_A - 1e-9)))
+    grid = Grid.from_config(cfg)
+    axis = cfg.geometry.tilt_axis_deg
+    out = 1
+    for a in cfg.geometry.tilt_angles_deg or (0.0,):
+        pz = scene.z_extent(a, axis) if scene is not None and len(scene) else z_extent_A
+        out = max(out, slice_count(cfg, grid, a, pz))
+    return out
 
 
 def _threads() -> int:
@@ -192,11 +186,9 @@ def estimate(cfg, n_atoms, device=None, *, z_extent_A=None, atom_chunk=None, gro
     n, scene = _counts(n_atoms)
     if groups is None:
         groups = kernel_groups(scene, cfg) if scene is not None else 6
-    if z_extent_A is None and scene is not None and cfg.simulation.method == "multislice":
-        z_extent_A = scene.z_extent()
-    g = grid_of(cfg)
+    g = Grid.from_config(cfg)
     P = int(g.shape[0]) * int(g.shape[1])
-    S = n_slices(cfg, z_extent_A)
+    S = n_slices(cfg, scene, z_extent_A)
     k = 2 if cfg.simulation.dtype == "float64" else 1
     chunk = n if atom_chunk is None else max(1, min(int(atom_chunk), n))
     ny, nx = g.detector_shape
@@ -283,32 +275,6 @@ def check(cfg, n_atoms, device=None, *, z_extent_A=None, available=None) -> Esti
                      f"{dev}; {hint}")
 
 
-def projected_potential_chunked(atoms, shape, pixel_size_A, *, atom_chunk=None, **kw):
-    """:func:`cutem.potential.projected_potential` over chunks of ``atom_chunk`` atoms, summed.
-
-    The potential is a sum over atoms, so the chunks add up to the one-call result (up to
-    float rounding); peak memory of the atom terms drops to one chunk's. ``z_range_A`` must
-    be given when slicing (each chunk would otherwise take its own z extent).
-    """
-    from .potential import projected_potential
-
-    n = len(atoms)
-    if atom_chunk is None or atom_chunk >= n:
-        return projected_potential(atoms, shape, pixel_size_A, **kw)
-    if kw.get("slice_thickness_A") is not None and kw.get("z_range_A") is None:
-        raise ValueError("chunked slicing needs z_range_A")
-    v = None
-    for s in range(0, n, int(atom_chunk)):
-        part = atoms.select(slice(s, s + int(atom_chunk)))
-        vk = projected_potential(part, shape, pixel_size_A, **kw)
-        if v is None:
-            v = vk
-        else:
-            v += vk
-        del vk, part
-    return v
-
-
 # ------------------------------------------------------------------------------ measuring
 def measure_peak(fn, device="cpu"):
     """(result, peak bytes allocated while ``fn()`` runs): tracemalloc on the CPU (NumPy
@@ -372,5 +338,5 @@ def max_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-__all__ = ["Estimate", "estimate", "check", "atom_chunk", "available_bytes", "projected_potential_chunked",
-           "measure_peak", "max_rss_bytes", "n_slices", "parse_bytes"]
+__all__ = ["Estimate", "estimate", "check", "atom_chunk", "available_bytes", "measure_peak", "max_rss_bytes",
+           "n_slices", "parse_bytes"]

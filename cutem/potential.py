@@ -54,7 +54,7 @@ missing from a model are not counted (their volume is ~8% of a protein's).
 Absorption: an imaginary part equal to ``absorption`` × the real potential of the atoms, plus
 ``Sample.ice_absorption`` × the ice's.
 
-Public API (the pipeline calls these)
+Public API (the image model calls these)
 -------------------------------------
 ``projected_potential(atoms, shape, pixel_size_A, *, slice_thickness_A=None, z_range_A=None,
 b_factor_A2=0.0, xp=numpy, dtype=float32, b_step_A2=5.0, solvent_V=0.0, scale=1.0,
@@ -64,8 +64,9 @@ spread_order=3)`` → (n_slices, ny, nx) real array in V·Å. ``atoms``: :class:
     atoms' z extent); atoms outside are left out.
 ``ice_potential(sample, shape, pixel_size_A, *, slice_thickness_A=None, z_range_A=None,
 tilt_deg=0.0, tilt_axis_deg=0.0, xp=numpy, dtype=float32)`` → (n_slices, ny, nx) V·Å.
-``scene_potential(scene, shape, pixel_size_A, *, tilt_deg=0, ..., ice=True, absorption=0.0)``
-    → atoms + ice (+ absorption: complex) for a :class:`cutem.specimen.Scene`.
+``slab_z_range(sample, shape, pixel_size_A, tilt_deg, tilt_axis_deg)`` → the extent of the
+    tilted ice slab over the field along the beam. The specimen of an image (atoms + ice,
+    absorption, slicing) is composed once, by :class:`cutem.imaging.ImageModel`.
 ``potential_volume(atoms, shape_zyx, voxel_size_A, ...)`` → the 3D map in V (``--volume``).
 Stages (on the tape): ``ProjectedPotentialStage(atoms, shape, pixel_size_A, ...)`` with inputs
 ``(positions (n,3), b_factors (n,), scale ())`` and ``IcePotentialStage(sample, shape, ...)``
@@ -82,6 +83,9 @@ from adjoints import Stage, register
 
 from . import elements as E
 from .errors import InputError
+from .params import Sample
+from .specimen import support_thickness_A, tilt_matrix
+from .structure import Atoms
 
 #: protein partial specific volume 0.73 cm³/g in Å³ per dalton (displaced solvent per atom)
 VOLUME_PER_DALTON_A3 = 0.73e24 / 6.02214076e23
@@ -358,6 +362,19 @@ class _Groups:
         return sorted(set(np.unique(lo).tolist()) | set((np.unique(lo) + 1).tolist()))
 
 
+def n_slices(z_range_A, slice_thickness_A=None) -> int:
+    """Slices of thickness ``slice_thickness_A`` tiling ``z_range_A = (z0, z1)`` (1 without
+    slices: the projection approximation). The one slice-count rule of cutem: the potential,
+    the ice and the memory plan all count slices with it."""
+    if slice_thickness_A is None:
+        return 1
+    dz = float(slice_thickness_A)
+    if not dz > 0:
+        raise InputError(f"slice_thickness_A = {slice_thickness_A} must be > 0")
+    z0, z1 = (float(v) for v in z_range_A)
+    return max(1, int(math.ceil((z1 - z0) / dz - 1e-9)))
+
+
 def _slice_assignment(z, slice_thickness_A, z_range_A):
     """Slice index per atom (−1 outside) and (z0, dz, n_slices)."""
     z = np.asarray(z, dtype=np.float64)
@@ -371,13 +388,8 @@ def _slice_assignment(z, slice_thickness_A, z_range_A):
         z0, z1 = (float(v) for v in z_range_A)
         if not (math.isfinite(z0) and math.isfinite(z1) and z1 > z0):
             raise InputError(f"z_range_A {z_range_A} must be two finite numbers z0 < z1 (Å)")
-    if slice_thickness_A is None:
-        dz, n = z1 - z0, 1
-    else:
-        dz = float(slice_thickness_A)
-        if not dz > 0:
-            raise InputError(f"slice_thickness_A = {slice_thickness_A} must be > 0")
-        n = max(1, int(math.ceil((z1 - z0) / dz - 1e-9)))
+    n = n_slices((z0, z1), slice_thickness_A)
+    dz = z1 - z0 if slice_thickness_A is None else float(slice_thickness_A)
     s = np.floor((z - z0) / dz).astype(np.int64)
     if z_range_A is None:  # every atom belongs to the stack (guard against rounding at the top)
         np.clip(s, 0, n - 1, out=s)
@@ -387,8 +399,6 @@ def _slice_assignment(z, slice_thickness_A, z_range_A):
 
 
 def _as_atoms(atoms):
-    from .structure import Atoms
-
     if isinstance(atoms, Atoms):
         return atoms
     if hasattr(atoms, "atoms") and callable(atoms.atoms):  # a Scene
@@ -663,8 +673,6 @@ class ProjectedPotentialStage(Stage):
 
     @classmethod
     def cases(cls, xp, dtype, rng):
-        from .structure import Atoms
-
         n = 12
         pos = rng.uniform(-6, 6, size=(n, 3))
         species_idx = rng.integers(0, 3, size=n)
@@ -727,8 +735,6 @@ def exact_fourier_potential(atoms, shape, pixel_size_A, *, b_factor_A2=0.0, solv
 def _ice_geometry(sample, shape, px, tilt_deg, tilt_axis_deg):
     """Per pixel: sample-plane (x, y) where the beam line crosses the mid-plane, its z in the
     microscope frame, and 1/|n_z| (path length per unit slab thickness)."""
-    from .specimen import tilt_matrix
-
     ny, nx = (int(n) for n in shape)
     T = tilt_matrix(tilt_deg, tilt_axis_deg)
     nrm = T[:, 2]  # the sample normal in the microscope frame
@@ -761,7 +767,7 @@ def _slice_bounds(slice_thickness_A, z_range_A):
     z0, z1 = (float(v) for v in z_range_A)
     if slice_thickness_A is None:
         return [(z0, z1)]
-    n = max(1, int(math.ceil((z1 - z0) / float(slice_thickness_A) - 1e-9)))
+    n = n_slices((z0, z1), slice_thickness_A)
     return [(z0 + k * slice_thickness_A, z0 + (k + 1) * slice_thickness_A) for k in range(n)]
 
 
@@ -788,8 +794,6 @@ class IcePotentialStage(Stage):
         self.rho2 = (dx * dx + dy * dy) * (4.0 / sample.diameter_A ** 2)
         self.inside = self.rho2 <= 1.0
         self.ice_V = ice_potential_V() if ice_V is None else float(ice_V)
-        from .specimen import support_thickness_A
-
         self.carbon = support_thickness_A(sample, xs, ys) * self.inv_nz  # path length in the film
         self.carbon_out = sample.support_film == "carbon"
 
@@ -828,8 +832,6 @@ class IcePotentialStage(Stage):
 
     @classmethod
     def cases(cls, xp, dtype, rng):
-        from .params import Sample
-
         # a small hole so that the field holds its rim; slices cut through the slab
         s = Sample(diameter_A=40.0, thickness_center_A=30.0, thickness_edge_A=45.0)
         tc = xp.asarray(np.asarray(31.3, dtype=dtype))
@@ -854,48 +856,21 @@ def ice_potential(sample, shape, pixel_size_A, *, slice_thickness_A=None, z_rang
     return out
 
 
-def scene_z_range(scene, shape, pixel_size_A, tilt_deg=0.0, tilt_axis_deg=0.0, pad_A=1.0):
-    """(z0, z1) covering the particles and the ice over the field (microscope frame)."""
-    zlo, zhi = scene.z_extent(tilt_deg, tilt_axis_deg)
-    if scene.sample is not None and scene.sample.ice:
-        st = IcePotentialStage(scene.sample, shape, pixel_size_A, tilt_deg=tilt_deg, tilt_axis_deg=tilt_axis_deg)
-        L = st._h(scene.sample.thickness_center_A, scene.sample.thickness_edge_A) * st.inv_nz
-        L = np.maximum(L, st.carbon)
-        zlo = min(zlo, float((st.zm - L / 2).min()))
-        zhi = max(zhi, float((st.zm + L / 2).max()))
-    return zlo - pad_A, zhi + pad_A
-
-
-def scene_potential(scene, shape, pixel_size_A, *, tilt_deg=0.0, tilt_axis_deg=0.0, slice_thickness_A=None,
-                    z_range_A=None, ice=True, absorption=0.0, b_factor_A2=0.0, xp=np, dtype=np.float32,
-                    spread_order=3, b_step_A2=5.0):
-    """Projected potential of a :class:`cutem.specimen.Scene` for one tilt: atoms + ice.
-
-    Returns (n_slices, ny, nx) in V·Å: real, or complex V + i·V_abs when ``absorption`` (the
-    atoms' imaginary/real ratio) or ``scene.sample.ice_absorption`` is > 0. With ice, each atom
-    subtracts the ice it displaces (module docstring). With slices and no ``z_range_A`` the
-    stack covers the particles and the ice (:func:`scene_z_range`).
-    """
-    with_ice = bool(ice and scene.sample is not None and scene.sample.ice)
-    if slice_thickness_A is not None and z_range_A is None:
-        z_range_A = scene_z_range(scene, shape, pixel_size_A, tilt_deg, tilt_axis_deg)
-    atoms = scene.atoms(tilt_deg, tilt_axis_deg, dtype=np.float32)
-    v = projected_potential(atoms, shape, pixel_size_A, slice_thickness_A=slice_thickness_A,
-                            z_range_A=z_range_A, b_factor_A2=b_factor_A2, xp=xp, dtype=dtype,
-                            solvent_V=ice_potential_V() if with_ice else 0.0, spread_order=spread_order,
-                            b_step_A2=b_step_A2)
-    vi = None
-    if with_ice:
-        vi = ice_potential(scene.sample, shape, pixel_size_A, slice_thickness_A=slice_thickness_A,
-                           z_range_A=z_range_A, tilt_deg=tilt_deg, tilt_axis_deg=tilt_axis_deg, xp=xp, dtype=dtype)
-    ice_abs = scene.sample.ice_absorption if (with_ice and scene.sample is not None) else 0.0
-    if absorption or ice_abs:
-        im = float(absorption) * v
-        if vi is not None and ice_abs:
-            im = im + float(ice_abs) * vi
-        re = v + vi if vi is not None else v
-        return (re + 1j * im).astype(B.complex_dtype(dtype))
-    return v + vi if vi is not None else v
+def slab_z_range(sample, shape, pixel_size_A, tilt_deg=0.0, tilt_axis_deg=0.0):
+    """(z0, z1) in the microscope frame holding the ice layer (and support film) over the
+    field: the tilted mid-plane's height at the field's corners (it is linear in x, y) ± half
+    the longest path through the slab (the thickest of centre, edge and film over |n_z|)."""
+    ny, nx = (int(n) for n in shape)
+    nrm = tilt_matrix(tilt_deg, tilt_axis_deg)[:, 2]
+    if abs(nrm[2]) < 1e-6:
+        raise InputError(f"tilt {tilt_deg}° puts the ice layer edge-on to the beam")
+    x = np.array([-nx / 2, nx / 2 - 1, -nx / 2, nx / 2 - 1]) * pixel_size_A
+    y = np.array([-ny / 2, -ny / 2, ny / 2 - 1, ny / 2 - 1]) * pixel_size_A
+    zm = -(nrm[0] * x + nrm[1] * y) / nrm[2]
+    t = max(sample.thickness_center_A, sample.thickness_edge_A,
+            sample.support_thickness_A if sample.support_film == "carbon" else 0.0)
+    half = 0.5 * t / abs(nrm[2])
+    return float(zm.min()) - half, float(zm.max()) + half
 
 
 # ------------------------------------------------------------------------------- volume

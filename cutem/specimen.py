@@ -286,14 +286,6 @@ def random_scene(atoms: Atoms, *, region_A, count=None, concentration_per_um3=No
 
 
 # ---------------------------------------------------------------- configured scenes
-def scene_from_tem_simulator(path, seed=0) -> Scene:
-    """Scene (particles and sample) of a TEM-simulator input file (parsed by
-    :func:`cutem.config.load_temsim`: units converted, unknown keys refused)."""
-    from .config import load_temsim
-
-    return scene_from_config(load_temsim(path).replace(seed=seed))
-
-
 def scene_from_config(cfg) -> Scene:
     """Scene of a :class:`cutem.config.RunConfig`: its sample and particle specifications
     (placement ``file`` / ``list`` / ``random``; random draws from ``cfg.seed``, inside the
@@ -326,14 +318,6 @@ def scene_from_config(cfg) -> Scene:
     return scene
 
 
-def default_scene() -> Scene:
-    """The embedded TEM-simulator TMV example: three 62,671-atom fragments in 50-100 nm of ice."""
-    from importlib import resources
-
-    return scene_from_tem_simulator(str(resources.files("cutem.data").joinpath("tmv", "input_TMV.txt")))
-
-
 __all__ = ["tilt_matrix", "ice_thickness_A", "support_thickness_A", "Particle", "Scene", "read_coord_file",
            "scene_from_list", "scene_from_coord_file", "random_rotations", "random_scene",
-           "scene_from_tem_simulator", "scene_from_config",
-           "default_scene"]
+           "scene_from_config"]

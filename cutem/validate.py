@@ -31,6 +31,8 @@ import numpy as np
 
 from .config import RunConfig
 from .errors import InputError
+from .grid import Grid
+from .specimen import scene_from_config, tilt_matrix
 
 #: largest simulation grid (padded, oversampled), pixels: 16384² complex64 is 2 GiB per array
 MAX_GRID_PIXELS = 16384 * 16384
@@ -123,8 +125,6 @@ def check_values(cfg: RunConfig):
 
 def check_grid(cfg: RunConfig):
     """The padded, oversampled simulation grid must fit in memory."""
-    from .pipeline import Grid
-
     grid = Grid.from_config(cfg)
     ny, nx = grid.shape
     if ny * nx > MAX_GRID_PIXELS:
@@ -136,8 +136,6 @@ def check_grid(cfg: RunConfig):
 
 def check_scene(cfg: RunConfig, scene):
     """Particles inside the field of view, none larger than it; returns warnings."""
-    from .specimen import tilt_matrix
-
     warns = []
     d = cfg.detector
     hx, hy = 0.5 * d.nx * d.pixel_size_A, 0.5 * d.ny * d.pixel_size_A
@@ -182,13 +180,11 @@ def check_scene(cfg: RunConfig, scene):
 
 def preflight(cfg: RunConfig) -> Preflight:
     """Check ``cfg`` completely and build its scene; raises :class:`InputError` on bad input."""
-    from .pipeline import build_scene
-
     check_output_name(cfg.output)
     check_values(cfg)
     check_grid(cfg)
     check_files(cfg)
-    scene = build_scene(cfg)
+    scene = scene_from_config(cfg)
     warns = check_scene(cfg, scene)
     return Preflight(scene, warns)
 

@@ -101,22 +101,12 @@ def valid_config_st(draw, structure):
 
 
 def _mean_intensity(cfg, scene, k):
-    """Mean |ψ|² of tilt k on the detector grid (the pipeline's own steps up to the detector)."""
-    from cutem import optics as O
-    from cutem.pipeline import Grid, _bin, specimen_potential, tilt_settings
-    from cutem.propagation import exit_wave
-    from adjoints import ops
-    from adjoints.stage import unwrap
+    """Mean |ψ|² of tilt k on the detector grid: the image model's expected counts over dose × pixel area."""
+    from cutem.imaging import ImageModel
 
-    grid = Grid.from_config(cfg)
-    angle, optics, _ = tilt_settings(cfg, k)
-    atoms = scene.atoms(angle, cfg.geometry.tilt_axis_deg)
-    v, v_abs = specimen_potential(atoms, cfg, grid, angle, np, np.float64)
-    dz = cfg.simulation.slice_thickness_A if cfg.simulation.method == "multislice" else None
-    method = "projection" if v.shape[0] == 1 else "multislice"
-    wave = exit_wave(v, optics.voltage_kV, grid.pixel_size_A, method=method, slice_thickness_A=dz, v_abs_slices=v_abs)
-    wave = O.apply_optics(wave, optics, grid.pixel_size_A)
-    return float(np.mean(unwrap(_bin(ops.abs2(wave), grid))))
+    model = ImageModel.from_config(cfg, k, scene=scene, dtype=np.float64)
+    n_bar = model.render(estimator="none").expected_counts
+    return float(np.mean(n_bar)) / (model.detector.dose_e_per_A2 * model.detector.pixel_size_A ** 2)
 
 
 # ------------------------------------------------------------------------ valid configs

@@ -8,7 +8,8 @@ from adjoints import Tape, ops, taylor_test
 from cutem import detector as D
 from cutem.config import ParticleSpec, RunConfig
 from cutem.params import Detector, Geometry, Optics, Sample, Simulation
-from cutem.pipeline import Grid, build_scene, image_model, simulate, specimen_potential, value_and_grad_image
+from cutem.imaging import ImageModel
+from cutem.pipeline import build_scene, simulate, value_and_grad_image
 
 SUBUNIT = str(files("cutem.data") / "tmv" / "2OM3_model1.pdb")
 
@@ -47,27 +48,25 @@ def test_particle_makes_contrast_and_mean_follows_dose():
     assert not np.allclose(res.noise_free[0], res.noise_free[1])  # tilts differ
 
 
-def _chain(v, cfg, grid, draws, target):
-    optics, detector = cfg.optics, cfg.detector
-    det = image_model(v, None, cfg, grid, optics, detector, estimator="pathwise", draws=draws)
+def _chain(model, v, draws, target):
+    det = model.render({"potential": v}, estimator="pathwise", draws=draws)
     return ops.mean(ops.square(det.image - target))
 
 
 def test_taylor_test_of_whole_pipeline_with_fixed_noise():
     cfg = small_config()
-    grid = Grid.from_config(cfg)
-    scene = build_scene(cfg)
-    v, _ = specimen_potential(scene.atoms(0.0), cfg, grid, 0.0, np, np.float64)
-    det0 = image_model(v, None, cfg, grid, cfg.optics, cfg.detector, rng=1, estimator="pathwise")
+    model = ImageModel.from_config(cfg, 0)
+    v, _ = model.potential()
+    det0 = model.render(rng=1, estimator="pathwise")
     target = det0.image * 1.01 + 0.5
     draws = det0.draws
     with Tape() as tape:
         vv = tape.watch(v)
-        loss = _chain(vv, cfg, grid, draws, target)
+        loss = _chain(model, vv, draws, target)
         (g,) = tape.gradient(loss, [vv])
     rng = np.random.default_rng(0)
     d = rng.standard_normal(v.shape) * np.abs(v).max()
-    f = lambda x: _chain(x, cfg, grid, draws, target)
+    f = lambda x: _chain(model, x, draws, target)
     res = taylor_test(f, v, d, g, h0=1e-2)
     assert res.passed, (res.slopes0, res.slopes1)
     assert np.median(res.slopes1) == pytest.approx(2.0, abs=0.25)
@@ -85,11 +84,10 @@ def test_parameter_gradient_matches_finite_difference(name):
     x0 = float(base[name])
     h = 1e-5 * max(abs(x0), 1.0)
 
+    model = ImageModel.from_config(cfg, 0, scene=scene)
+
     def at(x):
-        grid = Grid.from_config(cfg)
-        v, _ = specimen_potential(scene.atoms(0.0), cfg, grid, 0.0, np, np.float64)
-        det_ = image_model(v, None, cfg, grid, cfg.optics, cfg.detector, estimator="pathwise",
-                           draws=det.draws, params={name: np.asarray(x)})
+        det_ = model.render({name: np.asarray(x)}, estimator="pathwise", draws=det.draws)
         return float(loss(det_.image))
 
     fd = (at(x0 + h) - at(x0 - h)) / (2 * h)
@@ -119,12 +117,8 @@ def test_specimen_gradients_match_finite_differences(name):
     loss = lambda img: ops.mean(ops.square(img - target))
     val, grads, det = value_and_grad_image(cfg, loss, [name], scene=scene, estimator="none")
     g = grads[name]
-    from cutem.pipeline import specimen_potential_on_tape
-    grid = Grid.from_config(cfg)
-    atoms = scene.atoms(0.0)
-    base = {"positions": atoms.positions.astype(np.float64), "b_factors": atoms.b_factors.astype(np.float64),
-            "potential_scale": np.asarray(1.0), "thickness_center_A": np.asarray(float(cfg.sample.thickness_center_A)),
-            "thickness_edge_A": np.asarray(float(cfg.sample.thickness_edge_A))}
+    model = ImageModel.from_config(cfg, 0, scene=scene)
+    base = model.inputs()
     rng = np.random.default_rng(5)
     d = rng.standard_normal(np.shape(base[name]))
     if name == "positions":
@@ -132,10 +126,7 @@ def test_specimen_gradients_match_finite_differences(name):
     h = 1e-4
 
     def at(t):
-        inp = dict(base)
-        inp[name] = base[name] + t * d
-        v, va = specimen_potential_on_tape(atoms, cfg, grid, 0.0, np, np.float64, inp)
-        return float(loss(image_model(v, va, cfg, grid, cfg.optics, cfg.detector, estimator="none").image))
+        return float(loss(model.render({name: base[name] + t * d}, estimator="none").image))
 
     fd = (at(h) - at(-h)) / (2 * h)
     assert float(np.sum(g * d)) == pytest.approx(fd, rel=2e-4)

@@ -139,20 +139,6 @@ def test_volume_projects_to_the_projected_potential():
     assert np.linalg.norm(vol.sum(0) * 2.0 - cubic) / np.linalg.norm(cubic) < 0.05
 
 
-def test_scene_potential_complex_with_absorption():
-    from cutem.specimen import scene_from_list
-
-    frag = S.tmv_fragment()
-    scene = scene_from_list(frag, [(0, 0, 0, 0, 90, 0)], sample=Sample(diameter_A=1e5, thickness_center_A=300,
-                                                                        thickness_edge_A=300, ice_absorption=0.02))
-    v = P.scene_potential(scene, (128, 128), 2.0, absorption=0.1)
-    assert np.iscomplexobj(v)
-    real = P.scene_potential(scene.__class__(scene.particles, scene.sample.replace(ice_absorption=0.0)), (128, 128), 2.0)
-    np.testing.assert_allclose(v.real, real, rtol=1e-5, atol=1e-3)
-    vice = P.ice_potential(scene.sample, (128, 128), 2.0)
-    np.testing.assert_allclose(v.imag, 0.1 * (real - vice) + 0.02 * vice, rtol=1e-4, atol=1e-2)
-
-
 @pytest.mark.parametrize("name", ["cutem.potential.ProjectedPotentialStage", "cutem.potential.IcePotentialStage"])
 def test_stage_vjps_match_finite_differences(name):
     cls = REGISTRY[name]

@@ -3,13 +3,14 @@ import numpy as np
 import pytest
 
 from cutem import specimen as Sp
+from cutem.config import default_config, load_temsim
 from cutem import structure as S
 from cutem.errors import InputError
 from cutem.params import Sample
 
 
 def test_default_scene_is_the_tem_simulator_tmv_example():
-    sc = Sp.default_scene()
+    sc = Sp.scene_from_config(default_config())
     assert len(sc) == 3 and sc.n_atoms == 3 * 62671
     np.testing.assert_allclose([p.translation for p in sc.particles], [[-500, 50, 0], [0, 50, 0], [500, 50, 0]])
     # particle 2: 90° about x (rod axis z -> -y); particle 3: then 90° about z (-> +x)
@@ -80,14 +81,14 @@ def test_tem_simulator_parser_errors(tmp_path):
     p = tmp_path / "in.txt"
     p.write_text("=== sample ===\ndiameter = 1000\nthickness_edge = 100\n")
     with pytest.raises(InputError, match="missing required key 'thickness_center' in component sample"):
-        Sp.scene_from_tem_simulator(str(p))
+        Sp.scene_from_config(load_temsim(str(p)))
     p.write_text("diameter = 1000\n")
     with pytest.raises(InputError, match=r"in.txt:1: parameter before the first"):
-        Sp.scene_from_tem_simulator(str(p))
+        Sp.scene_from_config(load_temsim(str(p)))
     p.write_text("=== sample ===\ndiameter = 1000\nthickness_edge = 100\nthickness_center = 50\n"
                  "=== particleset ===\nparticle_type = TMV\n")
     with pytest.raises(InputError, match="particle type 'TMV', but only none are defined"):
-        Sp.scene_from_tem_simulator(str(p))
+        Sp.scene_from_config(load_temsim(str(p)))
 
 
 def test_thirty_fragments_are_an_everyday_scene():

@@ -146,45 +146,33 @@ def _sync(xp):
 
 
 def run_stages(scene, cfg, xp):
-    """One tilt through the pipeline's functions; seconds per stage."""
+    """One tilt through the pieces of its image model (:class:`cutem.imaging.ImageModel`); seconds each."""
     import adjoints.backend as B
-    from cutem import detector as D
-    from cutem import optics as O
-    from cutem import pipeline as P
-    from cutem.propagation import exit_wave
+    from cutem.imaging import ImageModel, tilt_seed
 
-    grid = P.Grid.from_config(cfg)
-    dtype = np.dtype(cfg.simulation.dtype)
-    angle, optics, det = P.tilt_settings(cfg, 0)
     t = {}
     t0 = time.perf_counter()
-    atoms = scene.atoms(angle, cfg.geometry.tilt_axis_deg)
+    model = ImageModel.from_config(cfg, 0, scene=scene, xp=xp)
     t1 = time.perf_counter()
     t["atoms"] = t1 - t0
-    v, v_abs = P.specimen_potential(atoms, cfg, grid, angle, xp, dtype)
+    v, v_abs = model.potential()
     _sync(xp)
     t2 = time.perf_counter()
     t["potential"] = t2 - t1
-    sim = cfg.simulation
-    method = "projection" if v.shape[0] == 1 else "multislice"
-    wave = exit_wave(v, optics.voltage_kV, grid.pixel_size_A, method=method,
-                     slice_thickness_A=sim.slice_thickness_A if method == "multislice" else None, v_abs_slices=v_abs)
+    wave = model.exit_wave(v, v_abs)
     _sync(xp)
     t3 = time.perf_counter()
     t["exit_wave"] = t3 - t2
     del v, v_abs
-    wave = O.apply_optics(wave, optics, grid.pixel_size_A)
+    inten = model.intensity(wave)
     _sync(xp)
     t4 = time.perf_counter()
     t["optics"] = t4 - t3
-    from adjoints import ops
-
-    inten = P._bin(ops.abs2(wave), grid)
     del wave
-    res = D.detect(inten, det, rng=B.default_rng(P.tilt_seed(cfg.seed, 0), xp), estimator="score", noise_free=True)
+    res = model.detect(inten, rng=B.default_rng(tilt_seed(cfg.seed, 0), xp), estimator="score")
     img = B.to_numpy(res.image)
     t["detector"] = time.perf_counter() - t4
-    return t, img, int(atoms.n)
+    return t, img, int(model.atoms.n)
 
 
 def bench_case(case, device=None, repeats=1):

@@ -89,10 +89,10 @@ def _threads(res):
 
 
 PHASES = (("preflight", "cutem.validate", "preflight", "scene (structures read, particles placed, checks)"),
-          ("potential", "cutem.pipeline", "specimen_potential", "projected potential + ice"),
-          ("wave+optics", "cutem.pipeline", "exit_wave", "exit wave"),
-          ("wave+optics", "cutem.optics", "apply_optics", "lens"),
-          ("detector", "cutem.detector", "detect", "detector"),
+          ("potential", "cutem.imaging:ImageModel", "potential", "projected potential + ice"),
+          ("wave+optics", "cutem.imaging:ImageModel", "exit_wave", "exit wave"),
+          ("wave+optics", "cutem.imaging:ImageModel", "intensity", "lens, |ψ|², binning"),
+          ("detector", "cutem.imaging:ImageModel", "detect", "detector"),
           ("write", "cutem.io", "write_mrc", ""), ("write", "cutem.io", "write_png", ""),
           ("write", "cutem.io", "write_tlt", ""), ("write", "cutem.run", "write_resolved", ""))
 
@@ -124,8 +124,10 @@ def phase_worker(count, offset, seed):
         setattr(mod, name, g)
 
     from cutem.run import run_simulation
-    for label, mod, name, _ in PHASES:
-        wrap(importlib.import_module(mod), name, label)
+    for label, where, name, _ in PHASES:
+        mod, _, cls = where.partition(":")   # "module" or "module:Class" (a method)
+        obj = importlib.import_module(mod)
+        wrap(getattr(obj, cls) if cls else obj, name, label)
     work = Path(tempfile.mkdtemp(prefix="cutem-bench-phases-"))
     try:
         (work / "base.toml").write_text(TOML)

@@ -1,0 +1,306 @@
+"""The image model: the microscope of one image, composed once and rendered by every caller.
+
+One image (PHYSICS.md; TEM-simulator, Rullgård et al., J. Microsc. 243:234, 2011) is the
+composition of five pieces, each the module of its physics:
+
+1. **grid** (:class:`cutem.grid.Grid`): the detector grid refined ``oversampling`` times and
+   padded; the intensity is binned back to the detector at the end;
+2. **specimen**: the scene's atoms rotated for the tilt (:meth:`cutem.specimen.Scene.atoms`)
+   → projected potential per slice in V·Å (:mod:`cutem.potential`, global B included), plus
+   the ice layer (each atom subtracts the ice it displaces), plus the absorptive part
+   V_abs = ``absorption``·V_atoms + ``ice_absorption``·V_ice;
+3. **exit wave**: phase object exp(iσV − σV_abs) or multislice (:mod:`cutem.propagation`);
+4. **transfer**: the lens (:mod:`cutem.optics`: CTF with defocus at the specimen centre
+   plane, astigmatism, Cs, envelopes, aperture), then |ψ|² binned to the detector;
+5. **detector** (:mod:`cutem.detector`): dose × pixel area × I, shot noise and DQE, MTF,
+   gain, readout.
+
+:class:`ImageModel` holds the pieces of one tilt of a :class:`cutem.config.RunConfig`
+(immutable, like cryoJAX's ``ImagingPipeline``: a caller builds it once and renders it
+many times). :meth:`ImageModel.render` maps (parameters, noise draws) to a
+:class:`cutem.detector.Detection`; it is one code path with or without an active
+:class:`adjoints.Tape`: any parameter given as a watched Var gets its gradient.
+``cutem.simulate``, ``cutem.value_and_grad_image``, the specimen fit
+(:class:`cutem.fitting.SpecimenModel`), the denoiser's training pairs, ``cutem potential``
+and the memory plan all render or measure this one object.
+
+Parameters (:meth:`ImageModel.inputs`): the optics inputs (:data:`cutem.optics.PARAM_NAMES`),
+the detector inputs (:data:`cutem.detector.PARAM_NAMES`) and :data:`SPECIMEN_PARAMS`
+(``positions`` (n, 3) Å in the microscope frame of the tilt, ``b_factors`` (n,) Å²,
+``potential_scale``, ``thickness_center_A``, ``thickness_edge_A``, and ``potential``: the
+slices themselves). The potential at the config's own specimen values is computed once per
+model and reused (a fitting loop over optics or detector parameters pays for it once).
+
+Slicing: the projection approximation has one slice that holds every atom and the whole ice
+layer along the beam (no z box, so a thicker layer is a thicker layer, and its derivative is
+exact at any thickness); multislice tiles the particles and the tilted ice slab over the field
+(:func:`stack_z_range`) every ``slice_thickness_A``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import adjoints.backend as B
+from adjoints import ops
+from adjoints.stage import unwrap
+
+from . import detector as D
+from . import optics as O
+from .errors import InputError
+from .grid import Grid
+from .potential import (IcePotentialStage, ProjectedPotentialStage, ice_potential_V, n_slices, projected_potential,
+                        slab_z_range)
+from .propagation import exit_wave
+from .specimen import scene_from_config
+
+#: specimen parameters an image can be differentiated for, besides the optics and detector inputs
+SPECIMEN_PARAMS = ("potential", "positions", "b_factors", "potential_scale", "thickness_center_A",
+                   "thickness_edge_A")
+_ATOM_PARAMS = ("positions", "b_factors", "potential_scale")
+_ICE_PARAMS = ("thickness_center_A", "thickness_edge_A")
+
+
+def tilt_seed(seed: int, k: int) -> int:
+    """The noise seed of tilt ``k`` in a run with ``seed`` (independent streams per tilt)."""
+    return int(np.random.SeedSequence([int(seed), int(k)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def tilt_settings(cfg, k: int):
+    """(tilt angle in degrees, Optics, Detector) of tilt ``k``: defocus offset and dose per tilt."""
+    g = cfg.geometry
+    angle = float(g.tilt_angles_deg[k])
+    optics = cfg.optics
+    if g.defocus_offsets_A is not None:
+        off = float(g.defocus_offsets_A[k])
+        optics = optics.replace(defocus_u_A=optics.defocus_u_A + off, defocus_v_A=optics.defocus_v_A + off)
+    detector = cfg.detector
+    if g.dose_weights is not None:
+        w = np.asarray(g.dose_weights, dtype=float)
+        if np.any(w < 0) or w.sum() <= 0:
+            raise InputError("geometry.dose_weights must be non-negative with a positive sum")
+        detector = detector.replace(dose_e_per_A2=detector.dose_e_per_A2 * w[k] / w.mean())
+    return angle, optics, detector
+
+
+def specimen_z_extent(cfg, grid: Grid, tilt_deg, particles_z=None, pad_A=1.0):
+    """(z0, z1) in the microscope frame holding the particles (``particles_z`` = (zmin, zmax) of
+    their bounding spheres, :meth:`cutem.specimen.Scene.z_extent`, padded by ``pad_A``) and,
+    with ice, the tilted slab over the whole field (:func:`cutem.potential.slab_z_range`)."""
+    lo, hi = (particles_z[0] - pad_A, particles_z[1] + pad_A) if particles_z is not None else (math.inf, -math.inf)
+    if cfg.sample.ice:
+        s0, s1 = slab_z_range(cfg.sample, grid.shape, grid.pixel_size_A, tilt_deg, cfg.geometry.tilt_axis_deg)
+        lo, hi = min(lo, s0), max(hi, s1)
+    if not lo < hi:
+        lo, hi = -pad_A, pad_A
+    return lo, hi
+
+
+def stack_z_range(cfg, grid: Grid, tilt_deg, particles_z=None):
+    """The multislice stack of one tilt (:func:`specimen_z_extent`), or None for the projection
+    approximation (one slice, unbounded along the beam)."""
+    if cfg.simulation.method != "multislice":
+        return None
+    return specimen_z_extent(cfg, grid, tilt_deg, particles_z)
+
+
+def slice_count(cfg, grid: Grid, tilt_deg, particles_z=None) -> int:
+    """Slices of one tilt's potential (1 for the projection approximation)."""
+    zr = stack_z_range(cfg, grid, tilt_deg, particles_z)
+    return 1 if zr is None else n_slices(zr, cfg.simulation.slice_thickness_A)
+
+
+@dataclass(frozen=True)
+class ImageModel:
+    """The microscope of one tilt of a run (module docstring). Build with :meth:`from_config`."""
+
+    config: object                  #: the :class:`cutem.config.RunConfig`
+    tilt: int                       #: tilt index in ``config.geometry.tilt_angles_deg``
+    grid: Grid
+    angle_deg: float
+    optics: object                  #: :class:`cutem.params.Optics` of this tilt
+    detector: object                #: :class:`cutem.params.Detector` of this tilt
+    atoms: object                   #: :class:`cutem.structure.Atoms` in the microscope frame
+    z_range_A: tuple | None         #: the slice stack's extent (None: one unbounded slice)
+    xp: object
+    dtype: np.dtype
+    atom_chunk: int | None = None   #: atoms per potential call (:mod:`cutem.memory`; None: all)
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_config(cls, cfg, tilt: int = 0, *, scene=None, device=None, xp=None, dtype=None, atom_chunk=None,
+                    z_range_A=None):
+        """The model of tilt ``tilt`` of ``cfg``.
+
+        ``scene``: the run's :class:`cutem.specimen.Scene` if already built (else built from
+        ``cfg``); ``device``/``xp``: where to compute; ``dtype``: float32/float64 (default the
+        config's); ``z_range_A``: a multislice stack extent to use instead of the scene's
+        (:func:`stack_z_range`), e.g. one that holds the thickest ice a fit may try.
+        """
+        xp = xp or B.get_xp(device)
+        scene = scene if scene is not None else scene_from_config(cfg)
+        grid = Grid.from_config(cfg)
+        angle, optics, detector = tilt_settings(cfg, tilt)
+        axis = cfg.geometry.tilt_axis_deg
+        atoms = scene.atoms(angle, axis)
+        if z_range_A is None:
+            z_range_A = stack_z_range(cfg, grid, angle, scene.z_extent(angle, axis) if len(scene) else None)
+        elif cfg.simulation.method != "multislice":
+            z_range_A = None
+        dtype = np.dtype(dtype or cfg.simulation.dtype)
+        return cls(cfg, int(tilt), grid, angle, optics, detector, atoms, z_range_A, xp, dtype, atom_chunk)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def slice_thickness_A(self):
+        sim = self.config.simulation
+        return sim.slice_thickness_A if sim.method == "multislice" else None
+
+    @property
+    def n_slices(self) -> int:
+        return 1 if self.z_range_A is None else n_slices(self.z_range_A, self.slice_thickness_A)
+
+    def inputs(self) -> dict:
+        """Every differentiable input of the image at this tilt's values (arrays on ``xp``)."""
+        xp, dt, s = self.xp, self.dtype, self.config.sample
+        out = {**O.optics_inputs(self.optics, xp, dt), **D.detector_inputs(self.detector, xp, dt)}
+        out.update(positions=xp.asarray(self.atoms.positions, dtype=dt),
+                   b_factors=xp.asarray(self.atoms.b_factors, dtype=dt),
+                   potential_scale=xp.asarray(1.0, dtype=dt),
+                   thickness_center_A=xp.asarray(s.thickness_center_A, dtype=dt),
+                   thickness_edge_A=xp.asarray(s.thickness_edge_A, dtype=dt))
+        return out
+
+    @staticmethod
+    def check_names(names):
+        """Raise KeyError naming the first parameter the model does not know."""
+        known = set(O.PARAM_NAMES) | set(D.PARAM_NAMES) | set(SPECIMEN_PARAMS)
+        for name in names:
+            if name not in known:
+                raise KeyError(f"cannot differentiate with respect to {name!r}; known: "
+                               f"{sorted(set(O.PARAM_NAMES) | set(D.PARAM_NAMES)) + list(SPECIMEN_PARAMS)}")
+
+    # ------------------------------------------------------------------ specimen
+    def _solvent_V(self):
+        return ice_potential_V() if self.config.sample.ice else 0.0
+
+    def _atom_potential(self, params):
+        """Atoms' slices (V·Å): the stage when a specimen input is given, else the cached plain sum."""
+        sim = self.config.simulation
+        kw = dict(slice_thickness_A=self.slice_thickness_A, z_range_A=self.z_range_A, b_factor_A2=sim.b_factor_A2,
+                  solvent_V=self._solvent_V())
+        if any(k in params for k in _ATOM_PARAMS):
+            st = ProjectedPotentialStage(self.atoms, self.grid.shape, self.grid.pixel_size_A, **kw)
+            d = self.inputs() if not all(k in params for k in _ATOM_PARAMS) else {}
+            return st(*(params[k] if k in params else d[k] for k in _ATOM_PARAMS))
+        if "atoms" not in self._cache:
+            self._cache["atoms"] = self._chunked_potential(kw)
+        return self._cache["atoms"]
+
+    def _chunked_potential(self, kw):
+        # the potential is a sum over atoms: chunks of atom_chunk atoms add up to the one-call
+        # result, with the atom terms of the memory peak cut to one chunk's
+        n = len(self.atoms)
+        step = n if self.atom_chunk is None or self.atom_chunk >= n else int(self.atom_chunk)
+        v = None
+        for s in range(0, max(n, 1), max(step, 1)):
+            part = self.atoms if step >= n else self.atoms.select(slice(s, s + step))
+            vk = projected_potential(part, self.grid.shape, self.grid.pixel_size_A, xp=self.xp, dtype=self.dtype,
+                                     **kw)
+            if v is None:
+                v = vk
+            else:
+                v += vk
+            del vk, part
+        return v
+
+    def _ice_potential(self, params):
+        cfg = self.config
+        st = IcePotentialStage(cfg.sample, self.grid.shape, self.grid.pixel_size_A,
+                               slice_thickness_A=self.slice_thickness_A, z_range_A=self.z_range_A,
+                               tilt_deg=self.angle_deg, tilt_axis_deg=cfg.geometry.tilt_axis_deg)
+        if any(k in params for k in _ICE_PARAMS):
+            d = self.inputs()
+            return st(*(params[k] if k in params else d[k] for k in _ICE_PARAMS))
+        if "ice" not in self._cache:
+            xp, dt, s = self.xp, self.dtype, cfg.sample
+            self._cache["ice"] = st(xp.asarray(s.thickness_center_A, dtype=dt), xp.asarray(s.thickness_edge_A, dtype=dt))
+        return self._cache["ice"]
+
+    def potential(self, params=None):
+        """(V, V_abs) per slice in V·Å on the simulation grid; V_abs is None without absorption.
+
+        ``params``: specimen inputs (arrays or Vars) to use instead of the config's; a
+        ``"potential"`` entry replaces V itself.
+        """
+        params = params or {}
+        cfg = self.config
+        s, absorption = cfg.sample, cfg.simulation.absorption
+        v_atoms = self._atom_potential(params)
+        v_abs = v_atoms * absorption if absorption > 0 else None
+        v = v_atoms
+        if s.ice:
+            vi = self._ice_potential(params)
+            v = v + vi
+            if s.ice_absorption > 0:
+                v_abs = vi * s.ice_absorption if v_abs is None else v_abs + vi * s.ice_absorption
+        if "potential" in params:
+            v = params["potential"]
+        return v, v_abs
+
+    # ------------------------------------------------------------------ image
+    def render(self, params=None, *, rng=None, draws=None, estimator="score"):
+        """The detector image of this tilt: a :class:`cutem.detector.Detection`.
+
+        ``params``: any of :meth:`inputs` (arrays or watched Vars) instead of the config's.
+        ``estimator``: ``"score"`` draws integer Poisson (and Wald) counts as a real detector
+        does (the noise-free image when the detector is not quantized); ``"pathwise"`` the
+        Gaussian reparametrisation; ``"none"`` no noise. ``rng``: a seeded generator or int;
+        ``draws``: the ``draws`` of an earlier Detection, to reuse the same noise.
+        """
+        params = dict(params or {})
+        self.check_names(params)
+        v, v_abs = self.potential(params)
+        intensity = self.intensity(self.exit_wave(v, v_abs), params)
+        return self.detect(intensity, params, rng=rng, draws=draws, estimator=estimator)
+
+    def exit_wave(self, v, v_abs=None):
+        """Exit wave of the slices (phase object for one slice, else multislice)."""
+        method = "projection" if unwrap(v).shape[0] == 1 else "multislice"
+        return exit_wave(v, self.optics.voltage_kV, self.grid.pixel_size_A, method=method,
+                         slice_thickness_A=self.slice_thickness_A, v_abs_slices=v_abs)
+
+    def intensity(self, wave, params=None):
+        """|image wave|² through the lens (optics inputs of ``params``), binned to the detector."""
+        op = {k: p for k, p in (params or {}).items() if k in O.PARAM_NAMES}
+        return self.grid.bin(ops.abs2(O.apply_optics(wave, self.optics, self.grid.pixel_size_A, params=op)))
+
+    def detect(self, intensity, params=None, *, rng=None, draws=None, estimator="score"):
+        """The detector's response to ``intensity`` (:func:`cutem.detector.detect`)."""
+        dp = {k: p for k, p in (params or {}).items() if k in D.PARAM_NAMES}
+        if estimator == "score" and not self.detector.quantized:
+            estimator = "none"
+        return D.detect(intensity, self.detector, rng=rng, estimator=estimator, params=dp, draws=draws,
+                        noise_free=True)
+
+    def noise_free(self, params=None):
+        """gain · MTF ⊛ N̄ of this tilt (array or Var, detector grid)."""
+        return self.render(params, estimator="none").noise_free
+
+    def watch(self, tape, wrt):
+        """``{name: watched Var}`` of the inputs named in ``wrt`` (``"potential"``: the slices)."""
+        self.check_names(wrt)
+        base = self.inputs()
+        out = {}
+        for name in wrt:
+            if name == "potential":
+                out[name] = tape.watch(unwrap(self.potential()[0]))
+            else:
+                out[name] = tape.watch(base[name])
+        return out
+
+
+__all__ = ["ImageModel", "Grid", "SPECIMEN_PARAMS", "tilt_seed", "tilt_settings", "specimen_z_extent", "stack_z_range",
+           "slice_count"]
