@@ -3,9 +3,9 @@ Whittle objective of fit_mtf_blank."""
 import numpy as np
 import pytest
 
+from cutem.detector import detect, mtf
 from cutem.fitting.crb import blank_crb, blank_whittle_fisher
 from cutem.fitting.mtf import fit_mtf_blank
-from cutem.detector import detect, mtf
 from cutem.params import Detector
 
 DET = Detector(nx=64, ny=64, pixel_size_A=5.0, dose_e_per_A2=1.0, dqe=0.4, mtf_a=0.7, mtf_b=0.2, mtf_c=0.1,
