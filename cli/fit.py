@@ -91,6 +91,7 @@ def fit_mtf(inputs, config_path, kind, dc, free, ps_objective, tilt, method, max
     from cutem import fitting
     from cutem.config import RunConfig, load_config, write_resolved
     from cutem.io import read_mrc
+    from cutem.plots import plot_fit_png
     from cutem.spectra import to_corner
 
     cfg = load_config(config_path) if config_path else RunConfig()
@@ -180,12 +181,12 @@ def fit_mtf(inputs, config_path, kind, dc, free, ps_objective, tilt, method, max
         source=f"cutem fit-mtf {' '.join(map(str, inputs))}")
     write_resolved(out.with_suffix(".toml"), cfg_out)
     p = res.profile
-    fitting.plot_fit_png(out.with_suffix(".png"), p["x"][1:] if kind != "curve" else p["x"],
-                         p["data"][1:] if kind != "curve" else p["data"],
-                         p["model"][1:] if kind != "curve" else p["model"],
-                         p["residual"][1:] if kind != "curve" else p["residual"],
-                         title=f"cutem fit-mtf: {Path(inputs[0]).name}", xlabel=xlabel, ylabel=ylabel, logy=logy,
-                         residual_label=rlabel)
+    plot_fit_png(out.with_suffix(".png"), p["x"][1:] if kind != "curve" else p["x"],
+                 p["data"][1:] if kind != "curve" else p["data"],
+                 p["model"][1:] if kind != "curve" else p["model"],
+                 p["residual"][1:] if kind != "curve" else p["residual"],
+                 title=f"cutem fit-mtf: {Path(inputs[0]).name}", xlabel=xlabel, ylabel=ylabel, logy=logy,
+                 residual_label=rlabel)
     from cutem.io import atomic_path
 
     with atomic_path(out.with_suffix(".txt"), suffix=".txt") as tmp:
@@ -228,6 +229,7 @@ def fit_ctf(inputs, kind, dc, pixel_size, voltage_kV, cs_mm, amplitude_contrast,
 
     from cutem import fitting
     from cutem.io import read_mrc, write_star
+    from cutem.plots import plot_fit_png
     from cutem.spectra import welch_power_spectrum
 
     lo_A, hi_A = resolution_range
@@ -252,11 +254,11 @@ def fit_ctf(inputs, kind, dc, pixel_size, voltage_kV, cs_mm, amplitude_contrast,
                      r.amplitude_contrast, voltage_kV, cs_mm, r.score, 1.0 / (1.0 / hi_A)])
         p = r.profile
         png = out.with_name(f"{out.stem}_{Path(path).stem}.png")
-        fitting.plot_fit_png(png, p["q"], p["data"], p["model"], p["data"] - p["model"],
-                             title=(f"{Path(path).name}: U {r.defocus_u_A:.0f} Å, V {r.defocus_v_A:.0f} Å, "
-                                    f"angle {r.astigmatism_angle_deg:.1f}°, w {r.amplitude_contrast:.3f}"),
-                             xlabel="spatial frequency (1/Å)", ylabel="radial power spectrum", logy=True,
-                             residual_label="data − fit")
+        plot_fit_png(png, p["q"], p["data"], p["model"], p["data"] - p["model"],
+                     title=(f"{Path(path).name}: U {r.defocus_u_A:.0f} Å, V {r.defocus_v_A:.0f} Å, "
+                            f"angle {r.astigmatism_angle_deg:.1f}°, w {r.amplitude_contrast:.3f}"),
+                     xlabel="spatial frequency (1/Å)", ylabel="radial power spectrum", logy=True,
+                     residual_label="data − fit")
         e = r.errors
         click.echo(f"{Path(path).name}: defocus U {r.defocus_u_A:.1f} ± {e.get('defocus_u_A', float('nan')):.1f} Å, "
                    f"V {r.defocus_v_A:.1f} ± {e.get('defocus_v_A', float('nan')):.1f} Å, angle "

@@ -10,8 +10,13 @@ from cutem.detector import (PARAM_NAMES, ExpectedCounts, PathwiseNoise, detect, 
 from cutem.params import Detector
 from validation import estimators as E
 
-DQE_CSV = "/work/shared/data/real/detector_mtf/McMullan2014_dqe.csv"
+from helpers import shared_data
+
 REF = dict(mtf_a=0.7, mtf_b=0.2, mtf_c=0.1, mtf_alpha=10.0, mtf_beta=40.0, mtf_p=1.0, mtf_q=1.0)
+
+
+def _dqe_csv():
+    return str(shared_data("real", "detector_mtf", "McMullan2014_dqe.csv"))
 
 
 def test_mtf_reference_values_at_nyquist_and_half_nyquist():
@@ -91,7 +96,7 @@ def test_blank_power_spectrum_with_wald_dqe_is_mtf_squared_over_dqe():
 
 def test_noise_shaping_gives_mtf_squared_over_dqe_of_q():
     det = Detector(nx=256, ny=256, pixel_size_A=1.0, dose_e_per_A2=50.0, gain=10.0,
-                   dqe_curve=DQE_CSV + ":Gatan K2", **REF)
+                   dqe_curve=_dqe_csv() + ":Gatan K2", **REF)
     xs, ys = load_dqe_curve(det.dqe_curve)
     fy, fx = np.fft.fftfreq(256)[:, None], np.fft.fftfreq(256)[None, :]
     shape = np.interp(np.minimum(np.hypot(fx, fy) / 0.5, 1), xs, ys) / np.interp(0, xs, ys)
@@ -101,9 +106,10 @@ def test_noise_shaping_gives_mtf_squared_over_dqe_of_q():
 
 
 def test_load_dqe_curve_reads_columns():
-    x, y = load_dqe_curve(DQE_CSV + ":Falcon II")
+    csv = _dqe_csv()
+    x, y = load_dqe_curve(csv + ":Falcon II")
     assert np.all(np.diff(x) >= 0) and 0.45 < np.interp(0, x, y) < 0.55
-    x1, y1 = load_dqe_curve(DQE_CSV)
+    x1, y1 = load_dqe_curve(csv)
     assert abs(np.interp(0, x1, y1) - 0.796) < 0.01  # first column is the K2
 
 
@@ -222,7 +228,7 @@ def test_score_surrogate_requires_quantized_and_no_noise_shaping():
     with pytest.raises(ValueError):
         detect(np.ones((8, 8)), d, estimator="score")
     with pytest.raises(ValueError):
-        detect(np.ones((8, 8)), Detector(nx=8, ny=8, dqe_curve=DQE_CSV), estimator="score")
+        detect(np.ones((8, 8)), Detector(nx=8, ny=8, dqe_curve=_dqe_csv()), estimator="score")
 
 
 def test_expected_counts_stage_values():

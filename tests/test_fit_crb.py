@@ -1,10 +1,11 @@
-"""Cramér–Rao bound of blank-image MTF fits (fitting.blank_whittle_fisher / blank_crb) and the
+"""Cramér–Rao bound of blank-image MTF fits (cutem.fitting.crb) and the
 Whittle objective of fit_mtf_blank."""
 import numpy as np
 import pytest
 
-from cutem import fitting as F
 from cutem.detector import detect, mtf
+from cutem.fitting.crb import blank_crb, blank_whittle_fisher
+from cutem.fitting.mtf import fit_mtf_blank
 from cutem.params import Detector
 
 DET = Detector(nx=64, ny=64, pixel_size_A=5.0, dose_e_per_A2=1.0, dqe=0.4, mtf_a=0.7, mtf_b=0.2, mtf_c=0.1,
@@ -41,7 +42,7 @@ def _expected_whittle_loss(phi, names, det, n_images):
 def test_fisher_matrix_equals_the_hessian_of_the_expected_whittle_loss(free):
     """At the truth, the Hessian of E[−log L] is the Fisher information (finite differences,
     step 1e-4 relative; agreement to 1e-5 of the largest entry of each row/column pair)."""
-    names, info = F.blank_whittle_fisher((64, 64), 5.0, DET, free, n_images=3)
+    names, info = blank_whittle_fisher((64, 64), 5.0, DET, free, n_images=3)
     phi0 = []
     for k in names:
         phi0.append(DET.mtf_b / DET.mtf_a if k == "mtf_b_over_a" else DET.mtf_c / DET.mtf_a if k == "mtf_c_over_a"
@@ -68,12 +69,12 @@ def test_crb_matches_the_spread_of_whittle_and_log_ps_fits_over_40_simulated_dat
     [0.75, 1.3] pass and a bound off by √2 (a missing factor 2 in I) does not."""
     free = ("mtf_b", "mtf_beta", "gain")
     n = 16
-    crb = F.blank_crb((64, 64), 5.0, DET, free=free, n_images=n)
+    crb = blank_crb((64, 64), 5.0, DET, free=free, n_images=n)
     est = {"whittle": [], "log_radial": []}
     for i in range(40):
         imgs = np.asarray(detect(np.ones((n, 64, 64)), DET, rng=1000 + i, estimator="score").image)
         for obj in est:
-            r = F.fit_mtf_blank(imgs, DET, free=free, objective=obj)
+            r = fit_mtf_blank(imgs, DET, free=free, objective=obj)
             est[obj].append([r.fit.params[k] / getattr(DET, k) - 1 for k in free])
     for obj, e in est.items():
         sd = np.std(np.array(e), axis=0, ddof=1)
@@ -86,7 +87,7 @@ def test_crb_of_the_paper_setting_for_b_and_beta_is_far_above_5_percent():
     """20 blank 400² images at the reference parameters: CRB σ of b_n ≈ 27.5 %, β ≈ 20.8 %,
     a_n ≈ 7.6 %, α ≈ 6.2 %, c_n ≈ 2.2 %, gain ≈ 0.02 % (relative)."""
     det = DET.replace(nx=400, ny=400)
-    c = F.blank_crb((400, 400), 5.0, det, n_images=20)
+    c = blank_crb((400, 400), 5.0, det, n_images=20)
     assert 0.26 < c["b_n"] < 0.29 and 0.19 < c["mtf_beta"] < 0.22
     assert 0.07 < c["a_n"] < 0.08 and 0.055 < c["mtf_alpha"] < 0.07 and 0.02 < c["c_n"] < 0.025
     assert c["gain"] < 3e-4

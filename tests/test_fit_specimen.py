@@ -1,13 +1,12 @@
 """fit_mtf_specimen / `cutem fit-mtf --kind specimen`: detector MTF, ice thickness and defocus
 recovered from simulated micrographs of a known specimen in ice (closed-form expected spectrum)."""
-import math
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import cutem
-from cutem import fitting as F
+from adjoints import Tape
+from cutem.fitting.specimen import SpecimenModel, fit_mtf_specimen, specimen_config_with
 from cutem.config import ParticleSpec, RunConfig, load_config, write_resolved
 from cutem.errors import InputError
 from cutem.io import write_mrc
@@ -41,10 +40,36 @@ def scene(tmp_path_factory):
     return cfg, imgs, d
 
 
-def _rel(p):
-    return {"mtf_b": p["mtf_b"] / TRUTH["mtf_b"] - 1, "mtf_beta": p["mtf_beta"] / TRUTH["mtf_beta"] - 1,
-            "ice_thickness_A": p["ice_thickness_A"] / TRUTH["ice_thickness_A"] - 1,
-            "defocus_A": p["defocus_A"] - TRUTH["defocus_A"]}
+FREE = ("mtf_b", "mtf_beta", "ice_thickness_A", "defocus_A")
+
+
+@pytest.fixture(scope="module")
+def crb(scene):
+    """Cramér–Rao σ of the Whittle model of SpecimenModel at the truth, for FREE and 16 images:
+    I = (n/2) Σ_{q≠0} ∂log S ∂log S + (∂μ)²·DQE·n·n_pixels/(gain·μ) (the image mean's shot noise,
+    as fit_mtf_specimen weights it), the derivatives by central differences of the model
+    (steps 1e-3 relative; 1e-4 changes no σ by more than 0.5 %). Measured: b 0.0073,
+    β 3.14, ice 0.30 Å, defocus 16.1 Å."""
+    cfg, _, _ = scene
+    model = SpecimenModel(cfg, free=FREE)
+    th0 = {k: model.theta0()[k] for k in FREE}
+
+    def log_s_and_mean(th):
+        with Tape() as tape:   # on the tape, as in the fit (a float ice thickness is not read)
+            S, mu = model({k: tape.watch(np.asarray(float(v))) for k, v in th.items()})
+        return np.log(np.asarray(S.value)).ravel()[1:], float(np.asarray(mu.value))
+
+    d_log_s, d_mu = [], []
+    for k in FREE:
+        h = 1e-3 * abs(th0[k])
+        (su, mu_up), (sd, mu_dn) = log_s_and_mean({**th0, k: th0[k] + h}), log_s_and_mean({**th0, k: th0[k] - h})
+        d_log_s.append((su - sd) / (2 * h))
+        d_mu.append((mu_up - mu_dn) / (2 * h))
+    D, g = np.stack(d_log_s, axis=1), np.array(d_mu)
+    mu = log_s_and_mean(th0)[1]
+    det = cfg.detector
+    info = 0.5 * N_IMAGES * D.T @ D + np.outer(g, g) * det.dqe * N_IMAGES * det.nx * det.ny / (det.gain * mu)
+    return dict(zip(FREE, np.sqrt(np.diag(np.linalg.inv(info)))))
 
 
 # starts: b ±35 %, β ∓30 %, ice ±30 %, defocus ±250 Å (inside one Thon-ring basin)
@@ -53,33 +78,32 @@ STARTS = [{"mtf_b": 0.27, "mtf_beta": 28.0, "ice_thickness_A": 420.0, "defocus_A
 
 
 @pytest.mark.parametrize("objective", ["whittle", "log_radial"])
-def test_specimen_fit_recovers_mtf_ice_thickness_and_defocus(scene, objective):
+def test_specimen_fit_recovers_mtf_ice_thickness_and_defocus_within_its_stated_errors(scene, crb, objective):
+    """From both starts: every fitted value within 3 stated σ of the truth, and every stated σ
+    within 0.7–1.4× the Cramér–Rao σ of the Whittle model — except the log-radial fit's defocus,
+    whose ring average loses most of the Thon rings' defocus information (σ ≈ 7× the bound; it must
+    still not beat it). Measured with these seeds (both starts reach the same optimum):
+    whittle:    b −1.2 %, β −0.04 %, ice −0.3 Å, defocus +34 Å; σ 0.0074, 3.2, 0.30 Å, 17 Å;
+    log_radial: b −1.4 %, β +1.1 %, ice −0.3 Å, defocus +146 Å; σ 0.0070, 3.1, 0.29 Å, 117 Å.
+    That these σ describe the spread of the fits: validation/fit_mtf_specimen.py (10 replicates,
+    RMS error / mean σ: b 0.99, β 0.90, ice 1.0, defocus 0.69 for the Whittle fit)."""
     cfg, imgs, _ = scene
-    free = ("mtf_b", "mtf_beta", "ice_thickness_A", "defocus_A")
     for start in STARTS:
         # the config handed to the fit holds the wrong values too (only `start` is not enough)
-        wrong = F.specimen_config_with(cfg, start)
-        r = F.fit_mtf_specimen(imgs, wrong, free=free, objective=objective)
-        e = _rel(r.fit.params)
-        # measured with these seeds (both starts reach the same optimum):
-        #   whittle:    b −1.2 %, β −0.04 %, ice −0.05 % (−0.3 Å), defocus +34 Å; 1σ: 3.7 %, 8 %, 0.3 Å, 17 Å
-        #   log_radial: b −1.4 %, β +1.1 %, ice −0.05 %, defocus +146 Å;          1σ: 3.5 %, 8 %, 0.3 Å, 117 Å
-        # (the ring average loses most of the defocus information of four particles' Thon rings)
-        s = r.errors
-        assert abs(e["mtf_b"]) < 0.08 and abs(e["mtf_beta"]) < 0.16, (objective, e)
-        assert abs(e["ice_thickness_A"]) < 0.003, (objective, e)
-        assert abs(e["defocus_A"]) < (60.0 if objective == "whittle" else 3 * s["defocus_A"]), (objective, e, s)
-        # the stated uncertainties are of the size of the errors they describe
-        assert 0.01 < s["mtf_b"] / TRUTH["mtf_b"] < 0.08 and 0.03 < s["mtf_beta"] / TRUTH["mtf_beta"] < 0.2
-        assert 0.05 < s["ice_thickness_A"] < 3.0
-        assert 5.0 < s["defocus_A"] < (40.0 if objective == "whittle" else 200.0)
+        r = fit_mtf_specimen(imgs, specimen_config_with(cfg, start), free=FREE, objective=objective)
+        z = {k: (r.fit.params[k] - TRUTH[k]) / r.errors[k] for k in FREE}
+        ratio = {k: r.errors[k] / crb[k] for k in FREE}
+        assert all(abs(v) < 3 for v in z.values()), (objective, start, z)
+        efficient = FREE if objective == "whittle" else FREE[:3]
+        assert all(0.7 < ratio[k] < 1.4 for k in efficient), (objective, ratio)
+        assert ratio["defocus_A"] > 0.7, ratio
 
 
 def test_ice_thickness_needs_absorption(scene):
     cfg, imgs, _ = scene
     flat = cfg.replace(sample=cfg.sample.replace(ice_absorption=0.0))
     with pytest.raises(InputError, match="ice_absorption"):
-        F.fit_mtf_specimen(imgs, flat, free=("mtf_b", "ice_thickness_A"))
+        fit_mtf_specimen(imgs, flat, free=("mtf_b", "ice_thickness_A"))
 
 
 def test_closed_form_spectrum_is_the_mean_of_simulated_periodograms(scene):
@@ -89,7 +113,7 @@ def test_closed_form_spectrum_is_the_mean_of_simulated_periodograms(scene):
     from cutem.spectra import RadialBins, power_spectrum
 
     cfg, imgs, _ = scene
-    model = F.SpecimenModel(cfg)
+    model = SpecimenModel(cfg)
     S, mu = model({})
     bins = RadialBins((128, 128), 1.5)
     m = bins.average(np.asarray(S.value if hasattr(S, "value") else S))
@@ -100,9 +124,9 @@ def test_closed_form_spectrum_is_the_mean_of_simulated_periodograms(scene):
     assert abs(float(np.asarray(mu.value if hasattr(mu, "value") else mu)) / imgs.mean() - 1) < 1e-3
 
 
-def test_cli_fit_mtf_on_specimen_micrographs_writes_a_config_with_the_fitted_thickness(scene, tmp_path):
+def test_cli_fit_mtf_on_specimen_micrographs_writes_a_config_with_the_fitted_thickness(scene, crb, tmp_path):
     cfg, imgs, _ = scene
-    wrong = F.specimen_config_with(cfg, {"mtf_b": 0.27, "mtf_beta": 28.0, "ice_thickness_A": 450.0})
+    wrong = specimen_config_with(cfg, {"mtf_b": 0.27, "mtf_beta": 28.0, "ice_thickness_A": 450.0})
     write_resolved(tmp_path / "scene.toml", wrong)
     write_mrc(tmp_path / "stack.mrc", imgs.astype(np.float32), 1.5)
     from cli import main
@@ -111,10 +135,18 @@ def test_cli_fit_mtf_on_specimen_micrographs_writes_a_config_with_the_fitted_thi
                                     "--free", "mtf_b,mtf_beta,ice_thickness_A", "--ps-objective", "whittle",
                                     "-o", str(tmp_path / "fit")])
     assert res.exit_code == 0, res.output
-    assert "specimen" in res.output and "ice_thickness_A" in res.output
+    assert "specimen" in res.output
     out = load_config(tmp_path / "fit.toml")
-    assert abs(out.sample.thickness_center_A / TRUTH["ice_thickness_A"] - 1) < 0.003
     assert abs(out.sample.thickness_edge_A - out.sample.thickness_center_A - 200.0) < 1e-6
-    assert abs(out.detector.mtf_beta / TRUTH["mtf_beta"] - 1) < 0.16
     assert len(out.particles) == 1 and (tmp_path / "fit.png").stat().st_size > 1000
-    assert "±" in (tmp_path / "fit.txt").read_text() or "1σ" in (tmp_path / "fit.txt").read_text()
+    # the report's rows: the values written to the config, and σ that cover the truth (3σ) and are
+    # no larger than the bound with the defocus free too (fixing it can only shrink them)
+    rows = {ln.split()[0]: ln.split()[1:3] for ln in (tmp_path / "fit.txt").read_text().splitlines()
+            if ln.split() and ln.split()[0] in ("mtf_b", "mtf_beta", "ice_thickness_A")}
+    written = {"mtf_b": out.detector.mtf_b, "mtf_beta": out.detector.mtf_beta,
+               "ice_thickness_A": out.sample.thickness_center_A}
+    for k, (value, sigma) in rows.items():
+        value, sigma = float(value), float(sigma)
+        assert abs(value / written[k] - 1) < 1e-5, (k, value, written[k])
+        assert abs(value - TRUTH[k]) < 3 * sigma and 0.5 * crb[k] < sigma < 1.4 * crb[k], (k, value, sigma, crb[k])
+    assert len(rows) == 3, rows

@@ -1,62 +1,23 @@
-"""Fitting: parametrisations, objectives, drivers, uncertainties, MTF and CTF fits."""
+"""Fitting: objectives, MTF and CTF fits, their uncertainties, simulation objectives, the CLI.
+(The parametrisations, driver and covariances of adjoints.fit: tests/test_adjoints_fit.py.)"""
 import math
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from adjoints import Tape, ops
-from cutem import fitting as F
+from adjoints.fit import Parametrisation, fit
 from cutem.detector import detect, mtf_radial
+from cutem.fitting.crb import blank_crb
+from cutem.fitting.ctf import fit_ctf
+from cutem.fitting.detector_model import (blank_expected_ps, detector_free_params, detector_theta,
+                                          normalised_mtf_params)
+from cutem.fitting.losses import correlation_loss, focal_frequency_loss, log_radial_ps_loss
+from cutem.fitting.mtf import fit_mtf_blank, fit_mtf_curve
+from cutem.fitting.objectives import SimulationObjective
 from cutem.params import Detector, Optics
 
-REAL = "/work/shared/data/real"
-
-
-# ------------------------------------------------------------------ parametrisations
-@pytest.mark.parametrize("transform,lo,hi,val", [("bounds", 0, 10, 3.0), ("log", None, None, 0.02),
-                                                  ("softplus", 1.0, None, 4.5), ("logit", 0.0, 0.5, 0.1),
-                                                  ("none", None, None, -7.0)])
-def test_transforms_round_trip(transform, lo, hi, val):
-    p = F.FreeParam("x", val, lo, hi, transform, scale=2.0 if transform != "log" else 0.01)
-    assert math.isclose(float(p.to_physical(p.to_internal(val))), val, rel_tol=1e-9)
-
-
-def test_chain_rule_through_a_logit_map_matches_finite_differences():
-    par = F.Parametrisation([F.FreeParam("w", 0.2, 0.0, 0.5, "logit")], {"k": 3.0})
-
-    def loss(th, _):
-        return ops.sum(ops.exp(th["w"] * th["k"]) * th["w"])
-    vg = F.value_and_grad_internal(loss, par)
-    u0 = par.initial()
-    val, g = vg(u0)
-    h = 1e-6
-    up = {"w": u0["w"] + h}
-    um = {"w": u0["w"] - h}
-    fd = (float(vg(up)[0]) - float(vg(um)[0])) / (2 * h)
-    assert abs(float(g["w"]) - fd) < 1e-7 * max(1.0, abs(fd))
-
-
-def test_lbfgsb_and_adam_reach_the_minimum_of_a_bounded_quadratic():
-    par = F.Parametrisation([F.FreeParam("x", 0.0, -1.0, 1.0), F.FreeParam("y", 5.0, None, None, scale=5.0)])
-
-    def loss(th, _):
-        return (th["x"] - 2.0) * (th["x"] - 2.0) + (th["y"] + 3.0) * (th["y"] + 3.0)
-    r = F.fit(loss, par, "lbfgsb")
-    assert abs(r.params["x"] - 1.0) < 1e-8 and abs(r.params["y"] + 3.0) < 1e-5   # x stops at its bound
-    r2 = F.fit(loss, par, "adam", maxiter=600, lr=0.05)
-    assert abs(r2.params["x"] - 1.0) < 1e-6 and abs(r2.params["y"] + 3.0) < 0.05
-
-
-def test_gauss_newton_errors_equal_ordinary_least_squares(rng):
-    x = np.linspace(0, 1, 50)
-    y = 2.0 * x + 0.5 + 0.1 * rng.standard_normal(50)
-    A = np.stack([x, np.ones_like(x)], 1)
-    coef, rss, *_ = np.linalg.lstsq(A, y, rcond=None)
-    cov = rss[0] / 48 * np.linalg.inv(A.T @ A)
-    se, _, _ = F.gauss_newton_covariance(lambda th: th["m"] * x + th["c"] - y, {"m": coef[0], "c": coef[1]},
-                                         ["m", "c"])
-    np.testing.assert_allclose([se["m"], se["c"]], np.sqrt(np.diag(cov)), rtol=1e-10)
+from helpers import shared_data
 
 
 # ------------------------------------------------------------------------ objectives
@@ -67,7 +28,7 @@ def test_focal_frequency_loss_matches_its_definition(rng):
     expect = np.mean(w * np.abs(d) ** 2)
     with Tape() as t:
         x = t.watch(a)
-        loss = F.focal_frequency_loss(x, b)
+        loss = focal_frequency_loss(x, b)
     (g,) = t.gradient(loss, [x])
     assert math.isclose(float(loss.value), expect, rel_tol=1e-12)
     # with the weight held fixed, the gradient is 2·IFFT(w·d)/N in "ortho" units
@@ -78,7 +39,7 @@ def test_correlation_loss_is_zero_for_affine_copies(rng):
     m = rng.random((20, 20))
     with Tape() as t:
         x = t.watch(m)
-        loss = F.correlation_loss(x, 3 * m + 1)
+        loss = correlation_loss(x, 3 * m + 1)
     assert abs(float(loss.value)) < 1e-12
 
 
@@ -89,7 +50,7 @@ def test_expected_blank_spectrum_matches_simulated_images():
     imgs = np.asarray(detect(np.ones((16, 128, 128)), det, rng=1, estimator="score").image)
     bins = RadialBins((128, 128), 5.0)
     data = bins.average(power_spectrum(imgs))
-    model = bins.average(np.asarray(F.blank_expected_ps((128, 128), 5.0, F._detector_theta(det))))
+    model = bins.average(np.asarray(blank_expected_ps((128, 128), 5.0, detector_theta(det))))
     ratio = data[1:] / model[1:]
     assert abs(np.average(ratio, weights=bins.count_np[1:]) - 1) < 0.01
     assert abs(imgs.mean() / (10 * 25) - 1) < 0.002
@@ -101,22 +62,45 @@ def test_blank_fit_recovers_the_mtf_curve_and_gain():
                    mtf_c=0.1, mtf_alpha=10, mtf_beta=40, gain=10)
     imgs = np.asarray(detect(np.ones((20, 128, 128)), det, rng=7, estimator="score").image)
     start = {"mtf_a": 0.9, "mtf_b": 0.15, "mtf_c": 0.13, "mtf_alpha": 14.0, "mtf_beta": 30.0, "gain": 7.0}
-    r = F.fit_mtf_blank(imgs, det, start=start)
+    r = fit_mtf_blank(imgs, det, start=start)
     x = np.linspace(0, 0.5, 101)
     rms = np.sqrt(np.mean((mtf_radial(x, r.detector) / r.detector.gain - mtf_radial(x, det) / 10) ** 2))
     assert rms < 0.01
-    assert abs(r.detector.gain / 10 - 1) < 0.005
-    assert r.errors["gain"] < 0.05 and r.errors["b_n"] > 0
+    # the gain within 3σ of the truth, σ the Cramér–Rao bound's (measured: error −0.0068 = −1.5σ,
+    # σ/CRB 0.84). With six parameters free the MTF's a, b, c, β are barely identified on 20
+    # images of 128² (CRB of b_n 86 %): the curve is recovered, not those values
+    sigma, crb = r.errors["gain"], blank_crb((128, 128), 5.0, det, n_images=20, relative=False)["gain"]
+    assert abs(r.detector.gain - 10) < 3 * sigma and 0.5 < sigma / crb < 2, (r.detector.gain, sigma, crb)
+
+
+def test_blank_fit_errors_cover_the_truth_and_match_the_cramer_rao_bound():
+    """b, β and gain free on 16 blank images of 128² (CRB: b 3.7 %, β 7.9 %, gain 0.06 %):
+    every fitted value within 3 stated σ of the truth, and every stated σ within 0.7–1.4× the
+    bound. Measured over ten data sets and both objectives: |error| ≤ 2.3σ, σ/CRB 0.75–1.25
+    (a σ off by √2, a missing ½ in the Fisher information, would cross)."""
+    det = Detector(nx=128, ny=128, pixel_size_A=5.0, dose_e_per_A2=1.0, dqe=0.4, mtf_a=0.7, mtf_b=0.2,
+                   mtf_c=0.1, mtf_alpha=10.0, mtf_beta=40.0, gain=10.0)
+    free = ("mtf_b", "mtf_beta", "gain")
+    crb = blank_crb((128, 128), 5.0, det, free=free, n_images=16, relative=False)
+    for seed in (1, 2):
+        imgs = np.asarray(detect(np.ones((16, 128, 128)), det, rng=seed, estimator="score").image)
+        for objective in ("whittle", "log_radial"):
+            r = fit_mtf_blank(imgs, det, free=free, start={"mtf_b": 0.27, "mtf_beta": 28.0, "gain": 7.0},
+                              objective=objective)
+            z = {k: (r.fit.params[k] - getattr(det, k)) / r.errors[k] for k in free}
+            ratio = {k: r.errors[k] / crb[k] for k in free}
+            assert all(abs(v) < 3 for v in z.values()), (seed, objective, z)
+            assert all(0.7 < v < 1.4 for v in ratio.values()), (seed, objective, ratio)
 
 
 def test_curve_fit_recovers_exact_parameters():
     truth = Detector(mtf_a=0.6, mtf_b=0.3, mtf_c=0.1, mtf_alpha=12.0, mtf_beta=60.0, gain=1.0)
     x = np.arange(0, 1025, 16) / 2048.0    # on the fit's internal grid: no interpolation error
     y = mtf_radial(x, truth)
-    r = F.fit_mtf_curve(x, y, free=("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta"), n_starts=1,
+    r = fit_mtf_curve(x, y, free=("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta"), n_starts=1,
                         start={"mtf_a": 0.5, "mtf_b": 0.4, "mtf_c": 0.15, "mtf_alpha": 9.0, "mtf_beta": 80.0})
     assert np.max(np.abs(r.profile["residual"])) < 1e-6
-    n = F.normalised_mtf_params(r.fit.params)
+    n = normalised_mtf_params(r.fit.params)
     assert abs(n["a_n"] - 0.6) < 2e-3 and abs(n["c_n"] - 0.1) < 2e-3
     assert abs(r.fit.params["mtf_alpha"] / 12 - 1) < 0.01 and abs(r.fit.params["mtf_beta"] / 60 - 1) < 0.01
 
@@ -124,7 +108,7 @@ def test_curve_fit_recovers_exact_parameters():
 def test_curve_fit_with_p_and_q_follows_the_curve():
     truth = Detector(mtf_a=0.6, mtf_b=0.3, mtf_c=0.1, mtf_alpha=12.0, mtf_beta=60.0, mtf_p=1.5, mtf_q=0.8, gain=1.0)
     x = np.arange(0, 1025, 16) / 2048.0
-    r = F.fit_mtf_curve(x, mtf_radial(x, truth), n_starts=2)
+    r = fit_mtf_curve(x, mtf_radial(x, truth), n_starts=2)
     assert np.max(np.abs(r.profile["residual"])) < 5e-4   # p, q trade off with a, b: the curve, not the values
 
 
@@ -146,25 +130,36 @@ def _synthetic_spectrum(du, dv, ang_deg, w, n=256, px=1.5, seed=0):
 
 def test_ctf_fit_recovers_synthetic_defocus_and_astigmatism():
     ps = _synthetic_spectrum(15000.0, 14200.0, 35.0, 0.07)
-    r = F.fit_ctf(ps, 1.5, 300.0, 2.7, centred=True, q_range=(1 / 30, 1 / 4.5), max_astigmatism_A=1000.0)
-    assert abs(r.defocus_u_A / 15000 - 1) < 0.005 and abs(r.defocus_v_A / 14200 - 1) < 0.005
-    assert abs(r.astigmatism_angle_deg - 35.0) < 2.0
-    assert abs(r.amplitude_contrast - 0.07) < 0.03
+    r = fit_ctf(ps, 1.5, 300.0, 2.7, centred=True, q_range=(1 / 30, 1 / 4.5), max_astigmatism_A=1000.0)
+    # every value within 3 stated σ of the truth, and the σ of the size measured (errors −7 Å,
+    # −17 Å, 0.01°, +0.017 against σ 12 Å, 11 Å, 0.46°, 0.016; the spread of four other noise
+    # draws that found this basin: 12 Å, 20 Å, 0.3°, 0.024)
+    e, s = r.errors, {"u": 15000.0, "v": 14200.0}
+    assert abs(r.defocus_u_A - s["u"]) < 3 * e["defocus_u_A"] and abs(r.defocus_v_A - s["v"]) < 3 * e["defocus_v_A"]
+    assert abs(r.astigmatism_angle_deg - 35.0) < 3 * e["astigmatism_angle_deg"]
+    assert abs(r.amplitude_contrast - 0.07) < 3 * e["amplitude_contrast"]
+    assert e["defocus_u_A"] < 25 and e["defocus_v_A"] < 25 and e["astigmatism_angle_deg"] < 1.0
+    assert e["amplitude_contrast"] < 0.03
 
 
 def test_ctf_fit_on_a_real_spectrum_matches_ctffind():
     from cutem.io import read_mrc
-    ps, px = read_mrc(f"{REAL}/betagal_power_spectra/20170629_00023_frameImage_PS.mrc", ndim=2)
-    r = F.fit_ctf(ps, 1.39955, 200.0, 1.4, centred=True)
-    assert abs(r.defocus_mean_A / (0.5 * (10675.242 + 10373.387)) - 1) < 0.02   # CTFFIND4, micrographs_ctf.star
-    assert abs(r.astigmatism_angle_deg - 71.78) < 10.0
+    ps, px = read_mrc(shared_data("real", "betagal_power_spectra", "20170629_00023_frameImage_PS.mrc"), ndim=2)
+    r = fit_ctf(ps, 1.39955, 200.0, 1.4, centred=True)
+    # CTFFIND4 (micrographs_ctf.star): U 10675.2 Å, V 10373.4 Å, angle 71.78°; measured here:
+    # U +3 Å, V −4 Å, angle +0.7° from it, with σ 14 Å, 14 Å, 1.3°
+    e = r.errors
+    assert abs(r.defocus_u_A - 10675.242) < 3 * e["defocus_u_A"]
+    assert abs(r.defocus_v_A - 10373.387) < 3 * e["defocus_v_A"]
+    assert abs(r.astigmatism_angle_deg - 71.78) < 3 * e["astigmatism_angle_deg"]
+    assert e["defocus_u_A"] < 30 and e["defocus_v_A"] < 30 and e["astigmatism_angle_deg"] < 2.5
 
 
 # ---------------------------------------------------------------------------- CLI
 def test_fit_mtf_cli_writes_a_toml_simulate_accepts(tmp_path):
     from cli import main
     from cutem.config import load_config
-    res = CliRunner().invoke(main, ["fit-mtf", f"{REAL}/detector_mtf/mtf_falcon3EC_300kV.star",
+    res = CliRunner().invoke(main, ["fit-mtf", str(shared_data("real", "detector_mtf", "mtf_falcon3EC_300kV.star")),
                                     "--free", "mtf_a,mtf_b,mtf_c,mtf_alpha,mtf_beta", "-o", str(tmp_path / "f3")])
     assert res.exit_code == 0, res.output
     cfg = load_config(tmp_path / "f3.toml")
@@ -186,7 +181,8 @@ def test_fit_ctf_cli_writes_relion_columns(tmp_path):
 
 def test_bad_resolution_range_is_bad_input(tmp_path):
     from cli import main
-    res = CliRunner().invoke(main, ["fit-ctf", f"{REAL}/betagal_power_spectra/20170629_00023_frameImage_PS.mrc",
+    ps = shared_data("real", "betagal_power_spectra", "20170629_00023_frameImage_PS.mrc")
+    res = CliRunner().invoke(main, ["fit-ctf", str(ps),
                                     "--resolution-range", "5", "30"], standalone_mode=False)
     assert res.exception is not None and "resolution-range" in str(res.exception)
 
@@ -199,14 +195,14 @@ def _small_blank(n=20, seed=3):
 
 
 def _alpha_gain_fit(det, obj, method):
-    fixed = {k: v for k, v in F._detector_theta(det).items() if k not in ("mtf_alpha", "gain")}
-    par = F.Parametrisation(F.detector_free_params(det, ["mtf_alpha", "gain"], {"mtf_alpha": 14, "gain": 7}), fixed)
-    return F.fit(obj, par, method, maxiter=40, lr=0.05)
+    fixed = {k: v for k, v in detector_theta(det).items() if k not in ("mtf_alpha", "gain")}
+    par = Parametrisation(detector_free_params(det, ["mtf_alpha", "gain"], {"mtf_alpha": 14, "gain": 7}), fixed)
+    return fit(obj, par, method, maxiter=40, lr=0.05)
 
 
 def test_pathwise_spectrum_objective_with_common_random_numbers_recovers_alpha_and_gain():
     det, refs = _small_blank()
-    obj = F.SimulationObjective(refs, det, loss="log_ps", estimator="pathwise", crn=True, seed=11)
+    obj = SimulationObjective(refs, det, loss="log_ps", estimator="pathwise", crn=True, seed=11)
     r = _alpha_gain_fit(det, obj, "lbfgsb")
     assert abs(r.params["mtf_alpha"] / 10 - 1) < 0.05 and abs(r.params["gain"] / 10 - 1) < 0.01
 
@@ -215,14 +211,14 @@ def test_paired_pixel_loss_on_independent_noise_blurs_away_the_noise():
     # E|sim − ref|² = Var(sim) + Var(ref) + ...: the minimiser removes simulated noise power,
     # so α (the blur) runs to its bound — why cutem fits spectra instead of paired images
     det, refs = _small_blank()
-    obj = F.SimulationObjective(refs, det, loss="pixel", estimator="pathwise", crn=True, seed=11)
+    obj = SimulationObjective(refs, det, loss="pixel", estimator="pathwise", crn=True, seed=11)
     r = _alpha_gain_fit(det, obj, "lbfgsb")
     assert r.params["mtf_alpha"] > 100
 
 
 def test_score_estimator_objective_returns_a_surrogate_and_records_losses():
     det, refs = _small_blank(n=4)
-    obj = F.SimulationObjective(refs, det, loss="log_ps", estimator="score", crn=False, seed=1)
+    obj = SimulationObjective(refs, det, loss="log_ps", estimator="score", crn=False, seed=1)
     r = _alpha_gain_fit(det, obj, "adam")
     assert len(obj.losses) == r.evaluations and obj.losses[-1] < obj.losses[0]
 
@@ -240,7 +236,7 @@ def test_score_gradients_of_dose_are_far_noisier_than_pathwise_but_not_for_the_m
             w = {k: t.watch(np.asarray(float(getattr(det, k)))) for k in names}
             d = detect(np.ones((96, 96)), det, rng=seed, estimator=est, params=w)
             img = d.image - ops.mean(d.image)
-            loss = F.log_radial_ps_loss(ops.abs2(ops.fft2(img)) * (1 / 96 ** 2), data, bins)
+            loss = log_radial_ps_loss(ops.abs2(ops.fft2(img)) * (1 / 96 ** 2), data, bins)
             obj = loss if est == "pathwise" else score_surrogate(loss, d.log_prob, base)
         return float(loss.value), np.array([float(g) for g in t.gradient(obj, [w[k] for k in names])])
 

@@ -3,7 +3,7 @@
 Data: ../shared/data/real/betagal_power_spectra (EMPIAR-10204 / RELION tutorial, K2, 200 kV,
 Cs 1.4 mm, spectrum sampling 1.39955 Å/px, DC at the centre) and micrographs_ctf.star
 (CTFFIND4 results shipped with the RELION test data). The fit runs through the CLI's library
-function :func:`cutem.fitting.fit_ctf` with the CLI's defaults (fit range 1/30–1/5 Å⁻¹,
+function :func:`cutem.fitting.ctf.fit_ctf` with the CLI's defaults (fit range 1/30–1/5 Å⁻¹,
 amplitude contrast free, starting at 0.1).
 
 Pass criteria (issue 5): mean defocus within 2 % of CTFFIND; astigmatism angle within 10°
@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from report import Report  # validation/report.py (this folder is on sys.path)
+from spectra_checks import simulated_spectrum_correlation
 
-from cutem.fitting import fit_ctf, simulated_spectrum_correlation
+from cutem.fitting.ctf import fit_ctf
 from cutem.io import read_mrc, read_star
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "betagal_power_spectra"

@@ -37,8 +37,10 @@ from report import Report  # validation/report.py (this folder is on sys.path)
 from adjoints import Adam, Tape, ops
 from cutem.config import load_config
 from cutem.detector import detect, mtf_radial, score_surrogate
-from cutem.fitting import (blank_crb, blank_whittle_fisher, fit_mtf_blank, focal_frequency_loss, log_radial_ps_loss,
-                           normalised_mtf_params)
+from cutem.fitting.crb import blank_crb, blank_whittle_fisher
+from cutem.fitting.detector_model import normalised_mtf_params
+from cutem.fitting.losses import focal_frequency_loss, log_radial_ps_loss
+from cutem.fitting.mtf import fit_mtf_blank
 from cutem.spectra import RadialBins, power_spectrum
 
 OUT = Path(__file__).parent / "results" / "fit_mtf_recovery.txt"

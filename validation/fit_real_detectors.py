@@ -1,7 +1,7 @@
 """Fit the TEM-simulator MTF form (a, b, c, α, β, p, q) to measured detector MTF curves.
 
 Data: ../shared/data/real/detector_mtf/mtf_*.star (RELION's measured MTFs at 300 kV:
-frequency in 1/pixel 0–0.5, MTF). Fit: :func:`cutem.fitting.fit_mtf_curve` (L-BFGS-B with
+frequency in 1/pixel 0–0.5, MTF). Fit: :func:`cutem.fitting.mtf.fit_mtf_curve` (L-BFGS-B with
 the exact gradient of :class:`cutem.detector.MTF`, 8 starts), gain fixed at 1. Also the
 p = q = 1 form (TEM-simulator's default) for comparison.
 
@@ -16,7 +16,8 @@ import numpy as np
 
 from report import Report  # validation/report.py (this folder is on sys.path)
 
-from cutem.fitting import fit_mtf_curve, normalised_mtf_params
+from cutem.fitting.detector_model import normalised_mtf_params
+from cutem.fitting.mtf import fit_mtf_curve
 from cutem.io import read_star
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "detector_mtf"

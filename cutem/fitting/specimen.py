@@ -1,0 +1,233 @@
+"""Micrographs of a known specimen: the closed-form expected spectrum and its fit.
+
+:class:`SpecimenModel` renders the expected power spectrum and mean of micrographs of the
+scene of a config (on the tape, no noise draw); :func:`fit_mtf_specimen` fits detector,
+ice-thickness and defocus parameters to micrographs with it; :func:`specimen_config_with`
+puts the fitted values back into the config.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import adjoints.backend as B
+from adjoints import Var, ops, unwrap
+from adjoints.fit import FreeParam, Parametrisation, fit
+
+from .. import detector as D
+from .. import optics as O
+from ..errors import InputError
+from ..grid import Grid
+from ..imaging import ImageModel, stack_z_range, tilt_settings
+from ..optics import optics_inputs
+from ..specimen import scene_from_config
+from ..spectra import RadialBins, power_spectrum
+from .detector_model import (DETECTOR_BOUNDS, as_input, detector_free_params, detector_theta, expand_ratios,
+                             fit_errors, mtf_on_grid)
+from .losses import log_mean_residual, spectrum_objective
+from .mtf import MTFFit
+
+
+#: pseudo-parameters of :func:`fit_mtf_specimen` besides the detector fields
+SPECIMEN_FIT_NAMES = ("ice_thickness_A", "thickness_center_A", "thickness_edge_A", "defocus_A",
+                      "defocus_u_A", "defocus_v_A")
+_SPECIMEN_BOUNDS = {"ice_thickness_A": (0.0, 1e5), "thickness_center_A": (0.0, 1e5),
+                    "thickness_edge_A": (0.0, 1e5), "defocus_A": (-2e5, 2e5), "defocus_u_A": (-2e5, 2e5),
+                    "defocus_v_A": (-2e5, 2e5)}
+
+
+class SpecimenModel:
+    """Expected power spectrum and mean of micrographs of a fixed specimen (taped).
+
+    The scene of ``cfg`` (atoms and ice, tilt ``tilt``) goes through the deterministic part
+    of the microscope on the tape — its :class:`cutem.imaging.ImageModel` rendered with
+    ``estimator="none"`` (the potential computed once; the ice through its stage when the
+    thickness is free): the noise-free image
+    m(r) = gain·MTF ⊛ N̄. The shot noise (Poisson, then the Wald DQE model) is independent
+    per pixel with variance N̄(r)/DQE, so after the MTF its spectrum is white times MTF².
+    The expected periodogram of one micrograph is therefore, in closed form (no noise draw,
+    no pathwise or score estimator needed: every moment used is exact),
+
+        S(q) = |FFT[m − m̄]|²/n + MTF(q)² · mean(N̄)/DQE + σ_readout²,
+
+    and the expected image mean is gain·mean(N̄). Parameters (``theta``) are the detector
+    fields (:data:`cutem.detector.PARAM_NAMES`, Vars where free), optics fields
+    (:data:`cutem.optics.PARAM_NAMES`), ``defocus_A`` (u = v), ``thickness_center_A``,
+    ``thickness_edge_A`` and ``ice_thickness_A`` (both thicknesses shifted together by the
+    same amount, keeping the config's centre–edge difference).
+    """
+
+    def __init__(self, cfg, tilt=0, scene=None, free=()):
+        cfg = cfg.replace(simulation=cfg.simulation.replace(dtype="float64"))
+        self.cfg = cfg
+        s = cfg.sample
+        self.thickness_free = any(k in free for k in ("ice_thickness_A", "thickness_center_A", "thickness_edge_A"))
+        z_range = None
+        scene = scene if scene is not None else scene_from_config(cfg)
+        if self.thickness_free:
+            if not s.ice:
+                raise InputError("fit: the ice thickness is free but [sample] ice = false")
+            if s.ice_absorption <= 0 and cfg.simulation.method == "projection":
+                raise InputError("fit: the ice thickness is not identifiable with [sample] ice_absorption = 0 "
+                                 "(a uniform ice layer is then a pure phase: the image does not depend on it); "
+                                 "set ice_absorption > 0")
+            if cfg.simulation.method == "multislice":
+                # the slice stack must hold the thickest ice the fit may try
+                t = min(1e5, max(s.thickness_center_A, s.thickness_edge_A) * 3 + 1000)
+                big = cfg.replace(sample=s.replace(thickness_center_A=t, thickness_edge_A=t))
+                angle = tilt_settings(cfg, tilt)[0]
+                z_range = stack_z_range(big, Grid.from_config(cfg), angle,
+                                        scene.z_extent(angle, cfg.geometry.tilt_axis_deg) if len(scene) else None)
+        self.model = ImageModel.from_config(cfg, tilt, scene=scene, xp=np, dtype=np.float64, z_range_A=z_range)
+        self.grid, self.angle = self.model.grid, self.model.angle_deg
+        self.optics, self.detector, self.atoms = self.model.optics, self.model.detector, self.model.atoms
+
+    def theta0(self):
+        """Every parameter the model knows, at the config's values (floats)."""
+        th = detector_theta(self.detector)
+        th.update({k: float(v) for k, v in optics_inputs(self.optics).items()})
+        s = self.cfg.sample
+        th.update({"thickness_center_A": s.thickness_center_A, "thickness_edge_A": s.thickness_edge_A,
+                   "ice_thickness_A": s.thickness_center_A,
+                   "defocus_A": 0.5 * (self.optics.defocus_u_A + self.optics.defocus_v_A)})
+        return th
+
+    def __call__(self, theta):
+        """(S (2D, FFT layout), expected image mean), both taped, for ``theta``."""
+        th = dict(self.theta0())
+        th.update(expand_ratios(theta))
+        if "defocus_A" in theta:
+            th["defocus_u_A"] = th["defocus_v_A"] = th["defocus_A"]
+        params = {k: as_input(th[k]) for k in tuple(O.PARAM_NAMES) + tuple(D.PARAM_NAMES)}
+        if self.thickness_free:
+            tc, te = th["thickness_center_A"], th["thickness_edge_A"]
+            if "ice_thickness_A" in theta:
+                # centre and edge shifted together, keeping the config's difference
+                s = self.cfg.sample
+                tc = th["ice_thickness_A"]
+                te = tc + (s.thickness_edge_A - s.thickness_center_A)
+            params.update(thickness_center_A=as_input(tc), thickness_edge_A=as_input(te))
+        det = self.model.render(params, estimator="none")
+        img = det.image
+        ny, nx = self.grid.detector_shape
+        n = ny * nx
+        mean_img = ops.mean(img)
+        sig = ops.abs2(ops.fft2(img - mean_img)) * (1.0 / n)
+        S = sig
+        if self.detector.quantized:
+            m = mtf_on_grid((ny, nx), th)
+            S = S + (m * m) * (ops.mean(det.expected_counts) / th["dqe"])
+        r = th.get("readout_noise", 0.0)
+        if isinstance(r, Var) or float(B.to_numpy(r)) > 0:
+            S = S + r * r
+        return S, mean_img
+
+
+def _specimen_free_params(model, free, start):
+    th0 = model.theta0()
+    start = dict(start or {})
+    det_names = [k for k in free if k not in SPECIMEN_FIT_NAMES]
+    out = detector_free_params(model.detector, det_names, start)
+    for k in free:
+        if k in SPECIMEN_FIT_NAMES:
+            v = float(start.get(k, th0[k]))
+            lo, hi = _SPECIMEN_BOUNDS[k]
+            # defocus: a first L-BFGS step of ~100 Å stays inside one Thon-ring basin
+            scale = 100.0 if "defocus" in k else max(100.0, abs(v))
+            out.append(FreeParam(k, v, lo, hi, "bounds", scale))
+    return out
+
+
+def fit_mtf_specimen(images, cfg, free=("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "gain"), start=None,
+                     objective="log_radial", tilt=0, scene=None, method="lbfgsb", maxiter=300, lr=0.05,
+                     mean_weight=1.0, tol=1e-12):
+    """Fit detector (and specimen/optics) parameters to micrographs of a known specimen.
+
+    The model is :class:`SpecimenModel`: the **closed-form expected power spectrum** of the
+    scene described by ``cfg`` (a cutem TOML or TEM-simulator input file loaded with
+    :func:`cutem.config.load_config`), S(q) = |FFT[gain·MTF⊛N̄ − mean]|²/n + MTF²·mean(N̄)/DQE,
+    computed on the tape through the pipeline's stages, so the gradients are exact and the
+    objective is deterministic (L-BFGS-B converges without any gradient estimator).
+    ``images`` are micrographs of that same scene and tilt (the mean periodogram is used).
+
+    Objectives (plus, in both, ``mean_weight`` × the squared standardised log ratio of the
+    expected and observed image means, which separates the gain from N̄/DQE):
+
+    * ``"log_radial"`` — count-weighted log ring-averaged spectrum (:func:`log_radial_residuals`),
+      as :func:`fit_mtf_blank`;
+    * ``"whittle"`` — the 2D Whittle negative log-likelihood (:func:`whittle_nll`).
+
+    Free names: detector fields (a, b, c are fitted as b/a, c/a, see
+    :func:`detector_free_params`), ``ice_thickness_A`` (centre and edge shifted together),
+    ``thickness_center_A``, ``thickness_edge_A``, ``defocus_A`` (u = v), ``defocus_u_A``,
+    ``defocus_v_A``. The ice thickness acts through the ice's absorption (its attenuation
+    of the beam, ``Sample.ice_absorption`` > 0): it sets the mean intensity, which the image
+    mean (gain·N̄) and the shot-noise level (gain²·N̄/DQE) measure together.
+
+    Errors: ``"log_radial"``: Gauss–Newton on its residuals at the fitted point (exact
+    Jacobian); ``"whittle"``: inverse observed information (Hessian of the negative
+    log-likelihood, :func:`observed_information_covariance`).
+    Returns :class:`MTFFit` (``detector`` with the fitted detector fields; fitted specimen
+    and optics values in ``fit.params``).
+    """
+    if objective not in ("log_radial", "whittle"):
+        raise InputError(f"fit_mtf_specimen: objective must be log_radial or whittle, not {objective!r}")
+    imgs = np.asarray(B.to_numpy(images), dtype=np.float64)
+    if imgs.ndim == 2:
+        imgs = imgs[None]
+    det = cfg.detector
+    if imgs.shape[-2:] != (det.ny, det.nx):
+        raise InputError(f"fit_mtf_specimen: micrographs are {imgs.shape[-1]}x{imgs.shape[-2]} but the config's "
+                         f"detector is {det.nx}x{det.ny}")
+    unknown = [k for k in free if k not in SPECIMEN_FIT_NAMES and k not in DETECTOR_BOUNDS]
+    if unknown:
+        raise InputError(f"fit_mtf_specimen: cannot fit {unknown[0]!r}; free names are detector fields "
+                         f"{sorted(DETECTOR_BOUNDS)} and {list(SPECIMEN_FIT_NAMES)}")
+    model = SpecimenModel(cfg, tilt, scene, free)
+    nimg, shape = imgs.shape[0], imgs.shape[-2:]
+    ps = power_spectrum(imgs)
+    mean = float(imgs.mean())
+    px = det.pixel_size_A
+    bins = RadialBins(shape, px, qmax=np.sqrt(2) * 0.5 / px + 1e-9)
+    data = bins.average(ps)
+    w = bins.count_np * nimg / 2.0
+    w[bins.q <= 0] = 0.0
+    th0 = model.theta0()
+    th0.update(start or {})
+    # shot noise of the image mean: Var = gain·mean/DQE per pixel (counts), at the start gain
+    sd_logmean = math.sqrt(max(th0["gain"] * abs(mean) / th0["dqe"], 1e-300) / (nimg * shape[0] * shape[1])) \
+        / abs(mean) if mean else 1.0
+    use_mean = mean > 0 and mean_weight > 0
+    par = Parametrisation(_specimen_free_params(model, free, start), {})
+    mean_res = log_mean_residual(mean, mean_weight, sd_logmean) if use_mean else None
+    residuals, loss = spectrum_objective(model, ps, data, nimg, bins, w, objective, mean_res)
+    res = fit(loss, par, method, maxiter=maxiter, lr=lr, tol=tol)
+    vals = dict(res.params)
+    errs = fit_errors(objective, loss, residuals, vals, par.names)
+    phys = expand_ratios(vals)
+    det_names = [k for k in free if k not in SPECIMEN_FIT_NAMES]
+    res.params = {k: float(phys[k]) for k in free}
+    det_fit = det.replace(**{k: res.params[k] for k in det_names})
+    S, _ = model(vals)
+    model_prof = bins.average(np.asarray(unwrap(S)))
+    with np.errstate(divide="ignore", invalid="ignore"):   # the DC ring of mean-free data is 0
+        resid = np.log(model_prof) - np.log(data)
+    profile = {"x": bins.q * px, "data": data, "model": model_prof, "residual": resid, "weights": w}
+    return MTFFit(det_fit, res, errs, profile)
+
+
+def specimen_config_with(cfg, params):
+    """``cfg`` with fitted values of :func:`fit_mtf_specimen` put back (detector, sample, optics)."""
+    det_kw = {k: v for k, v in params.items() if k in DETECTOR_BOUNDS}
+    cfg = cfg.replace(detector=cfg.detector.replace(**det_kw))
+    s = cfg.sample
+    if "ice_thickness_A" in params:
+        d = params["ice_thickness_A"] - s.thickness_center_A
+        s = s.replace(thickness_center_A=params["ice_thickness_A"], thickness_edge_A=max(0.0, s.thickness_edge_A + d))
+    s = s.replace(**{k: params[k] for k in ("thickness_center_A", "thickness_edge_A") if k in params})
+    o = cfg.optics
+    if "defocus_A" in params:
+        o = o.replace(defocus_u_A=params["defocus_A"], defocus_v_A=params["defocus_A"])
+    o = o.replace(**{k: params[k] for k in ("defocus_u_A", "defocus_v_A") if k in params})
+    return cfg.replace(sample=s, optics=o)
