@@ -9,107 +9,205 @@ import click
 from .common import device_option, fail, quiet_option
 
 
-def _axis_from_header(path):
-    """``tilt_axis_deg=<value>`` from the MRC labels, or None."""
+CONVENTIONS = """\b
+Conventions. A stack without cutem's header label is read as IMOD writes an aligned stack:
+tilt axis along the image's y axis (rows) through the centre, positive tilt a right-handed
+rotation about +y (a point (x, z) projects to x cos θ + z sin θ). Overrides, first found wins:
+--tilt-axis; the stack's label 'tilt_axis_deg=A' (cutem writes it); [geometry] tilt_axis_deg
+of NAME_params.toml beside it (cutem simulate); NAME.xf beside a stack not named .ali (the
+raw stack of IMOD: each view is transformed by its line, A11 A12 A21 A22 DX DY, then read
+with the axis along y). Angles: --tlt, else NAME.tlt, NAME.rawtlt, or the TiltAngle
+entries of NAME.mdoc / NAME.mrc.mdoc (SerialEM). Output: an MRC volume with sections along
+the beam (array (nz, ny, nx), x and y those of the images, z = depth, the axis at voxel
+n/2 of each dimension); IMOD's tilt writes sections perpendicular to the axis (XZY): the
+same volume with its y and z axes swapped."""
+
+
+def _label_tokens(path):
+    """``(is_cutem, {key: value})`` from the MRC labels of ``path``."""
     import mrcfile
 
     try:
         with mrcfile.open(path, permissive=True, header_only=True) as m:
             labels = [bytes(lab).decode("ascii", "ignore").strip() for lab in m.header.label[: int(m.header.nlabl)]]
     except Exception:
-        return None
+        return False, {}
+    toks = {}
     for lab in labels:
         for tok in lab.replace(",", " ").split():
-            if tok.startswith("tilt_axis_deg="):
-                try:
-                    return float(tok.split("=", 1)[1])
-                except ValueError:
-                    return None
-    return None
+            if "=" in tok:
+                k, v = tok.split("=", 1)
+                toks[k] = v
+    return any(lab.startswith("cutem") for lab in labels), toks
 
 
 def _siblings(path, suffix):
-    """Files beside a stack that ``cutem simulate`` writes: NAME<suffix> for NAME.mrc and
-    NAME_noisefree.mrc."""
+    """Files beside a stack: NAME<suffix> for NAME.mrc, NAME.mrc<suffix>, and NAME<suffix>
+    for the NAME_noisefree.mrc that ``cutem simulate`` writes."""
     p = Path(path)
     stems = [p.stem] + ([p.stem[: -len("_noisefree")]] if p.stem.endswith("_noisefree") else [])
-    return [p.with_name(st + suffix) for st in stems]
+    return [p.with_name(st + suffix) for st in stems] + [p.with_name(p.name + suffix)]
+
+
+def _first(path, suffix):
+    return next((c for c in _siblings(path, suffix) if c.is_file()), None)
 
 
 def _axis_from_params(path):
     """``[geometry] tilt_axis_deg`` of the ``NAME_params.toml`` that ``cutem simulate`` writes."""
     import tomllib
 
-    for cand in _siblings(path, "_params.toml"):
-        if cand.is_file():
-            try:
-                geo = tomllib.loads(cand.read_text()).get("geometry", {})
-            except (OSError, tomllib.TOMLDecodeError):
-                continue
-            return float(geo.get("tilt_axis_deg", 0.0)), cand
-    return None, None
+    cand = _first(path, "_params.toml")
+    if cand is None:
+        return None
+    try:
+        geo = tomllib.loads(cand.read_text()).get("geometry", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return float(geo.get("tilt_axis_deg", 0.0))
 
 
-@click.command()
+def resolve_geometry(tilts, n_images, tlt_path=None, axis_deg=None):
+    """``(angles_deg, axis_deg, xf_or_None, dose_or_None, source)`` of a stack by the rules of
+    :data:`CONVENTIONS`; ``source`` says in words where the axis came from."""
+    import numpy as np
+
+    from cutem import imod, io
+
+    dose = None
+    if tlt_path:
+        angles = io.read_tlt(tlt_path)
+        where = tlt_path
+    else:
+        tlt = _first(tilts, ".tlt") or _first(tilts, ".rawtlt")
+        mdoc = _first(tilts, ".mdoc")
+        if tlt is not None:
+            angles, where = io.read_tlt(tlt), tlt
+        elif mdoc is not None:
+            info = imod.read_mdoc(mdoc)
+            angles, dose, where = info["tilt_deg"], info["dose_e_per_A2"], mdoc
+        else:
+            fail(f"no tilt angles for {tilts}: no NAME.tlt, NAME.rawtlt or NAME.mdoc beside it (give --tlt)")
+    if len(angles) != n_images:
+        fail(f"tilt angles {where}: {len(angles)} angles for {n_images} images in {tilts}")
+    if np.any(np.abs(angles) > 90):
+        fail(f"tilt angles {where}: angles must lie in [-90, 90]")
+    is_cutem, toks = _label_tokens(tilts)
+    xf = None
+    if axis_deg is not None:
+        source = "--tilt-axis"
+    elif "tilt_axis_deg" in toks:
+        try:
+            axis_deg, source = float(toks["tilt_axis_deg"]), "header label"
+        except ValueError:
+            fail(f"{tilts}: header label tilt_axis_deg={toks['tilt_axis_deg']!r} is not a number")
+    elif (params := _axis_from_params(tilts)) is not None:
+        axis_deg, source = params, "NAME_params.toml"
+    elif is_cutem:
+        axis_deg, source = 0.0, "cutem label (cutem's default axis along x)"
+    elif Path(tilts).suffix != ".ali" and (xf_path := _first(tilts, ".xf")) is not None:
+        xf = imod.read_xf(xf_path)
+        if len(xf) != n_images:
+            fail(f"{xf_path}: {len(xf)} transforms for {n_images} images in {tilts}")
+        axis_deg, source = 90.0, f"IMOD raw stack aligned by {xf_path.name}"
+    else:
+        axis_deg, source = 90.0, "IMOD convention (axis along y)"
+    return np.asarray(angles, dtype=np.float64), float(axis_deg), xf, dose, source
+
+
+@click.command(epilog=CONVENTIONS)
 @click.argument("tilts", type=click.Path(dir_okay=False))
 @click.option("--tlt", "tlt_path", type=click.Path(dir_okay=False), default=None,
-              help="Tilt angles, one per line in degrees (default: TILTS with .tlt).")
+              help="Tilt angles, one per line in degrees (default: NAME.tlt, NAME.rawtlt or NAME.mdoc).")
 @click.option("--tilt-axis", "axis_deg", type=float, default=None,
-              help="In-plane angle of the tilt axis from image x, degrees (default: the stack's "
-                   "'tilt_axis_deg=' header label, else [geometry] of NAME_params.toml beside it, else 0).")
-@click.option("--method", type=click.Choice(["wbp", "sirt"]), default="wbp", show_default=True)
+              help="In-plane angle of the tilt axis from image x, degrees (default: see Conventions; "
+                   "90, IMOD's, for a stack that is not cutem's).")
+@click.option("--method", type=click.Choice(["wbp", "sirt"]), default="wbp", show_default=True,
+              help="sirt: SIRT's weighted least squares by conjugate gradients, stopped where the "
+                   "odd tilts are best predicted from the even ones.")
 @click.option("--filter", "filt", type=click.Choice(["ram-lak", "shepp-logan", "cosine", "hamming", "hann"]),
               default="shepp-logan", show_default=True, help="WBP ramp apodisation.")
 @click.option("--cutoff", type=float, default=1.0, show_default=True,
               help="WBP filter cutoff as a fraction of Nyquist.")
-@click.option("--iterations", type=int, default=20, show_default=True, help="SIRT iterations.")
-@click.option("--relaxation", type=float, default=1.0, show_default=True, help="SIRT step λ in (0, 2).")
-@click.option("--positivity", is_flag=True, help="SIRT: clip negative values each iteration.")
+@click.option("--iterations", type=int, default=50, show_default=True, help="SIRT: most iterations.")
+@click.option("--relaxation", type=float, default=1.0, show_default=True,
+              help="SIRT with --positivity: step λ in (0, 2).")
+@click.option("--positivity", is_flag=True,
+              help="SIRT: the classic projected iteration (clip negatives), --iterations steps.")
 @click.option("--invert", is_flag=True, help="Negate the images first (dark particles → positive density).")
 @click.option("--thickness", type=int, default=None, help="Volume depth nz in voxels (default: image rows).")
+@click.option("--ctf", "ctf_mode", type=click.Choice(["none", "phaseflip", "wiener"]), default="none",
+              show_default=True, help="CTF correction per tilt, in strips parallel to the tilt axis "
+                                      "(the defocus gradient of the tilted field).")
+@click.option("--defocus", "defocus_path", type=click.Path(dir_okay=False), default=None,
+              help="IMOD ctfplotter .defocus file (default: NAME.defocus beside the stack).")
+@click.option("--defocus-A", "defocus_A", type=float, default=None,
+              help="One defocus for every tilt at the axis, Å, + = underfocus (else .defocus, else "
+                   "[optics] of NAME_params.toml, else fitted per tilt).")
+@click.option("--voltage", "voltage_kV", type=float, default=None, help="kV (default: params file, else 300).")
+@click.option("--cs", "cs_mm", type=float, default=None, help="Cs in mm (default: params file, else 2.7).")
+@click.option("--amplitude-contrast", type=float, default=None,
+              help="Amplitude contrast fraction (default: params file, else 0.07).")
+@click.option("--wiener-snr", type=float, default=1.0, show_default=True,
+              help="Wiener: signal-to-noise ratio of the constant 1/SNR term.")
+@click.option("--dose-per-tilt", type=float, default=None,
+              help="Exposure filter (Grant & Grigorieff 2015): e/Å² per image, accumulated in stack "
+                   "order (default: ExposureDose of NAME.mdoc when present, else no filter).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Output volume (.mrc).")
 @device_option
 @quiet_option
 def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, relaxation, positivity,
-                invert, thickness, out, device, quiet):
+                invert, thickness, ctf_mode, defocus_path, defocus_A, voltage_kV, cs_mm, amplitude_contrast,
+                wiener_snr, dose_per_tilt, out, device, quiet):
     """Reconstruct a tomogram (nz, ny, nx) from a single-axis tilt stack.
 
-    The voxel size is the stack's pixel size. For WBP each image is mean-subtracted first
-    (the ramp filter removes the mean anyway; this avoids ringing from the padding).
+    The voxel size is the stack's pixel size.
     """
     import numpy as np
-    from tqdm import tqdm
 
     import adjoints.backend as B
-    from cutem import io, tomo
+    from cutem import ctfcorrect, imod, io, tomo
 
     stack, px = io.read_mrc(tilts, ndim=3, name="tilt stack")
-    if tlt_path:
-        tlt = Path(tlt_path)
-    else:
-        tlt = next((c for c in _siblings(tilts, ".tlt") if c.is_file()), Path(tilts).with_suffix(".tlt"))
-    if not tlt.is_file():
-        fail(f"tilt file {tlt}: no such file (give --tlt)")
-    angles = io.read_tlt(tlt)
-    if len(angles) != stack.shape[0]:
-        fail(f"tilt file {tlt}: {len(angles)} angles for {stack.shape[0]} images in {tilts}")
-    if np.any(np.abs(angles) > 90):
-        fail(f"tilt file {tlt}: angles must lie in [-90, 90]")
-    if axis_deg is None:
-        axis_deg = _axis_from_header(tilts)
-    if axis_deg is None:
-        axis_deg, _ = _axis_from_params(tilts)
-    if axis_deg is None:
-        axis_deg = 0.0
+    angles, axis_deg, xf, mdoc_dose, source = resolve_geometry(tilts, stack.shape[0], tlt_path, axis_deg)
     if thickness is not None and thickness < 1:
         fail(f"--thickness = {thickness} must be a positive number of voxels")
+    if wiener_snr <= 0:
+        fail(f"--wiener-snr = {wiener_snr} must be positive")
+    if dose_per_tilt is not None and dose_per_tilt < 0:
+        fail(f"--dose-per-tilt = {dose_per_tilt} must be non-negative")
+    if xf is not None:
+        stack = imod.apply_xf(stack, xf)
+    t0 = time.perf_counter()
+    if invert:
+        stack = -stack
+    if ctf_mode != "none":
+        optics = _optics_for(tilts, voltage_kV, cs_mm, amplitude_contrast)
+        if defocus_A is not None:
+            defocus = np.full(len(angles), float(defocus_A))
+        elif (dpath := Path(defocus_path) if defocus_path else _first(tilts, ".defocus")) is not None:
+            if not dpath.is_file():
+                fail(f"defocus file {dpath}: no such file")
+            defocus = imod.read_defocus(dpath, len(angles))
+        elif optics.get("defocus_A") is not None:
+            defocus = np.full(len(angles), optics["defocus_A"])
+        else:
+            defocus = ctfcorrect.fit_defocus_per_tilt(stack, px, optics["voltage_kV"], optics["cs_mm"],
+                                                      optics["amplitude_contrast"])
+        stack = ctfcorrect.correct_ctf(stack, angles, axis_deg, px, defocus, optics["voltage_kV"],
+                                       optics["cs_mm"], optics["amplitude_contrast"], mode=ctf_mode,
+                                       wiener_snr=wiener_snr)
+    exposure = None
+    if dose_per_tilt is not None:
+        exposure = dose_per_tilt * (np.arange(len(angles)) + 0.5)
+    elif mdoc_dose is not None:
+        exposure = np.cumsum(mdoc_dose) - 0.5 * mdoc_dose
+    if exposure is not None:
+        stack = ctfcorrect.exposure_filter(stack, px, exposure)
     xp = B.get_xp(device)
     data = xp.asarray(stack)
-    if invert:
-        data = -data
-    if method == "wbp":
-        data = data - data.mean(axis=(1, 2), keepdims=True)
-    t0 = time.perf_counter()
+    from tqdm import tqdm
+
     bar = tqdm(total=iterations, disable=quiet or method != "sirt", desc="SIRT")
     vol = tomo.reconstruct(data, angles, axis_deg, thickness, method, filt, cutoff, iterations,
                            relaxation, positivity, progress=lambda k, r: bar.update(1))
@@ -117,7 +215,26 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, rel
     dt = time.perf_counter() - t0
     io.write_volume(out, vol, px, label=f"cutem reconstruct {method} tilt_axis_deg={axis_deg:g}")
     click.echo(f"wrote {out}: {tuple(vol.shape)} voxels of {px:g} Å, {method}, {len(angles)} tilts, "
-               f"axis {axis_deg:g}°, {dt:.1f} s")
+               f"axis {axis_deg:g}° ({source}), ctf {ctf_mode}, {dt:.1f} s")
+
+
+def _optics_for(tilts, voltage_kV, cs_mm, amplitude_contrast):
+    """Optics for CTF correction: the options, else [optics] of NAME_params.toml, else defaults."""
+    import tomllib
+
+    opt = {}
+    cand = _first(tilts, "_params.toml")
+    if cand is not None:
+        try:
+            opt = tomllib.loads(cand.read_text()).get("optics", {})
+        except (OSError, tomllib.TOMLDecodeError):
+            opt = {}
+    du, dv = opt.get("defocus_u_A"), opt.get("defocus_v_A")
+    return {"voltage_kV": float(voltage_kV if voltage_kV is not None else opt.get("voltage_kV", 300.0)),
+            "cs_mm": float(cs_mm if cs_mm is not None else opt.get("cs_mm", 2.7)),
+            "amplitude_contrast": float(amplitude_contrast if amplitude_contrast is not None
+                                        else opt.get("amplitude_contrast", 0.07)),
+            "defocus_A": None if du is None else 0.5 * (float(du) + float(dv if dv is not None else du))}
 
 
 COMMANDS = [reconstruct]

@@ -402,18 +402,22 @@ def angle_weights(angles_deg):
 def filter_projections(stack_a, kind="ram-lak", cutoff=1.0):
     """Ramp-filter aligned projections (n_tilts, ny_a, nx_a) along y_a (axis 1).
 
-    Zero-padded to twice the length (next power of two) so the circular convolution of
-    the FFT does not wrap.
+    Padded to twice the length (next power of two) so the circular convolution of the
+    FFT does not wrap. The padding repeats each line's end values (half on each side)
+    instead of zeros: a projection of an isolated object ends in zeros anyway, while a
+    slab of ice or carbon does not, and a zero pad would put a step there whose filtered
+    ringing crosses the whole tomogram (the old fix, subtracting each image's mean, puts
+    the step at the object's own border instead).
     """
     xp = B.array_module(stack_a)
     n = stack_a.shape[1]
     npad = int(2 ** np.ceil(np.log2(max(2 * n, 2))))
     h = xp.asarray(ramp_filter(npad, kind, cutoff, dtype=B.real_dtype(stack_a.dtype)))
-    padded = xp.zeros((stack_a.shape[0], npad, stack_a.shape[2]), dtype=stack_a.dtype)
-    padded[:, :n] = stack_a
+    lo = (npad - n) // 2
+    padded = xp.pad(stack_a, ((0, 0), (lo, npad - n - lo), (0, 0)), mode="edge")
     f = B.fftn(padded, axes=(1,))
     f *= h[None, :, None]
-    return xp.ascontiguousarray(B.ifftn(f, axes=(1,)).real[:, :n].astype(stack_a.dtype))
+    return xp.ascontiguousarray(B.ifftn(f, axes=(1,)).real[:, lo:lo + n].astype(stack_a.dtype))
 
 
 def _check_stack(stack, angles_deg):
@@ -455,16 +459,69 @@ class SirtResult:
     volume: object
     residual_weighted: list  #: ‖b − A x_k‖²_R before update k (what SIRT decreases)
     residual: list           #: ‖b − A x_k‖² before update k
+    iterations: int = 0      #: iterations run on the full series
+    heldout: list = None     #: held-out tilts' relative misfit per iteration of the trial run
 
 
-def sirt(stack, angles_deg, axis_deg=0.0, thickness=None, iterations=20, relaxation=1.0,
+def _sirt_weights(plan, vol_shape, stack):
+    """R = 1/(A 1) and C = 1/(Aᵀ 1), zero where the sums vanish."""
+    xp = B.array_module(stack)
+    row = plan.project(xp.ones(vol_shape, dtype=stack.dtype))
+    col = plan.backproject(xp.ones_like(stack))
+    r_w = xp.where(row > 1e-6, 1.0 / xp.maximum(row, 1e-6), 0.0).astype(stack.dtype)
+    c_w = xp.where(col > 1e-6, 1.0 / xp.maximum(col, 1e-6), 0.0).astype(stack.dtype)
+    return r_w, c_w
+
+
+def _weighted_cgls(plan, vol_shape, b, r_w, c_w, iterations, callback=None):
+    """CGLS on min_u ‖R^½ (b − A C^½ u)‖², x = C^½ u: SIRT's objective by conjugate gradients.
+
+    Hestenes & Stiefel's CG on the normal equations in the CGLS arrangement (Björck,
+    *Numerical Methods for Least Squares Problems*, SIAM 1996, §7.4): the weighted residual
+    falls monotonically, and in k steps it reaches the minimum over the k-dimensional Krylov
+    space, where SIRT (a Landweber iteration with the same weights) needs many times as many.
+    ``callback(k, x)`` after every step; a true return value stops the iteration.
+    """
+    xp = B.array_module(b)
+    sr, sc = xp.sqrt(r_w), xp.sqrt(c_w)
+    u = xp.zeros(vol_shape, dtype=b.dtype)
+    r = sr * b
+    s = sc * plan.backproject(sr * r)
+    p = s.copy()
+    gamma = float(B.to_numpy((s * s).sum()))
+    res_w, res = [], []
+    for k in range(int(iterations)):
+        res_w.append(float(B.to_numpy((r * r).sum())))
+        res.append(float(B.to_numpy(((r / xp.where(sr > 0, sr, 1)) ** 2).sum())))
+        if gamma <= 0:
+            break
+        q = sr * plan.project(sc * p)
+        alpha = gamma / max(float(B.to_numpy((q * q).sum())), 1e-300)
+        u += alpha * p
+        r -= alpha * q
+        s = sc * plan.backproject(sr * r)
+        gamma_new = float(B.to_numpy((s * s).sum()))
+        p = s + (gamma_new / gamma) * p
+        gamma = gamma_new
+        if callback is not None and callback(k, sc * u):
+            break
+    return sc * u, res_w, res
+
+
+def sirt(stack, angles_deg, axis_deg=0.0, thickness=None, iterations=50, relaxation=1.0,
          positivity=False, x0=None, progress=None, origin="fft"):
-    """SIRT: x ← P₊(x + λ C Aᵀ R (b − A x)), R = 1/(A 1), C = 1/(Aᵀ 1).
+    """SIRT: the R-weighted least-squares tomogram, min ‖b − A x‖²_R in the C⁻¹ metric,
+    R = 1/(A 1), C = 1/(Aᵀ 1) (Gregor & Benson, IEEE TMI 27:918, 2008).
 
-    Gregor & Benson (IEEE TMI 27:918, 2008): for 0 < λ < 2 the R-weighted residual
-    ‖b − A x‖²_R decreases monotonically (with or without the positivity projection P₊,
-    a projected gradient step in the C⁻¹ metric). Rows/columns with zero sums get zero
-    weight. ``progress``: an optional callable ``progress(k, residual)``.
+    Without ``positivity`` the objective is minimised by conjugate gradients
+    (:func:`_weighted_cgls`), stopped by cross-validation on the tilts: a trial run on the
+    even-numbered tilts predicts the odd ones after every iteration, and the full series is
+    then run for the iteration count whose prediction was best (at most ``iterations``).
+    Noise-free data keep improving, so they run to the cap; noisy data stop where the
+    iteration starts fitting noise, which iteration-count SIRT leaves to the user. With
+    ``positivity`` (or a start ``x0``) the classic projected iteration
+    x ← P₊(x + λ C Aᵀ R (b − A x)) runs ``iterations`` times, which decreases
+    ‖b − A x‖²_R monotonically for 0 < λ < 2. ``progress``: optional ``progress(k, residual)``.
     """
     xp = B.array_module(stack)
     _check_stack(stack, angles_deg)
@@ -472,17 +529,20 @@ def sirt(stack, angles_deg, axis_deg=0.0, thickness=None, iterations=20, relaxat
         raise InputError(f"SIRT relaxation = {relaxation} is outside the allowed range (0, 2)")
     if int(iterations) < 1:
         raise InputError(f"SIRT iterations = {iterations} must be at least 1")
+    angles_deg = [float(a) for a in angles_deg]
     k = _axis_quarter_turns(axis_deg)
     aligned_ny = stack.shape[2] if (k or 0) % 2 else stack.shape[1]
     nz = int(thickness) if thickness else aligned_ny
-    op = Project(angles_deg, axis_deg, origin=origin)
     vol_shape = (nz,) + stack.shape[1:]
-    plan = op.plan(vol_shape, stack.dtype, xp)
-    ones_v = xp.ones(vol_shape, dtype=stack.dtype)
-    row = plan.project(ones_v)
-    col = plan.backproject(xp.ones_like(stack))
-    r_w = xp.where(row > 1e-6, 1.0 / xp.maximum(row, 1e-6), 0.0).astype(stack.dtype)
-    c_w = xp.where(col > 1e-6, 1.0 / xp.maximum(col, 1e-6), 0.0).astype(stack.dtype)
+    plan = Project(angles_deg, axis_deg, origin=origin).plan(vol_shape, stack.dtype, xp)
+    r_w, c_w = _sirt_weights(plan, vol_shape, stack)
+    if not positivity and x0 is None:
+        n_it, heldout = int(iterations), None
+        if len(angles_deg) >= 4:
+            n_it, heldout = _heldout_iterations(stack, angles_deg, axis_deg, origin, vol_shape, int(iterations))
+        x, res_w, res = _weighted_cgls(plan, vol_shape, stack, r_w, c_w, n_it,
+                                       None if progress is None else (lambda it, _x: progress(it, None)))
+        return SirtResult(x, res_w, res, n_it, heldout)
     x = xp.zeros(vol_shape, dtype=stack.dtype) if x0 is None else xp.asarray(x0, dtype=stack.dtype).copy()
     if positivity:
         x = xp.maximum(x, 0)
@@ -496,11 +556,32 @@ def sirt(stack, angles_deg, axis_deg=0.0, thickness=None, iterations=20, relaxat
             x = xp.maximum(x, 0, out=x)
         if progress is not None:
             progress(it, res_w[-1])
-    return SirtResult(x, res_w, res)
+    return SirtResult(x, res_w, res, int(iterations))
+
+
+def _heldout_iterations(stack, angles_deg, axis_deg, origin, vol_shape, cap):
+    """Best CG iteration count by predicting the odd tilts from a run on the even ones."""
+    xp = B.array_module(stack)
+    even, odd = list(range(0, len(angles_deg), 2)), list(range(1, len(angles_deg), 2))
+    p_even = Project([angles_deg[i] for i in even], axis_deg, origin=origin).plan(vol_shape, stack.dtype, xp)
+    p_odd = Project([angles_deg[i] for i in odd], axis_deg, origin=origin).plan(vol_shape, stack.dtype, xp)
+    b_odd = stack[odd]
+    norm = max(float(B.to_numpy((b_odd * b_odd).sum())), 1e-300)
+    misfit = []
+
+    def score(it, x):
+        d = b_odd - p_odd.project(x)
+        misfit.append(float(B.to_numpy((d * d).sum())) / norm)
+        # past the minimum by 5 steps: the misfit of a semi-convergent run does not come back
+        return len(misfit) - 1 - int(np.argmin(misfit)) >= 5
+
+    r_w, c_w = _sirt_weights(p_even, vol_shape, stack[even])
+    _weighted_cgls(p_even, vol_shape, stack[even], r_w, c_w, cap, score)
+    return int(np.argmin(misfit)) + 1, misfit
 
 
 def reconstruct(stack, angles_deg, axis_deg=0.0, thickness=None, method="wbp", filter="ram-lak",
-                cutoff=1.0, iterations=20, relaxation=1.0, positivity=False, progress=None, origin="fft"):
+                cutoff=1.0, iterations=50, relaxation=1.0, positivity=False, progress=None, origin="fft"):
     """Reconstruct a volume (thickness, ny, nx) from a tilt stack by ``wbp`` or ``sirt``."""
     if method == "wbp":
         return wbp(stack, angles_deg, axis_deg, thickness, filter, cutoff, origin)
@@ -555,16 +636,6 @@ def fsc(a, b, voxel_size=1.0, mask=None):
     cnt = xp.bincount(s, minlength=n)[:n]
     val = num / xp.sqrt(xp.maximum(pa * pb, 1e-300))
     return freq, B.to_numpy(val), B.to_numpy(cnt)
-
-
-def soft_mask(shape, radius, edge=3.0, xp=np, axes=None, dtype=np.float32):
-    """Sphere (or cylinder: distance over ``axes`` only) of ``radius`` voxels with a cosine edge."""
-    axes = tuple(range(len(shape))) if axes is None else tuple(axes)
-    grids = np.meshgrid(*[np.arange(n) - (n - 1) / 2.0 for n in shape], indexing="ij", sparse=True)
-    r = np.sqrt(sum(grids[i] ** 2 for i in axes)) + np.zeros(shape)
-    m = np.where(r <= radius, 1.0, np.where(r >= radius + edge, 0.0,
-                                            0.5 + 0.5 * np.cos(np.pi * (r - radius) / max(edge, 1e-9))))
-    return xp.asarray(m.astype(dtype))
 
 
 def contrast_to_noise(volume, signal_mask, background_mask):
