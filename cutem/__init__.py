@@ -30,7 +30,7 @@ def configure_engine(environ=os.environ):
     threads = environ.get("CUTEM_THREADS", "").strip()
     device = environ.get("CUTEM_DEVICE", "").strip().lower()
     keep = environ.get("CUTEM_KEEP_MEMORY", "").strip()
-    if threads and not (threads.isdigit() and int(threads) >= 1):
+    if threads and not (threads.isascii() and threads.isdigit() and int(threads) >= 1):
         raise InputError(f"CUTEM_THREADS must be a positive integer, not {threads!r}")
     if device and device not in ("auto", "cpu", "gpu"):
         raise InputError(f"CUTEM_DEVICE must be auto, cpu or gpu, not {device!r}")
@@ -56,7 +56,7 @@ _LAZY = {"load_config": ("cutem.config", "load_config"), "default_config": ("cut
          "run_simulation": ("cutem.run", "run_simulation"),
          "Optics": ("cutem.params", "Optics"), "Detector": ("cutem.params", "Detector"),
          "Sample": ("cutem.params", "Sample"), "Geometry": ("cutem.params", "Geometry"),
-         "Simulation": ("cutem.params", "Simulation"), "InputError": ("cutem.errors", "InputError")}
+         "Simulation": ("cutem.params", "Simulation")}
 
 
 def __getattr__(name):
@@ -67,4 +67,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'cutem' has no attribute {name!r}")
 
 
-__all__ = list(_LAZY) + ["configure_engine", "load_all", "__version__"]
+__all__ = list(_LAZY) + ["InputError", "configure_engine", "load_all", "__version__"]
