@@ -235,6 +235,11 @@ def test_rotation_by_quarter_turn_is_exact_permutation(rng):
     np.testing.assert_allclose(out, np.rot90(img, k=1), atol=1e-12)
 
 
+def test_rotation_refuses_an_array_of_another_rank():
+    with pytest.raises(ValueError, match="a 2D rotation needs a 2D array"):
+        ops.Rotate(ops.rotation_matrix_2d(0.3))(np.zeros((2, 4, 4)))
+
+
 def test_scatter_then_gather_of_integer_points_is_identity(rng):
     pos = np.array([[1.0, 2.0], [3.0, 0.0]])
     v = np.array([2.0, -1.0])
