@@ -2,10 +2,10 @@
 
 Arrays carry their module (``array_module(x)``); a device is chosen once by
 ``get_xp(device)`` where ``device`` is ``"auto"`` (CuPy when a CUDA device is usable,
-else NumPy), ``"cpu"`` or ``"gpu"``, and the environment variable ``CUTEM_DEVICE``
-gives the default. FFTs go through this module: ``scipy.fft`` with worker threads on
-the CPU, ``cupyx.scipy.fft`` on the GPU. float32 is the default real dtype; checks
-run in float64.
+else NumPy), ``"cpu"`` or ``"gpu"`` (:mod:`adjoints.settings` holds the default device and
+the CPU threads). FFTs go through this module: ``scipy.fft`` with worker threads on the
+CPU, ``cupyx.scipy.fft`` on the GPU. float32 is the default real dtype; checks run in
+float64.
 """
 from __future__ import annotations
 
@@ -15,43 +15,9 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft as _sfft
 
+from .settings import DEVICES, DeviceError, default_device, threads  # noqa: F401 (DeviceError: API)
+
 DEFAULT_DTYPE = np.float32
-DEVICE_ENV = "CUTEM_DEVICE"
-THREADS_ENV = "CUTEM_THREADS"
-KEEP_MEMORY_ENV = "CUTEM_KEEP_MEMORY"
-
-
-def _keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed blocks in the heap instead of unmapping them.
-
-    A 4096² simulation allocates and frees dozens of 64-128 MiB arrays (FFT outputs, scatter
-    grids). glibc serves each from a fresh ``mmap`` and returns it with ``munmap`` on free, so
-    every call page-faults its memory in again; on virtual machines that made a warm 4096²
-    potential 0.55-1.0 s instead of a steady 0.55 s (measured, 2-core VM). With ``M_MMAP_MAX``
-    = 0 and a high ``M_TRIM_THRESHOLD`` freed memory is reused directly (the process's resident
-    memory then stays near its peak until exit, like a caching allocator). Set
-    ``CUTEM_KEEP_MEMORY=0`` to leave the allocator alone. No effect off glibc.
-    """
-    if os.environ.get(KEEP_MEMORY_ENV, "1") == "0":
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-        ok = libc.mallopt(m_mmap_max, 0) == 1
-        ok = ok and libc.mallopt(m_trim_threshold, ctypes.c_int(2 ** 31 - 1)) == 1
-        return bool(ok)
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
-        return False
-
-
-#: whether freed memory is kept in the heap (see :func:`_keep_freed_memory`)
-KEEPS_FREED_MEMORY = _keep_freed_memory()
-
-
-class DeviceError(RuntimeError):
-    """The requested device cannot be used."""
 
 
 @lru_cache(maxsize=1)
@@ -73,9 +39,9 @@ def cuda_available() -> bool:
 
 
 def resolve_device(device: str | None = None) -> str:
-    """Return ``"cpu"`` or ``"gpu"`` for ``device`` in ``auto|cpu|gpu`` (or the env default)."""
-    device = (device or os.environ.get(DEVICE_ENV) or "auto").lower()
-    if device not in ("auto", "cpu", "gpu"):
+    """Return ``"cpu"`` or ``"gpu"`` for ``device`` in ``auto|cpu|gpu`` (or the default device)."""
+    device = (device or default_device()).lower()
+    if device not in DEVICES:
         raise DeviceError(f"device must be auto, cpu or gpu, not {device!r}")
     if device == "auto":
         return "gpu" if cuda_available() else "cpu"
@@ -121,17 +87,6 @@ def complex_dtype(real_dtype):
 def real_dtype(dtype):
     """float32 for complex64/float32, float64 for complex128/float64."""
     return np.finfo(np.dtype(dtype)).dtype
-
-
-def threads() -> int:
-    """Worker threads for CPU FFTs (``CUTEM_THREADS`` or all cores)."""
-    env = os.environ.get(THREADS_ENV)
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))  # the cores this process may use
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _fft_module(x):

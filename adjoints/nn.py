@@ -311,18 +311,6 @@ class L1Loss(Stage):
         return [(cls(), (_rand(rng, (2, 1, 4, 5), dtype, xp), _rand(rng, (2, 1, 4, 5), dtype, xp)))]
 
 
-def conv2d(x, w, b=None, stride=1, padding=0):
-    return Conv2d(stride, padding, b is not None)(x, w) if b is None else Conv2d(stride, padding, True)(x, w, b)
-
-
-def upsample(x, factor=2): return Upsample(factor)(x)
-def avg_pool2d(x, k=2): return AvgPool2d(k)(x)
-def max_pool2d(x, k=2): return MaxPool2d(k)(x)
-def leaky_relu(x, slope=0.1): return LeakyRelu(slope)(x)
-def mse_loss(a, b): return MSELoss()(a, b)
-def l1_loss(a, b): return L1Loss()(a, b)
-
-
 # ----------------------------------------------------------------------------- U-Net
 @dataclass(frozen=True)
 class UNetConfig:
@@ -522,5 +510,4 @@ def load_unet(path_or_group, xp=np, dtype=np.float32):
 
 
 __all__ = ["Conv2d", "Upsample", "AvgPool2d", "MaxPool2d", "LeakyRelu", "MSELoss", "L1Loss",
-           "conv2d", "upsample", "avg_pool2d", "max_pool2d", "leaky_relu", "mse_loss", "l1_loss",
            "UNetConfig", "UNet", "save_unet", "load_unet", "save_params", "load_params"]

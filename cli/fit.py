@@ -1,4 +1,8 @@
-"""``cutem fit-mtf`` and ``cutem fit-ctf``: fit the simulator's detector and optics to data."""
+"""``cutem fit-mtf`` and ``cutem fit-ctf``: fit the simulator's detector and optics to data.
+
+The fits run in float64 on the CPU (:mod:`cutem.fitting` takes no device), so neither command
+has a ``--device``; ``fit-mtf`` shows no progress bar, so it has no ``--quiet``.
+"""
 from __future__ import annotations
 
 import math
@@ -7,7 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .common import device_option, fail, quiet_option
+from .common import fail, quiet_option
 
 _MTF_FREE = "mtf_a,mtf_b,mtf_c,mtf_alpha,mtf_beta,gain"
 _CURVE_FREE = "mtf_a,mtf_b,mtf_c,mtf_alpha,mtf_beta,mtf_p,mtf_q"
@@ -71,10 +75,8 @@ def _report_lines(title, params, errors, extra=()):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--out", "out", default="mtf_fit", show_default=True,
               help="Output prefix: PREFIX.toml, PREFIX.png, PREFIX.txt.")
-@device_option
-@quiet_option
 def fit_mtf(inputs, config_path, kind, dc, free, ps_objective, tilt, method, maxiter, lr, pixel_size, objective,
-            loss_name, estimator, crn, seed, out, device, quiet):
+            loss_name, estimator, crn, seed, out):
     """Fit the detector's MTF (and gain) to micrographs, a power spectrum or an MTF curve.
 
     Micrographs with a specimen (--config: a cutem TOML or TEM-simulator input file with
@@ -215,10 +217,9 @@ def fit_mtf(inputs, config_path, kind, dc, free, ps_objective, tilt, method, max
 @click.option("--max-astigmatism", type=float, default=1500.0, show_default=True, help="Å, for the 2D grid")
 @click.option("-o", "--out", "out", default="ctf_fit.star", show_default=True,
               help="STAR file; one PNG per input beside it (<out stem>_<input stem>.png).")
-@device_option
 @quiet_option
 def fit_ctf(inputs, kind, dc, pixel_size, voltage_kV, cs_mm, amplitude_contrast, fix_amplitude_contrast,
-            resolution_range, defocus_range, max_astigmatism, out, device, quiet):
+            resolution_range, defocus_range, max_astigmatism, out, quiet):
     """Defocus, astigmatism and amplitude contrast from power spectra or micrographs.
 
     A 1D search over defocus on the radial profile, a 2D grid over astigmatism, then

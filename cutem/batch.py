@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from adjoints import settings
+
 from . import io
 from .config import RunConfig
 from .errors import InputError
@@ -368,8 +370,9 @@ def run_item(cfg: RunConfig, out_dir, device=None, threads=None):
     """One task: simulate an item's config to its files.
 
     ``threads``: the task's share of the cores (process workers): FFT threads and the thread
-    pool (``CUTEM_THREADS``, unless the user set it). BLAS runs one thread in every task
-    (:func:`set_blas_threads` says why); a worker process keeps that setting. Returns
+    pool (:func:`adjoints.settings.set_threads`, unless the user set ``CUTEM_THREADS``). BLAS
+    runs one thread in every task (:func:`set_blas_threads` says why); a worker process keeps
+    that setting. Returns
     ``(output name, seconds, info)``; ``info`` says where and how the task ran: ``pid``,
     ``fft_threads`` (:func:`adjoints.backend.threads`), ``blas_threads``, ``cpu_seconds``
     (CPU time of the worker process over the task, all its threads).
@@ -378,8 +381,8 @@ def run_item(cfg: RunConfig, out_dir, device=None, threads=None):
 
     from .run import run_simulation
 
-    if threads:
-        os.environ.setdefault("CUTEM_THREADS", str(int(threads)))
+    if threads and settings.thread_setting() is None:
+        settings.set_threads(int(threads))
     if any(b != 1 for b in blas_threads()):
         set_blas_threads(1)  # see set_blas_threads; the driver's own count is restored by _run_local
     t0, c0 = time.perf_counter(), time.process_time()
@@ -494,7 +497,7 @@ def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=Non
 def _run_local(get, todo, out_dir, device, threads, workers, finished, scheduler):
     from dask.callbacks import Callback
 
-    # FFT threads per task: set in each worker process; threads share the driver's environment
+    # FFT threads per task: set in each worker process; threads share the driver's setting
     # (set below); a synchronous run leaves the user's setting alone
     per_task = threads if scheduler in ("processes", "multiprocessing") else None
     dsk = {("cutem-item", it.index): (run_item, it.config, str(out_dir), device, per_task) for it in todo}
@@ -511,9 +514,9 @@ def _run_local(get, todo, out_dir, device, threads, workers, finished, scheduler
         # one item per round trip (Dask's process default is 6): each finished item reaches the
         # manifest at once, and the last items of a batch spread over all the workers
         kw["chunksize"] = 1
-    env_threads = os.environ.get("CUTEM_THREADS")
-    if scheduler in ("threads", "threaded") and env_threads is None:
-        os.environ["CUTEM_THREADS"] = str(threads)  # threads share the environment
+    own_threads = scheduler in ("threads", "threaded") and settings.thread_setting() is None
+    if own_threads:
+        settings.set_threads(threads)  # the tasks share this process's setting
     # tasks in this process (sync, threads) run BLAS on one thread, like process workers; the
     # driver's own setting comes back afterwards
     blas_before = set_blas_threads(1) if scheduler not in ("processes", "multiprocessing") else None
@@ -528,8 +531,8 @@ def _run_local(get, todo, out_dir, device, threads, workers, finished, scheduler
         with dask.config.set(ctx), Done():
             get(dsk, keys, **kw)
     finally:
-        if scheduler in ("threads", "threaded") and env_threads is None:
-            os.environ.pop("CUTEM_THREADS", None)
+        if own_threads:
+            settings.set_threads(None)
         if blas_before is not None:
             set_blas_threads(blas_before)
 

@@ -86,7 +86,7 @@ from typing import NamedTuple
 import numpy as np
 
 import adjoints.backend as B
-from adjoints.stage import Stage, Var, active_tape, register, unwrap
+from adjoints import Stage, Var, active_tape, register, unwrap
 
 PARAM_NAMES = ("dose_e_per_A2", "mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "mtf_p",
                "mtf_q", "gain", "dqe", "readout_noise")

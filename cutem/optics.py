@@ -91,7 +91,7 @@ import math
 import numpy as np
 
 import adjoints.backend as B
-from adjoints.stage import Stage, register, unwrap
+from adjoints import Stage, register, unwrap
 
 from .electron import relativistic_energy_factor, wavelength_A, wavenumber_per_A
 

@@ -63,8 +63,7 @@ import math
 import numpy as np
 
 import adjoints.backend as B
-from adjoints import ops
-from adjoints.stage import Stage, register, unwrap
+from adjoints import Stage, ops, register, unwrap
 
 from .electron import interaction_constant, wavelength_A
 

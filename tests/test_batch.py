@@ -210,18 +210,14 @@ def test_distributed_local_cluster_on_loopback(base, tmp_path):
         assert np.array_equal(a.data, b.data)
 
 
-def test_process_workers_run_their_share_of_fft_threads_and_one_blas_thread(base, tmp_path):
+def test_process_workers_run_their_share_of_fft_threads_and_one_blas_thread(base, tmp_path, engine_threads):
     # a task's share of the cores is its FFT threads and its thread pool; BLAS threads left at
     # all cores spin after each call and take the other worker's core
     if Bt._cores() < 2:
         pytest.skip("needs 2 cores")
     items = Bt.items_from_ranges(load_config(base), 4, 3, {"dose_e_per_A2": (5, 10)})
-    env = os.environ.pop("CUTEM_THREADS", None)
-    try:
-        r = Bt.run_batch(items, tmp_path / "p", scheduler="processes", workers=2, progress=False)
-    finally:
-        if env is not None:
-            os.environ["CUTEM_THREADS"] = env
+    engine_threads(None)  # as when CUTEM_THREADS is unset: the batch shares the cores out
+    r = Bt.run_batch(items, tmp_path / "p", scheduler="processes", workers=2, progress=False)
     assert r.done == 4 and set(r.tasks) == {0, 1, 2, 3}
     assert os.getpid() not in r.workers and 1 <= len(r.workers) <= 2
     for fft, blas in r.workers.values():
@@ -257,7 +253,7 @@ def _pool_answer(_):
     return B.pool().submit(int, "7").result(timeout=10)
 
 
-def test_forked_worker_gets_a_working_thread_pool(monkeypatch):
+def test_forked_worker_gets_a_working_thread_pool(engine_threads):
     # the parent's pool object survives fork without its threads; with the same thread count the
     # child would reuse it and wait for ever (batch drops it in the child)
     import multiprocessing as mp
@@ -267,7 +263,7 @@ def test_forked_worker_gets_a_working_thread_pool(monkeypatch):
 
     if "fork" not in mp.get_all_start_methods():
         pytest.skip("no fork on this platform")
-    monkeypatch.setenv("CUTEM_THREADS", "2")
+    engine_threads(2)
     assert B.pool().submit(int, "5").result(timeout=10) == 5
     with ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as ex:
         assert ex.submit(_pool_answer, 0).result(timeout=30) == 7

@@ -124,7 +124,8 @@ def test_sample_wald_moments():
 
 
 @pytest.mark.parametrize("sampler", ["poisson", "wald"])
-def test_blocked_draws_do_not_depend_on_thread_count_and_keep_their_moments(sampler, monkeypatch):
+def test_blocked_draws_do_not_depend_on_thread_count_and_keep_their_moments(sampler, monkeypatch,
+                                                                            engine_threads):
     import adjoints.backend as B
     from cutem.detector import sample_poisson
 
@@ -132,7 +133,7 @@ def test_blocked_draws_do_not_depend_on_thread_count_and_keep_their_moments(samp
     mu = np.full((640, 256), 9.0)
 
     def draw(threads):
-        monkeypatch.setenv("CUTEM_THREADS", str(threads))
+        engine_threads(threads)
         rng = np.random.default_rng(5)
         return sample_poisson(mu, rng) if sampler == "poisson" else sample_wald(mu, 0.6, rng)
 

@@ -1,11 +1,15 @@
-"""The adjoints engine: stages, tape, checks, optimisers."""
+"""The adjoints engine: stages, tape, checks, optimisers, settings."""
 import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import adjoints.backend as B
-from adjoints import Adam, Stage, Tape, check_vjp, dottest, minimize_lbfgsb, ops, taylor_test, value_and_grad
+from adjoints import (Adam, Stage, Tape, check_vjp, dottest, minimize_lbfgsb, ops, settings, taylor_test,
+                      value_and_grad)
 from adjoints.gradcheck import run
 from adjoints.stage import REGISTRY, register
 
@@ -188,12 +192,27 @@ def test_adam_and_lbfgsb_minimise_a_quadratic_with_bounds():
     assert res.success
 
 
-def test_device_env_var_selects_cpu(monkeypatch):
-    monkeypatch.setenv("CUTEM_DEVICE", "cpu")
-    assert B.get_xp() is np
-    monkeypatch.setenv("CUTEM_DEVICE", "tpu")
-    with pytest.raises(B.DeviceError):
-        B.get_xp()
+def test_default_device_setting_selects_cpu_and_refuses_unknown_names():
+    old = settings.set_default_device("cpu")
+    try:
+        assert B.get_xp() is np
+        with pytest.raises(B.DeviceError, match="tpu"):
+            settings.set_default_device("tpu")
+        assert settings.default_device() == "cpu"
+    finally:
+        settings.set_default_device(old)
+
+
+def test_thread_setting_is_checked_and_returns_the_previous_value():
+    old = settings.set_threads(3)
+    try:
+        assert B.threads() == 3 and settings.set_threads(2) == 3
+        for bad in (0, -3, 1.5, "2", True):
+            with pytest.raises(ValueError):
+                settings.set_threads(bad)
+        assert B.threads() == 2
+    finally:
+        settings.set_threads(old)
 
 
 def test_gpu_request_without_cuda_is_a_clear_error():
@@ -216,6 +235,11 @@ def test_rotation_by_quarter_turn_is_exact_permutation(rng):
     np.testing.assert_allclose(out, np.rot90(img, k=1), atol=1e-12)
 
 
+def test_rotation_refuses_an_array_of_another_rank():
+    with pytest.raises(ValueError, match="a 2D rotation needs a 2D array"):
+        ops.Rotate(ops.rotation_matrix_2d(0.3))(np.zeros((2, 4, 4)))
+
+
 def test_scatter_then_gather_of_integer_points_is_identity(rng):
     pos = np.array([[1.0, 2.0], [3.0, 0.0]])
     v = np.array([2.0, -1.0])
@@ -224,17 +248,43 @@ def test_scatter_then_gather_of_integer_points_is_identity(rng):
     np.testing.assert_allclose(ops.gather(grid, pos), v)
 
 
-def test_freed_memory_is_kept_in_the_heap_unless_switched_off():
-    import platform
-    import subprocess
-    import sys
+def _python(code, **env):
+    """stdout and stderr of ``python -c code`` with the CUTEM_* variables replaced by ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CUTEM_")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**base, **env})
+    return r.stdout.strip(), r.stderr.strip()
 
-    code = "import adjoints.backend as B; print(B.KEEPS_FREED_MEMORY)"
-    env = dict(os.environ)
-    env.pop("CUTEM_KEEP_MEMORY", None)
-    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
-    env["CUTEM_KEEP_MEMORY"] = "0"
-    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
-    assert off == "False"
+
+_SETTINGS = ("import sys, adjoints.settings as S; print(S.threads(), S.default_device(), "
+             "S.keeps_freed_memory(), 'numpy' in sys.modules)")
+
+
+def test_the_engine_reads_no_environment_and_changes_nothing_on_import():
+    out, err = _python(_SETTINGS, CUTEM_THREADS="1", CUTEM_DEVICE="gpu")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert out == f"{cores} auto False False", err
+
+
+def test_cutem_configures_the_engine_from_its_environment_at_import_without_numpy():
+    out, err = _python("import cutem; " + _SETTINGS, CUTEM_THREADS="3", CUTEM_DEVICE="CPU")
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert on == str(glibc)
+    assert out == f"3 cpu {glibc} False", err
+    out, err = _python("import cutem; " + _SETTINGS, CUTEM_KEEP_MEMORY="0")
+    assert out.split()[1:] == ["auto", "False", "False"], err
+
+
+@pytest.mark.parametrize("name, value", [("CUTEM_THREADS", "abc"), ("CUTEM_THREADS", "-3"), ("CUTEM_THREADS", "0"),
+                                         ("CUTEM_DEVICE", "tpu"), ("CUTEM_KEEP_MEMORY", "yes")])
+def test_bad_cutem_variables_are_one_line_input_errors(name, value):
+    from cutem import configure_engine
+    from cutem.errors import InputError
+
+    before = (settings.thread_setting(), settings.default_device(), settings.keeps_freed_memory())
+    with pytest.raises(InputError, match=f"^{name} must be .*{value!r}$"):
+        configure_engine({name: value})
+    assert (settings.thread_setting(), settings.default_device(), settings.keeps_freed_memory()) == before
+
+
+def test_import_cutem_with_a_bad_variable_fails_naming_it():
+    _, err = _python("import cutem", CUTEM_THREADS="abc")
+    assert err.splitlines()[-1] == "cutem.errors.InputError: CUTEM_THREADS must be a positive integer, not 'abc'"

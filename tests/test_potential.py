@@ -57,7 +57,7 @@ def test_tmv_fragment_matches_exact_fourier_sum():
 
 
 @pytest.mark.parametrize("order", [1, 3])
-def test_threaded_block_scatter_equals_one_block_including_wrapped_edges(order, monkeypatch):
+def test_threaded_block_scatter_equals_one_block_including_wrapped_edges(order, monkeypatch, engine_threads):
     # atoms everywhere, many within two pixels of the edges where the cubic taps wrap around
     rng = np.random.default_rng(11)
     n = 3000
@@ -65,10 +65,10 @@ def test_threaded_block_scatter_equals_one_block_including_wrapped_edges(order, 
     pos[:200, 0] = rng.choice([-16.0, -15.4, 14.2, 15.9], 200)
     atoms = Atoms(pos, rng.integers(0, 3, n), (6, 7, 8), np.full(n, 30.0), np.ones(n))
     kw = dict(dtype=np.float64, spread_order=order)
-    monkeypatch.setenv("CUTEM_THREADS", "1")
+    engine_threads(1)
     monkeypatch.setattr(P, "_SPREAD_BLOCK", 10 ** 9)
     one = P.projected_potential(atoms, (24, 32), 1.0, **kw)[0]
-    monkeypatch.setenv("CUTEM_THREADS", "2")
+    engine_threads(2)
     monkeypatch.setattr(P, "_SPREAD_BLOCK", 97)
     many = P.projected_potential(atoms, (24, 32), 1.0, **kw)[0]
     np.testing.assert_allclose(many, one, rtol=0, atol=1e-12 * np.abs(one).max())
