@@ -35,6 +35,10 @@ def run_guarded(group) -> int:
     except ValueError:  # not the main thread (embedded use): leave the handler alone
         pass
     try:
+        import cutem
+
+        if cutem.ENVIRONMENT_ERROR is not None:
+            raise cutem.ENVIRONMENT_ERROR
         rc = group.main(standalone_mode=False)
         return rc if isinstance(rc, int) else 0
     except click.exceptions.Exit as exc:

@@ -41,7 +41,13 @@ def configure_engine(environ=os.environ):
     adjoints.keep_freed_memory(keep != "0")
 
 
-configure_engine()
+#: the error of a bad ``CUTEM_*`` variable at import (the engine keeps its defaults meanwhile):
+#: raised by the first use of the public API, and by the CLI as bad input (exit 2, one line)
+ENVIRONMENT_ERROR = None
+try:
+    configure_engine()
+except InputError as _exc:
+    ENVIRONMENT_ERROR = _exc
 
 
 def load_all():
@@ -62,6 +68,8 @@ _LAZY = {"load_config": ("cutem.config", "load_config"), "default_config": ("cut
 def __getattr__(name):
     """Public API, imported on first use (keeps ``import cutem`` and the CLI quick)."""
     if name in _LAZY:
+        if ENVIRONMENT_ERROR is not None:
+            raise ENVIRONMENT_ERROR
         mod, attr = _LAZY[name]
         return getattr(importlib.import_module(mod), attr)
     raise AttributeError(f"module 'cutem' has no attribute {name!r}")

@@ -285,6 +285,12 @@ def test_bad_cutem_variables_are_one_line_input_errors(name, value):
     assert (settings.thread_setting(), settings.default_device(), settings.keeps_freed_memory()) == before
 
 
-def test_import_cutem_with_a_bad_variable_fails_naming_it():
-    _, err = _python("import cutem", CUTEM_THREADS="abc")
+def test_a_bad_variable_fails_the_first_use_of_cutem_naming_it():
+    _, err = _python("import cutem; cutem.simulate", CUTEM_THREADS="abc")
     assert err.splitlines()[-1] == "cutem.errors.InputError: CUTEM_THREADS must be a positive integer, not 'abc'"
+
+
+def test_a_bad_variable_is_one_line_bad_input_for_the_cli():
+    r = subprocess.run([sys.executable, "-c", "from cutem.cli import entry; entry()", "info"], capture_output=True,
+                       text=True, env={**os.environ, "CUTEM_THREADS": "-3"}, timeout=60)
+    assert r.returncode == 2 and r.stderr == "cutem: error: CUTEM_THREADS must be a positive integer, not '-3'\n"

@@ -10,14 +10,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: source folder -> the package it is installed as (pyproject: package-dir cutem.cli = cli)
 PACKAGES = {"adjoints": "adjoints", "cutem": "cutem", "cli": "cutem.cli"}
-#: cycles that the lead's image-model rewrite removes (pipeline.py, memory.py, potential.py,
-#: specimen.py, denoise.py, fitting.py, config.py are not this branch's to edit)
-KNOWN_CYCLES = ("cutem.memory -> cutem.pipeline -> cutem.memory",)
 
 
 def _module_name(path: Path) -> tuple[str, bool]:
@@ -186,10 +182,5 @@ def test_cycle_finder_reports_a_cycle_as_a_path():
 CUTEM_CYCLES = _cycles({m for m in GRAPH if _inside(m, "cutem")})
 
 
-def test_no_import_cycle_in_cutem_beyond_the_known_ones():
-    assert [c for c in CUTEM_CYCLES if c not in KNOWN_CYCLES] == []
-
-
-@pytest.mark.xfail(strict=False, reason=f"known cycles, removed by the image-model rewrite: {'; '.join(KNOWN_CYCLES)}")
 def test_cutems_modules_import_one_another_without_a_cycle():
     assert CUTEM_CYCLES == []
