@@ -9,7 +9,10 @@ particles (:class:`ParticleSpec`), the seed and the output names. It comes from
 - a TEM-simulator input file as it is (Rullgård et al., TEM-simulator 1.3 reference
   manual, 2011): ``=== component ===`` headers, ``key = value`` lines. Units are
   converted (nm → Å ×10, µm → Å ×10⁴, mm → Å ×10⁷ where lengths, e⁻/nm² → e⁻/Å² /100,
-  mrad kept, detector pixel µm / magnification → Å at the specimen).
+  mrad kept, detector pixel µm / magnification → Å at the specimen). The keys read
+  one-to-one into a field, with their unit factors and TEM-simulator's defaults, are
+  declared on the fields (:mod:`cutem.params`, listed in ``docs/parameters.md``); the rest
+  are converted by hand in :func:`load_temsim`.
 
 Unknown keys are errors naming the key and the section. Keys TEM-simulator knows but
 cutem has no use for (its map-file cache, log file, byte orders) are accepted and
@@ -28,10 +31,10 @@ from pathlib import Path
 
 from .errors import InputError
 from .params import (REQUIRED, SECTIONS, SEED_RANGE, Detector, Geometry, Optics, ParticleSpec, Sample, Simulation,
-                     check_value, declared, field_type, param)
+                     check_value, field_type, param)
 
 
-@declared
+@dataclass(frozen=True)
 class RunConfig:
     optics: Optics = field(default_factory=Optics)
     detector: Detector = field(default_factory=Detector)

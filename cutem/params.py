@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import numbers
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -104,12 +104,12 @@ def _inside(v, meta):
 
 def in_range(cls, name, v):
     """Whether the number ``v`` lies in the declared range of field ``name`` of ``cls``."""
-    return _inside(float(v), _FIELDS[cls][name].metadata)
+    return _inside(float(v), cls.__dataclass_fields__[name].metadata)
 
 
 def allowed(cls, name):
     """The declared range of field ``name`` of ``cls`` as text, e.g. ``[0.0, 100000.0] e⁻/Å²``."""
-    return range_text(_FIELDS[cls][name].metadata, field_type(cls, name)[0] is int)
+    return range_text(cls.__dataclass_fields__[name].metadata, field_type(cls, name)[0] is int)
 
 
 def _is_real(v):
@@ -150,8 +150,7 @@ def _items(v, key, meta):
 
 def check_value(cls, name, v, key):
     """``v`` checked (and normalised: int → float, list → tuple) as field ``name`` of ``cls``."""
-    f = _FIELDS[cls][name]
-    meta = f.metadata
+    meta = cls.__dataclass_fields__[name].metadata
     base, nullable = field_type(cls, name)
     if v is None:
         if nullable:
@@ -175,24 +174,13 @@ def check_value(cls, name, v, key):
     return v
 
 
-def check_fields(obj, where=None, names=None):
-    """Check every declared field of ``obj`` (or ``names``) in place; keys read ``where.name``."""
+def check_fields(obj, where=None):
+    """Check every field of ``obj`` against its declaration, normalising in place; a refusal
+    names ``where.field`` (``where``: the class name)."""
     cls = type(obj)
-    where = cls.__name__ if where is None else where
     for f in fields(obj):
-        if names is None or f.name in names:
-            v = check_value(cls, f.name, getattr(obj, f.name), f"{where}.{f.name}" if where else f.name)
-            object.__setattr__(obj, f.name, v)
-
-
-_FIELDS = {}
-
-
-def declared(cls):
-    """Class decorator: a frozen dataclass whose fields are checked against their declaration."""
-    cls = dataclass(frozen=True)(cls)
-    _FIELDS[cls] = {f.name: f for f in fields(cls)}
-    return cls
+        v = check_value(cls, f.name, getattr(obj, f.name), f"{where or cls.__name__}.{f.name}")
+        object.__setattr__(obj, f.name, v)
 
 
 class _Params:
@@ -220,7 +208,7 @@ class _Params:
 
 
 # ------------------------------------------------------------------------ objects
-@declared
+@dataclass(frozen=True)
 class Optics(_Params):
     """The microscope's beam and lenses (TEM-simulator [electronbeam], [optics])."""
 
@@ -250,7 +238,7 @@ class Optics(_Params):
     phase_shift_deg: float = param(0.0, "deg", (-360.0, 360.0), doc="phase-plate phase shift")
 
 
-@declared
+@dataclass(frozen=True)
 class Detector(_Params):
     """The camera: sampling, quantum noise, DQE, MTF (TEM-simulator form), gain, readout.
 
@@ -287,7 +275,7 @@ class Detector(_Params):
         return (self.ny, self.nx)
 
 
-@declared
+@dataclass(frozen=True)
 class Sample(_Params):
     """The ice layer in a hole of a support film (TEM-simulator [sample]).
 
@@ -312,7 +300,7 @@ class Sample(_Params):
     support_thickness_A: float = param(0.0, "Å", (0.0, 1e5), doc="support film thickness")
 
 
-@declared
+@dataclass(frozen=True)
 class Geometry(_Params):
     """The tilt series: single axis, angles and dose per tilt (TEM-simulator [geometry])."""
 
@@ -344,7 +332,7 @@ class Geometry(_Params):
         return cls(tilt_angles_deg=tuple(float(a) for a in angles), **kw)
 
 
-@declared
+@dataclass(frozen=True)
 class Simulation(_Params):
     """How the wave is computed (not physics of the instrument)."""
 
@@ -358,7 +346,7 @@ class Simulation(_Params):
     dtype: str = param("float32", doc="floating-point precision", choices=("float32", "float64"))
 
 
-@declared
+@dataclass(frozen=True)
 class ParticleSpec(_Params):
     """One kind of particle and where its copies go.
 
