@@ -9,7 +9,10 @@ particles (:class:`ParticleSpec`), the seed and the output names. It comes from
 - a TEM-simulator input file as it is (Rullgård et al., TEM-simulator 1.3 reference
   manual, 2011): ``=== component ===`` headers, ``key = value`` lines. Units are
   converted (nm → Å ×10, µm → Å ×10⁴, mm → Å ×10⁷ where lengths, e⁻/nm² → e⁻/Å² /100,
-  mrad kept, detector pixel µm / magnification → Å at the specimen).
+  mrad kept, detector pixel µm / magnification → Å at the specimen). The keys read
+  one-to-one into a field, with their unit factors and TEM-simulator's defaults, are
+  declared on the fields (:mod:`cutem.params`, listed in ``docs/parameters.md``); the rest
+  are converted by hand in :func:`load_temsim`.
 
 Unknown keys are errors naming the key and the section. Keys TEM-simulator knows but
 cutem has no use for (its map-file cache, log file, byte orders) are accepted and
@@ -23,61 +26,12 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import InputError
-from .params import Detector, Geometry, Optics, Sample, Simulation
-
-
-@dataclass(frozen=True)
-class ParticleSpec:
-    """One kind of particle and where its copies go.
-
-    ``placement``: ``"file"`` (TEM-simulator coordinate file, ``coords_file``),
-    ``"list"`` (``positions_A`` and ``orientations_deg`` as Euler angles in the
-    TEM-simulator convention), or ``"random"`` (``count`` copies, non-overlapping,
-    inside the ice, from the run's seed).
-    """
-
-    name: str = "particle"
-    structure: str = ""                       #: PDB or mmCIF file
-    transforms: str | None = None             #: TEM-simulator transform file (pdb_transf_file_in)
-    assembly: bool = False                    #: expand PDB BIOMT / mmCIF assembly 1
-    hydrogens: bool = False                   #: keep hydrogens from the file
-    implicit_hydrogens: bool = False          #: add riding hydrogens (TEM-simulator add_hydrogen)
-    infer_elements: bool = False              #: infer missing elements from atom names
-    placement: str = "file"                   #: file | list | random
-    coords_file: str | None = None
-    positions_A: tuple = ()
-    orientations_deg: tuple = ()
-    count: int = 0
-    concentration_per_um3: float | None = None  #: random placement: particles per µm³ of ice (instead of count)
-    where: str = "volume"                     #: random placement: volume | top | bottom
-
-    def __post_init__(self):
-        if self.placement not in ("file", "list", "random"):
-            raise InputError(f"particles.{self.name}: placement must be file, list or random, not {self.placement!r}")
-        if not self.structure:
-            raise InputError(f"particles.{self.name}: no structure file given")
-        if self.placement == "file" and not self.coords_file:
-            raise InputError(f"particles.{self.name}: placement 'file' needs coords_file")
-        if self.placement == "list":
-            if not self.positions_A:
-                raise InputError(f"particles.{self.name}: placement 'list' needs positions_A")
-            if self.orientations_deg and len(self.orientations_deg) != len(self.positions_A):
-                raise InputError(f"particles.{self.name}: {len(self.orientations_deg)} orientations for "
-                                 f"{len(self.positions_A)} positions")
-            for p in self.positions_A:
-                if len(p) != 3 or not all(math.isfinite(float(v)) for v in p):
-                    raise InputError(f"particles.{self.name}: position {p!r} is not three finite numbers (Å)")
-        if self.placement == "random" and self.concentration_per_um3 is None and (
-                not isinstance(self.count, int) or self.count < 1):
-            raise InputError(f"particles.{self.name}: placement 'random' needs count >= 1 or "
-                             f"concentration_per_um3, got count = {self.count!r}")
-        if self.concentration_per_um3 is not None and not (0 < float(self.concentration_per_um3) < 1e9):
-            raise InputError(f"particles.{self.name}: concentration_per_um3 = {self.concentration_per_um3!r} "
-                             f"must be in (0, 1e9)")
+from .params import (REQUIRED, SECTIONS, SEED_RANGE, Detector, Geometry, Optics, ParticleSpec, Sample, Simulation,
+                     check_value, field_type, param)
 
 
 @dataclass(frozen=True)
@@ -88,19 +42,20 @@ class RunConfig:
     geometry: Geometry = field(default_factory=Geometry)
     simulation: Simulation = field(default_factory=Simulation)
     particles: tuple = ()
-    seed: int = 0
+    seed: int = param(0, "", SEED_RANGE, doc="seed of every random draw of the run", tem="simulation.rand_seed")
     output: str = "micrograph"               #: base name of the output files
     source: str = ""                         #: the file this came from
     ignored: tuple = ()                      #: TEM-simulator keys accepted but not used
 
-    def replace(self, **kw):
-        from dataclasses import replace
+    def __post_init__(self):
+        object.__setattr__(self, "seed", check_value(RunConfig, "seed", self.seed, "seed"))
 
+    def replace(self, **kw):
         return replace(self, **kw)
 
 
 # ------------------------------------------------------------------------------ TOML
-_TABLES = {"optics": Optics, "detector": Detector, "sample": Sample, "simulation": Simulation}
+_TABLES = {k: v for k, v in SECTIONS.items() if k not in ("geometry", "particles")}
 _GEOMETRY_KEYS = {"tilt_angles_deg", "tilt_start_deg", "tilt_increment_deg", "tilt_count", "order",
                   "tilt_axis_deg", "dose_weights", "defocus_offsets_A"}
 _TOP_KEYS = {"seed", "output", "optics", "detector", "sample", "geometry", "simulation", "particles",
@@ -113,67 +68,52 @@ def _tuplify(v):
     return v
 
 
-def _floats(v, key, where):
-    """A list of finite-or-not numbers (the parameter objects check the ranges), or InputError."""
-    if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__"):
-        raise InputError(f"[{where}] {key} = {v!r} must be a list of numbers")
-    out = []
-    for x in v:
-        if isinstance(x, bool) or not isinstance(x, (int, float)):
-            raise InputError(f"[{where}] {key} has {x!r}; it must be a list of numbers")
-        out.append(float(x))
-    return tuple(out)
-
-
 def _geometry_from(d, where="geometry"):
     if not isinstance(d, dict):
         raise InputError(f"[{where}] must be a table")
     unknown = sorted(set(d) - _GEOMETRY_KEYS)
     if unknown:
         raise InputError(f"unknown key {unknown[0]!r} in [{where}] (known: {', '.join(sorted(_GEOMETRY_KEYS))})")
-    kw = {k: _tuplify(d[k]) for k in ("tilt_axis_deg", "dose_weights", "defocus_offsets_A") if k in d}
-    for k in ("dose_weights", "defocus_offsets_A"):
-        if k in kw:
-            kw[k] = _floats(kw[k], k, where)
-    if "tilt_angles_deg" in d:
-        if any(k in d for k in ("tilt_start_deg", "tilt_increment_deg", "tilt_count")):
+    kw = {k: _tuplify(d[k]) for k in ("tilt_angles_deg", "tilt_axis_deg", "dose_weights", "defocus_offsets_A")
+          if k in d}
+    if any(k in d for k in ("tilt_start_deg", "tilt_increment_deg", "tilt_count")):
+        if "tilt_angles_deg" in d:
             raise InputError(f"[{where}] give either tilt_angles_deg or tilt_start_deg/tilt_increment_deg/tilt_count")
-        return Geometry(tilt_angles_deg=_floats(d["tilt_angles_deg"], "tilt_angles_deg", where), **kw)
-    if "tilt_count" in d or "tilt_start_deg" in d:
         count = d.get("tilt_count", 1)
-        if not isinstance(count, int) or count < 1:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise InputError(f"[{where}] tilt_count = {count!r} must be an integer >= 1")
-        return Geometry.series(float(d.get("tilt_start_deg", 0.0)), float(d.get("tilt_increment_deg", 0.0)),
-                               count, d.get("order", "sequential"), **kw)
+        start, step = (d.get(k, 0.0) for k in ("tilt_start_deg", "tilt_increment_deg"))
+        for k, v in (("tilt_start_deg", start), ("tilt_increment_deg", step)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise InputError(f"[{where}] {k} = {v!r} must be a number (deg)")
+        return Geometry.series(float(start), float(step), count, d.get("order", "sequential"), **kw)
     return Geometry(**kw)
 
 
 def _resolve(path, base):
-    if path is None or path == "":
-        return path
+    if not isinstance(path, str) or path == "":
+        return path  # not a name: the parameter object refuses it
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else (Path(base) / p).resolve())
 
 
+def _resolve_paths(cls, kw, base):
+    """File names among ``kw`` (fields declared ``path``) resolved against ``base``."""
+    declared = cls.__dataclass_fields__
+    return {k: _resolve(v, base) if k in declared and declared[k].metadata.get("path") else v for k, v in kw.items()}
+
+
 def _particle_from(d, base, i):
     where = f"particles[{i}]"
+    if not isinstance(d, dict):
+        raise InputError(f"[[particles]] #{i + 1} must be a table, not {d!r}")
     names = {f.name for f in fields(ParticleSpec)}
     unknown = sorted(set(d) - names)
     if unknown:
         raise InputError(f"unknown key {unknown[0]!r} in [[particles]] #{i + 1} (known: {', '.join(sorted(names))})")
-    if not isinstance(d, dict):
-        raise InputError(f"[[particles]] #{i + 1} must be a table, not {d!r}")
     d = {k: _tuplify(v) for k, v in d.items()}
     d.setdefault("name", where)
-    for k in ("structure", "transforms", "coords_file"):
-        if k in d:
-            d[k] = _resolve(d[k], base)
-    try:
-        return ParticleSpec(**d)
-    except InputError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"[[particles]] #{i + 1}: a value has the wrong type or shape ({exc})") from None
+    return ParticleSpec(**_resolve_paths(ParticleSpec, d, base))
 
 
 def from_dict(d, base=".", source=""):
@@ -197,17 +137,15 @@ def _from_dict(d, base=".", source=""):
         if name in d:
             if not isinstance(d[name], dict):
                 raise InputError(f"[{name}] must be a table")
-            kw[name] = cls.from_dict({k: _tuplify(v) for k, v in d[name].items()}, where=name)
+            kw[name] = cls.from_dict(_resolve_paths(cls, {k: _tuplify(v) for k, v in d[name].items()}, base),
+                                     where=name)
     if "geometry" in d:
         kw["geometry"] = _geometry_from(d["geometry"])
     parts = d.get("particles", [])
     if isinstance(parts, dict):
         parts = [parts]
     kw["particles"] = tuple(_particle_from(p, base, i) for i, p in enumerate(parts))
-    seed = d.get("seed", 0)
-    if not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed = {seed!r} must be a non-negative integer")
-    return RunConfig(seed=seed, output=str(d.get("output", "micrograph")), source=str(source), **kw)
+    return RunConfig(seed=d.get("seed", 0), output=str(d.get("output", "micrograph")), source=str(source), **kw)
 
 
 def load_toml(path):
@@ -283,6 +221,7 @@ def parse_temsim(text, source="input"):
 
 
 def _num(comp, key, source, default=None, kind=float, where=None):
+    """A TEM-simulator value that cutem converts by hand (not one-to-one into a field)."""
     if key not in comp:
         if default is None:
             raise InputError(f"{source}: missing required key {key!r}" + (f" in component {where}" if where else ""))
@@ -291,21 +230,74 @@ def _num(comp, key, source, default=None, kind=float, where=None):
     try:
         v = kind(val)
     except ValueError:
-        raise InputError(f"{source}:{lineno}: {key} = {val!r} is not a number") from None
+        raise InputError(f"{source}:{lineno}: {key} = {val!r} is not {'an integer' if kind is int else 'a number'}") \
+            from None
     if kind is float and not math.isfinite(v):
         raise InputError(f"{source}:{lineno}: {key} = {val!r} must be finite")
     return v
 
 
-def _yes(comp, key, default):
+_YES, _NO = ("yes", "y", "true", "1"), ("no", "n", "false", "0")
+
+
+def _yes(comp, key, default, source="input"):
     if key not in comp:
         return default
-    val, _ = comp[key]
-    return val.lower() in ("yes", "y", "true", "1")
+    val, lineno = comp[key]
+    if val.lower() not in _YES + _NO:
+        raise InputError(f"{source}:{lineno}: {key} = {val!r} must be yes or no")
+    return val.lower() in _YES
+
+
+def _temsim_value(cls, f, val, base):
+    """A TEM-simulator value text as the value of field ``f`` (typed, × the unit factor);
+    ValueError where a number does not parse."""
+    kind, nullable = field_type(cls, f.name)
+    if kind is bool:
+        low = val.lower()
+        return low in _YES if low in _YES + _NO else val  # else refused by the field's check
+    if kind is str:
+        return _resolve(val, base) if f.metadata["path"] else val
+    v = kind(val)
+    if nullable and v == 0:
+        return None  # TEM-simulator: 0 = none (no aperture, no concentration)
+    return v * f.metadata["tem_scale"] if kind is float else v
+
+
+def _temsim_fields(cls, comps, source, base):
+    """Keyword arguments of ``cls`` from the TEM-simulator keys its fields declare (``tem``):
+    ``comps`` maps component names to their ``{key: (value, line)}``. Each value is checked
+    against the field's range here, so a refusal names the file's line and key."""
+    kw = {}
+    for f in fields(cls):
+        m = f.metadata
+        if not m.get("tem") or m["tem"].split(".")[0] not in comps:
+            continue
+        comp, key = m["tem"].split(".")
+        kv = comps[comp]
+        if key not in kv:
+            if m["tem_default"] == REQUIRED:
+                raise InputError(f"{source}: missing required key {key!r} in component {comp}")
+            if m["tem_default"] is not None:
+                kw[f.name] = m["tem_default"] * m["tem_scale"]
+            continue
+        val, lineno = kv[key]
+        try:
+            kw[f.name] = check_value(cls, f.name, _temsim_value(cls, f, val, base), f"{cls.__name__}.{f.name}")
+        except InputError as exc:
+            raise InputError(f"{source}:{lineno}: {comp}.{key} = {val}: {exc}") from None
+        except ValueError:  # (InputError is one: caught above)
+            kind = field_type(cls, f.name)[0]
+            raise InputError(f"{source}:{lineno}: {key} = {val!r} is not "
+                             f"{'an integer' if kind is int else 'a number'}") from None
+    return kw
 
 
 def load_temsim(path):
-    """Convert a TEM-simulator input file to a :class:`RunConfig` (units converted)."""
+    """Convert a TEM-simulator input file to a :class:`RunConfig` (units converted).
+
+    Keys read one-to-one into a field come from the fields' declarations (``tem`` in
+    :mod:`cutem.params`); the rest (:data:`_BY_HAND`) are converted below."""
     path = Path(path)
     source = str(path)
     comps = parse_temsim(path.read_text(), source)
@@ -313,55 +305,41 @@ def load_temsim(path):
     for kind, name, kv in comps:
         by.setdefault(kind, []).append((name, kv))
     base = path.parent
-    one = lambda k: by.get(k, [("", {})])[0][1]  # noqa: E731
+    first = {k: v[0][1] for k, v in by.items()}
+    # several detectors: TEM-simulator writes one image file per detector; cutem always
+    # writes the noisy image and its noise-free twin, so the first quantised detector
+    # (else the first) defines the camera.
     ignored = []
+    dets = by.get("detector", [])
+    if dets:
+        first["detector"] = next((kv for _, kv in dets if _yes(kv, "use_quantization", True, source)), dets[0][1])
+    if len(dets) > 1:
+        ignored.append(f"detector: {len(dets) - 1} further detector component(s) (cutem writes noisy and noise-free)")
+    # every component's keys are read, present or not, so TEM-simulator's defaults apply
+    every = {comp: first.get(comp, {}) for comp in TEMSIM_KEYS}
+    read = lambda cls, **kw: cls(**{**_temsim_fields(cls, every, source, base), **kw})  # noqa: E731
 
-    s = one("sample")
-    sample = Sample(diameter_A=_num(s, "diameter", source, where="sample") * 10,
-                    thickness_center_A=_num(s, "thickness_center", source, where="sample") * 10,
-                    thickness_edge_A=_num(s, "thickness_edge", source, where="sample") * 10,
-                    offset_x_A=_num(s, "offset_x", source, 0.0) * 10,
-                    offset_y_A=_num(s, "offset_y", source, 0.0) * 10) if "sample" in by else Sample(ice=False)
-
-    e, o = one("electronbeam"), one("optics")
-    # the pixel at the specimen is the detector pixel over the magnification: required with a
-    # detector; a file that only describes a scene (for ``cutem potential``) gets cutem's camera
-    mag = _num(o, "magnification", source, where="optics") if "detector" in by else 1.0
-    defocus_A = _num(o, "defocus_nominal", source, 0.0) * 1e4
-    optics = Optics(voltage_kV=_num(e, "acc_voltage", source, 200.0),
-                    energy_spread_eV=_num(e, "energy_spread", source, 0.0),
-                    defocus_u_A=defocus_A, defocus_v_A=defocus_A,
-                    cs_mm=_num(o, "cs", source, 2.0), cc_mm=_num(o, "cc", source, 2.0),
-                    aperture_diameter_um=_num(o, "aperture", source, 0.0) or None,
-                    focal_length_mm=_num(o, "focal_length", source, 3.0),
-                    illumination_angle_mrad=_num(o, "cond_ap_angle", source, 0.0))
-
-    g = one("geometry")
+    sample = read(Sample) if "sample" in by else Sample(ice=False)
+    optics = read(Optics)
+    e, o, g, det = every["electronbeam"], every["optics"], every["geometry"], every["detector"]
     ntilts = _num(g, "ntilts", source, 1, int)
-    geometry = Geometry.series(_num(g, "theta_start", source, 0.0), _num(g, "theta_incr", source, 0.0),
-                               ntilts, tilt_axis_deg=_num(g, "tilt_axis", source, 0.0))
+    geometry = Geometry.series(_num(g, "theta_start", source, 0.0), _num(g, "theta_incr", source, 0.0), ntilts,
+                               **_temsim_fields(Geometry, every, source, base))
     if "dose_per_im" in e:
         dose_nm2 = _num(e, "dose_per_im", source)
     elif "total_dose" in e:
         dose_nm2 = _num(e, "total_dose", source) / ntilts
     else:
         dose_nm2 = 100.0
-    # several detectors: TEM-simulator writes one image file per detector; cutem always
-    # writes the noisy image and its noise-free twin, so the first quantised detector
-    # (else the first) defines the camera.
-    dets = by.get("detector", [("", {})])
-    det = next((kv for _, kv in dets if _yes(kv, "use_quantization", True)), dets[0][1])
-    if len(dets) > 1:
-        ignored.append(f"detector: {len(dets) - 1} further detector component(s) (cutem writes noisy and noise-free)")
-    detector = Detector(dose_e_per_A2=dose_nm2 / 100.0) if "detector" not in by else Detector(nx=_num(det, "det_pix_x", source, 400, int), ny=_num(det, "det_pix_y", source, 400, int),
-                        pixel_size_A=_num(det, "pixel_size", source, 15.0) * 1e4 / mag,
-                        dose_e_per_A2=dose_nm2 / 100.0,
-                        quantized=_yes(det, "use_quantization", True),
-                        dqe=_num(det, "dqe", source, 1.0), gain=_num(det, "gain", source, 1.0),
-                        mtf_a=_num(det, "mtf_a", source, 0.0), mtf_b=_num(det, "mtf_b", source, 0.0),
-                        mtf_c=_num(det, "mtf_c", source, 1.0), mtf_alpha=_num(det, "mtf_alpha", source, 0.0),
-                        mtf_beta=_num(det, "mtf_beta", source, 0.0), mtf_p=_num(det, "mtf_p", source, 1.0),
-                        mtf_q=_num(det, "mtf_q", source, 1.0))
+    extra = {}
+    if dets:
+        # the pixel at the specimen is the detector pixel over the magnification: required with a
+        # detector; a file that only describes a scene (for ``cutem potential``) gets cutem's camera
+        mag = _num(o, "magnification", source, where="optics")
+        if not mag > 0:
+            raise InputError(f"{source}:{o['magnification'][1]}: magnification = {o['magnification'][0]} must be > 0")
+        extra["pixel_size_A"] = _num(det, "pixel_size", source, 15.0) * 1e4 / mag
+    detector = read(Detector, dose_e_per_A2=dose_nm2 / 100.0, **extra)
 
     particles = []
     kinds = {name: kv for name, kv in by.get("particle", [])}
@@ -370,42 +348,46 @@ def load_temsim(path):
         if ptype not in kinds:
             raise InputError(f"{source}: particleset refers to particle type {ptype!r}, "
                              f"but only {sorted(kinds) or 'none'} are defined")
-        p = kinds[ptype]
-        if "pdb_file_in" not in p:
-            raise InputError(f"{source}: particle {ptype} has no pdb_file_in")
+        kw = _temsim_fields(ParticleSpec, {"particle": kinds[ptype], "particleset": ps}, source, base)
         coords = ps.get("particle_coords", ("rand", 0))[0].lower()
-        conc = _num(ps, "particle_conc", source, 0.0) or None
-        n = _num(ps, "num_particles", source, 0 if conc else 1, int)
-        particles.append(ParticleSpec(
-            name=ptype, structure=_resolve(p["pdb_file_in"][0], base),
-            transforms=_resolve(p["pdb_transf_file_in"][0], base) if "pdb_transf_file_in" in p else None,
-            implicit_hydrogens=_yes(p, "add_hydrogen", False),
-            placement="file" if coords == "file" else "random",
-            coords_file=_resolve(ps["coord_file_in"][0], base) if coords == "file" and "coord_file_in" in ps else None,
-            count=n, concentration_per_um3=conc if not n else None, where=ps.get("where", ("volume", 0))[0]))
+        if coords != "file":
+            kw.pop("coords_file", None)
+        n = _num(ps, "num_particles", source, 0 if kw.get("concentration_per_um3") else 1, int)
+        if n:
+            kw["concentration_per_um3"] = None
+        particles.append(ParticleSpec(name=ptype, placement="file" if coords == "file" else "random", count=n, **kw))
     for kind, name, kv in comps:
-        used = _USED.get(kind, set())
         for k in kv:
-            if k not in used:
+            if k not in _USED.get(kind, ()):
                 ignored.append(f"{kind}.{k}")
-    seed = _num(one("simulation"), "rand_seed", source, 0, int)
+    seed = _num(every["simulation"], "rand_seed", source, 0, int)
     out = Path(det.get("image_file_out", ("micrograph.mrc", 0))[0]).stem
     return RunConfig(optics=optics, detector=detector, sample=sample, geometry=geometry,
                      particles=tuple(particles), seed=seed, output=out, source=source,
                      ignored=tuple(ignored))
 
 
-_USED = {"sample": {"diameter", "thickness_center", "thickness_edge", "offset_x", "offset_y"},
-         "particle": {"source", "pdb_file_in", "pdb_transf_file_in", "add_hydrogen"},
-         "particleset": {"particle_type", "num_particles", "particle_conc", "particle_coords", "coord_file_in",
-                         "where"},
-         "geometry": {"gen_tilt_data", "ntilts", "theta_start", "theta_incr", "tilt_axis", "geom_errors"},
-         "electronbeam": {"acc_voltage", "energy_spread", "gen_dose", "total_dose", "dose_per_im"},
-         "optics": {"magnification", "cs", "cc", "aperture", "focal_length", "cond_ap_angle", "gen_defocus",
-                    "defocus_nominal"},
-         "detector": {"det_pix_x", "det_pix_y", "pixel_size", "gain", "use_quantization", "dqe", "mtf_a",
-                      "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "mtf_p", "mtf_q", "image_file_out"},
-         "simulation": {"rand_seed"}}
+#: TEM-simulator keys that :func:`load_temsim` converts by hand (or whose value is refused
+#: unless supported, :data:`_UNSUPPORTED`)
+_BY_HAND = {"particle": {"source"}, "particleset": {"particle_type", "num_particles", "particle_coords"},
+            "geometry": {"gen_tilt_data", "ntilts", "theta_start", "theta_incr", "geom_errors"},
+            "electronbeam": {"gen_dose", "total_dose", "dose_per_im"},
+            "optics": {"magnification", "gen_defocus"}, "detector": {"pixel_size", "image_file_out"},
+            "simulation": {"rand_seed"}}
+
+
+def _used():
+    used = {k: set(v) for k, v in _BY_HAND.items()}
+    for cls in SECTIONS.values():
+        for f in fields(cls):
+            if f.metadata.get("tem"):
+                comp, key = f.metadata["tem"].split(".")
+                used.setdefault(comp, set()).add(key)
+    return used
+
+
+#: the TEM-simulator keys cutem uses (the others are listed in ``RunConfig.ignored``)
+_USED = _used()
 
 
 def is_temsim(path) -> bool:

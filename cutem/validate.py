@@ -7,8 +7,8 @@ before a single image is computed:
 - the output name (a plain file name: no folder separators, not hidden, not empty);
 - every file the run will read exists and is a readable regular file (structures,
   transform files, coordinate files, the DQE curve);
-- per-tilt lists: dose weights finite, non-negative, with a positive sum; defocus offsets
-  finite and, added to the nominal defocus, inside :class:`cutem.params.Optics`' range;
+- per-tilt lists: dose weights with a positive sum whose peak tilt stays inside the dose
+  range; defocus offsets that, added to the nominal defocus, stay inside its range;
 - options that cannot run together (a frequency-dependent DQE needs unquantised counts:
   the quantised detector draws integer Poisson counts, which noise shaping cannot follow);
 - the simulation grid: not larger than :data:`MAX_GRID_PIXELS`;
@@ -32,6 +32,7 @@ import numpy as np
 from .config import RunConfig
 from .errors import InputError
 from .grid import Grid
+from .params import Detector, Optics, allowed, in_range
 from .specimen import scene_from_config, tilt_matrix
 
 #: largest simulation grid (padded, oversampled), pixels: 16384² complex64 is 2 GiB per array
@@ -86,38 +87,24 @@ def check_files(cfg: RunConfig):
         _check_file(path, "detector.dqe_curve")
 
 
-def _per_tilt(values, n, name, unit=""):
-    """``values`` as an array of ``n`` finite floats (one per tilt), or a one-line InputError."""
-    try:
-        a = np.asarray(values, dtype=float)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} = {values!r} must be {n} numbers") from None
-    if a.shape != (n,) or not np.isfinite(a).all():
-        raise InputError(f"{name} must be {n} finite numbers{unit}, got {list(values)}")
-    return a
-
-
 def check_values(cfg: RunConfig):
-    """Cross-field checks the parameter objects cannot make alone."""
+    """Cross-field checks the parameter objects cannot make alone (each field's own type and
+    range is checked by its object, from its declaration in :mod:`cutem.params`)."""
     g, o, d = cfg.geometry, cfg.optics, cfg.detector
-    n = len(g.tilt_angles_deg)
     if g.dose_weights is not None:
-        w = _per_tilt(g.dose_weights, n, "geometry.dose_weights")
-        if (w < 0).any() or w.sum() <= 0:
-            raise InputError("geometry.dose_weights must be >= 0 with a positive sum, got "
-                             f"{list(g.dose_weights)}")
+        w = np.asarray(g.dose_weights, dtype=float)
+        if w.sum() <= 0:
+            raise InputError(f"geometry.dose_weights must have a positive sum, got {list(g.dose_weights)}")
         peak = d.dose_e_per_A2 * float(w.max() / w.mean())
-        if peak > 1e5:
+        if not in_range(Detector, "dose_e_per_A2", peak):
             raise InputError(f"geometry.dose_weights give {peak:g} e-/A^2 on one tilt; the allowed range "
-                             "of Detector.dose_e_per_A2 is [0, 1e5]")
-    if g.defocus_offsets_A is not None:
-        off = _per_tilt(g.defocus_offsets_A, n, "geometry.defocus_offsets_A", " (Å)")
-        for k, v in enumerate(off):
-            for name in ("defocus_u_A", "defocus_v_A"):
-                total = getattr(o, name) + float(v)
-                if abs(total) > 2e5:
-                    raise InputError(f"optics.{name} + geometry.defocus_offsets_A[{k}] = {total:g} Å is outside "
-                                     "the allowed range [-200000.0, 200000.0]")
+                             f"of Detector.dose_e_per_A2 is {allowed(Detector, 'dose_e_per_A2')}")
+    for k, v in enumerate(g.defocus_offsets_A or ()):
+        for name in ("defocus_u_A", "defocus_v_A"):
+            total = getattr(o, name) + v
+            if not in_range(Optics, name, total):
+                raise InputError(f"optics.{name} + geometry.defocus_offsets_A[{k}] = {total:g} Å is outside "
+                                 f"the allowed range {allowed(Optics, name)}")
     if d.dqe_curve and d.quantized:
         raise InputError("detector.dqe_curve (frequency-dependent DQE) needs quantized = false: the noise "
                          "shaping acts on Gaussian counts, not on integer Poisson draws")
