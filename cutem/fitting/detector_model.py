@@ -16,12 +16,14 @@ from adjoints.fit import FreeParam, gauss_newton_covariance, observed_informatio
 
 from ..detector import MTF, MTF_PARAM_NAMES, PARAM_NAMES
 from ..errors import InputError
+from ..params import bounds
 
 #: physical bounds of the detector parameters (cutem.params.Detector's ranges)
-DETECTOR_BOUNDS = {"mtf_a": (1e-6, 1.0), "mtf_b": (1e-6, 1.0), "mtf_c": (1e-6, 1.0),  # > 0: a+b+c divides
-                   "mtf_alpha": (0.0, 1e4), "mtf_beta": (0.0, 1e4), "mtf_p": (1e-3, 10.0),
-                   "mtf_q": (1e-3, 10.0), "gain": (1e-6, 1e6), "dqe": (1e-3, 1.0),
-                   "readout_noise": (0.0, 1e6), "dose_e_per_A2": (1e-9, 1e5)}
+#: the declared ranges of the detector fields (:func:`cutem.params.bounds`); a, b, c keep a
+#: small positive floor in a fit, since a + b + c divides the MTF
+DETECTOR_BOUNDS = {n: bounds(f"detector.{n}") for n in ("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "mtf_p",
+                                                       "mtf_q", "gain", "dqe", "readout_noise", "dose_e_per_A2")}
+DETECTOR_BOUNDS.update({n: (max(DETECTOR_BOUNDS[n][0], 1e-6), DETECTOR_BOUNDS[n][1]) for n in ("mtf_a", "mtf_b", "mtf_c")})
 DETECTOR_SCALES = {"mtf_a": 1.0, "mtf_b": 1.0, "mtf_c": 1.0, "mtf_alpha": 10.0, "mtf_beta": 10.0,
                    "mtf_p": 1.0, "mtf_q": 1.0, "gain": 1.0, "dqe": 1.0, "readout_noise": 1.0,
                    "dose_e_per_A2": 1.0}

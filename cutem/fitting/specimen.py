@@ -21,6 +21,7 @@ from ..errors import InputError
 from ..grid import Grid
 from ..imaging import ImageModel, stack_z_range, tilt_settings
 from ..optics import optics_inputs
+from ..params import bounds
 from ..specimen import scene_from_config
 from ..spectra import RadialBins, power_spectrum
 from .detector_model import (DETECTOR_BOUNDS, as_input, detector_free_params, detector_theta, expand_ratios,
@@ -32,9 +33,12 @@ from .mtf import MTFFit
 #: pseudo-parameters of :func:`fit_mtf_specimen` besides the detector fields
 SPECIMEN_FIT_NAMES = ("ice_thickness_A", "thickness_center_A", "thickness_edge_A", "defocus_A",
                       "defocus_u_A", "defocus_v_A")
-_SPECIMEN_BOUNDS = {"ice_thickness_A": (0.0, 1e5), "thickness_center_A": (0.0, 1e5),
-                    "thickness_edge_A": (0.0, 1e5), "defocus_A": (-2e5, 2e5), "defocus_u_A": (-2e5, 2e5),
-                    "defocus_v_A": (-2e5, 2e5)}
+#: the declared ranges (:func:`cutem.params.bounds`); the pseudo-names take their field's
+_SPECIMEN_BOUNDS = {k: bounds(f) for k, f in (("ice_thickness_A", "sample.thickness_center_A"),
+                                              ("thickness_center_A", "sample.thickness_center_A"),
+                                              ("thickness_edge_A", "sample.thickness_edge_A"),
+                                              ("defocus_A", "optics.defocus_u_A"), ("defocus_u_A", "optics.defocus_u_A"),
+                                              ("defocus_v_A", "optics.defocus_v_A"))}
 
 
 class SpecimenModel:
