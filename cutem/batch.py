@@ -46,6 +46,7 @@ from adjoints import settings
 
 from . import io
 from .config import RunConfig
+from .params import field_type
 from .errors import InputError
 
 MANIFEST = "manifest.csv"
@@ -75,11 +76,12 @@ def _param_rng(batch_seed, index):
 
 
 def _field_type(section, name, where):
+    """The declared type of ``section.name`` (its annotation: a field that may be none, like
+    ``optics.aperture_diameter_um``, is typed by its value type)."""
     cls = type(getattr(RunConfig(), section))
-    for f in fields(cls):
-        if f.name == name:
-            return type(getattr(cls(), name))
-    raise InputError(f"{where}: {section} has no field {name!r}")
+    if name not in {f.name for f in fields(cls)}:
+        raise InputError(f"{where}: {section} has no field {name!r}")
+    return field_type(cls, name)[0]
 
 
 def _coerce(name, value, where):
@@ -108,7 +110,10 @@ def _coerce(name, value, where):
     t = _field_type(section, key, where)
     try:
         if t is bool:
-            return str(value).strip().lower() in ("1", "true", "yes")
+            text = str(value).strip().lower()
+            if text not in ("1", "true", "yes", "0", "false", "no"):
+                raise ValueError
+            return text in ("1", "true", "yes")
         if t is int:
             f = float(value)
             if f != int(f):

@@ -87,6 +87,11 @@ def test_table_rows_set_the_named_fields(base, tmp_path):
     assert [it.seed for it in items] == [42, 43]
     assert items[1].config.detector.dose_e_per_A2 == 7.0
     assert items[0].config.optics.cs_mm == 1.2
+    # a field whose default is none is typed by its declaration, not by its default
+    opt = tmp_path / "opt.csv"
+    opt.write_text("optics.aperture_diameter_um,detector.quantized\n40,no\n")
+    (it,) = Bt.items_from_table(load_config(base), opt, 0)
+    assert it.config.optics.aperture_diameter_um == 40.0 and it.config.detector.quantized is False
     bad = tmp_path / "bad.csv"
     bad.write_text("optics.nothing\n1\n")
     with pytest.raises(InputError, match=r"bad.csv:2: optics has no field 'nothing'"):
