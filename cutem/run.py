@@ -3,7 +3,9 @@
 Outputs for base name ``NAME`` in the output folder: ``NAME.mrc`` (noisy image or tilt
 stack, float32, pixel size in the header), ``NAME_noisefree.mrc``, ``NAME.tlt`` (tilt
 angles, stack order), ``NAME.png`` (preview of the tilt nearest 0°) and
-``NAME_params.toml`` (the resolved parameters and seed; feeding it back reproduces the run).
+``NAME_params.toml`` (the resolved parameters and seed; feeding it back reproduces the run),
+``NAME_particles.star`` and for a tilt series the RELION 5 tilt-series STARs and IMOD
+``.xf``/``.defocus`` (:mod:`cutem.groundtruth`: what was put where).
 Every file is written under a temporary name and renamed when complete.
 
 A tilt series checkpoints each finished tilt in ``.NAME.ckpt/`` (keyed by a hash of the
@@ -21,13 +23,15 @@ import numpy as np
 
 from . import io
 from .config import RunConfig, to_toml, write_resolved
+from .groundtruth import ground_truth_paths, write_ground_truth
 from .pipeline import simulate
 
 
-def output_paths(out_dir, name):
+def output_paths(out_dir, name, tilt_series=False):
     out = Path(out_dir)
     return {"image": out / f"{name}.mrc", "noise_free": out / f"{name}_noisefree.mrc",
-            "tlt": out / f"{name}.tlt", "png": out / f"{name}.png", "params": out / f"{name}_params.toml"}
+            "tlt": out / f"{name}.tlt", "png": out / f"{name}.png", "params": out / f"{name}_params.toml",
+            **ground_truth_paths(out_dir, name, tilt_series)}
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -65,13 +69,13 @@ def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=T
     for w in pre.warnings:
         if log is not None:
             log(w)
-    paths = output_paths(out_dir, cfg.output)
+    n = len(cfg.geometry.tilt_angles_deg)
+    paths = output_paths(out_dir, cfg.output, n > 1)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     # temporaries of these outputs left by a killed run (SIGKILL, power loss): never renamed, remove
     for final in paths.values():
         for stale in final.parent.glob(f".{final.name}.*"):
             stale.unlink(missing_ok=True)
-    n = len(cfg.geometry.tilt_angles_deg)
     ckdir = _checkpoint_dir(out_dir, cfg.output)
     key = config_hash(cfg)
     done = _load_checkpoints(ckdir, key, n) if (resume and n > 1) else {}
@@ -97,6 +101,7 @@ def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=T
     io.write_tlt(paths["tlt"], result.angles_deg)
     k0 = int(np.argmin(np.abs(np.asarray(result.angles_deg))))
     io.write_png(paths["png"], result.images[k0])
+    write_ground_truth(pre.scene, cfg, out_dir, cfg.output)
     write_resolved(paths["params"], cfg)
     shutil.rmtree(ckdir, ignore_errors=True)
     return result, paths
