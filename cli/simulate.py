@@ -17,12 +17,15 @@ from .common import apply_settings, device_option, is_structure, quiet_option, s
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="With a structure file: this many copies at random positions (default 1, at the centre).")
 @set_option
+@click.option("--labels", is_flag=True,
+              help="Also write NAME_labels.mrc: per pixel (tilt series: per tomogram voxel) the particle's "
+                   "row in NAME_particles.star.")
 @click.option("--no-resume", is_flag=True, help="Ignore checkpoints of an interrupted run.")
 @click.option("--infer-elements", is_flag=True,
               help="Take missing/unknown elements of the structures from their atom names.")
 @device_option
 @quiet_option
-def simulate(config, out_dir, seed, name, count, settings, no_resume, infer_elements, device, quiet):
+def simulate(config, out_dir, seed, name, count, settings, labels, no_resume, infer_elements, device, quiet):
     """Simulate CONFIG: a TOML or TEM-simulator input file, or a structure (PDB/mmCIF) in
     ice with everyday cryo-EM settings (cutem.config.config_for_structure); none = the TMV example.
 
@@ -56,7 +59,7 @@ def simulate(config, out_dir, seed, name, count, settings, no_resume, infer_elem
         click.echo(f"note: TEM-simulator keys not used by cutem: {', '.join(cfg.ignored)}", err=True)
     log = None if quiet else (lambda msg: click.echo(f"note: {msg}", err=True))
     result, paths = run_simulation(cfg, out_dir, device=device, progress=not quiet, resume=not no_resume,
-                                   log=log)
+                                   log=log, labels=labels)
     if not quiet:
         n = len(result.angles_deg)
         click.echo(f"{n} image{'s' if n > 1 else ''} of {cfg.detector.ny}x{cfg.detector.nx} px at "

@@ -41,6 +41,15 @@ IMOD's aligned stack has its tilt axis along y: ``NAME.xf`` turns each image by
 ctfplotter's version-2 lines (views, angles, defocus in nm). The signs IMOD and RELION give
 to the tilt angle and ZRot (tomogram hand) are not checked here against those programs.
 
+Label maps (``--labels``, ``NAME_labels.mrc``): for a micrograph, per pixel the 1-based row
+of the particle in ``NAME_particles.star`` (0: none), where that particle's projected
+potential alone (:func:`cutem.potential.projected_potential`, blurred to the particle scale
+by a Gaussian of B = ``LABEL_B_A2`` = 300 Å², σ = 1.95 Å) exceeds ``LABEL_FRACTION`` = 10%
+of its own maximum; where two particles qualify, the one higher relative to its maximum. For
+a tilt series the same in 3D at the tomogram's voxels: the potential in slices one voxel
+thick, blurred along z by the same σ. Each particle is computed in a box of its own size, so
+the memory is the label array plus one box; :func:`label_bytes` states it before the run.
+
 Per-particle defocus: with ``simulation.method = "projection"`` every particle is imaged at
 the run's defocus (the phase object sits on the reference plane); with ``"multislice"`` a
 particle at beam height z (down-beam positive, so up-beam height −z) is imaged at Δf + z
@@ -85,6 +94,11 @@ def matrix2euler(A):
     psi = np.where(general, np.arctan2(A[..., 1, 2], -A[..., 0, 2]),
                    np.arctan2(A[..., 0, 1], A[..., 0, 0] * np.sign(A[..., 2, 2])))
     return np.degrees(rot), np.degrees(tilt), np.degrees(psi)
+
+
+#: blur (B-factor, Å²) and relative threshold of the label maps (module docstring)
+LABEL_B_A2 = 300.0
+LABEL_FRACTION = 0.1
 
 
 # --------------------------------------------------------------------------- the tables
@@ -222,6 +236,80 @@ def write_imod(out_dir, name, cfg):
     return paths
 
 
+# ------------------------------------------------------------------------------ label maps
+def _box(p, px):
+    """Even edge (pixels) of the box holding a particle's blurred potential."""
+    sigma = math.sqrt(LABEL_B_A2) / (2 * math.pi * math.sqrt(2))
+    return 2 * int(math.ceil((p.atoms.radius() + 4 * sigma) / px)) + 2
+
+
+def _paste(labels, best, box_values, corner, index):
+    """Put particle ``index`` where its relative value beats what is there (clipped to the array)."""
+    src, dst = [], []
+    for c, b, n in zip(corner, box_values.shape, labels.shape):
+        lo, hi = max(c, 0), min(c + b, n)
+        if hi <= lo:
+            return
+        src.append(slice(lo - c, hi - c))
+        dst.append(slice(lo, hi))
+    v = box_values[tuple(src)]
+    region, top = labels[tuple(dst)], best[tuple(dst)]
+    take = (v > LABEL_FRACTION) & (v > top)
+    region[take] = index
+    top[take] = v[take]
+
+
+def label_image(scene, cfg, k=0):
+    """(ny, nx) int32 labels of tilt ``k`` (module docstring)."""
+    from .pipeline import tilt_settings
+    from .potential import projected_potential
+
+    det = cfg.detector
+    px, ny, nx = det.pixel_size_A, det.ny, det.nx
+    angle, axis = tilt_settings(cfg, k)[0], cfg.geometry.tilt_axis_deg
+    T = tilt_matrix(angle, axis)
+    labels, best = np.zeros((ny, nx), np.int32), np.zeros((ny, nx), np.float32)
+    for idx, p in enumerate(scene.particles):
+        c = T @ p.translation
+        j0, i0, b = int(round(c[0] / px + nx / 2)), int(round(c[1] / px + ny / 2)), _box(p, px)
+        atoms = p.atoms.transformed(T @ p.rotation, c - [(j0 - nx / 2) * px, (i0 - ny / 2) * px, 0], np.float64)
+        v = projected_potential(atoms, (b, b), px, b_factor_A2=LABEL_B_A2)[0]
+        _paste(labels, best, v / max(float(v.max()), 1e-30), (i0 - b // 2, j0 - b // 2), idx + 1)
+    return labels
+
+
+def label_volume(scene, cfg):
+    """(nz, ny, nx) int32 labels in the tomogram (module docstring)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    from .potential import projected_potential
+
+    nz, ny, nx = tomogram_shape(scene, cfg)
+    px = cfg.detector.pixel_size_A
+    sigma = math.sqrt(LABEL_B_A2) / (2 * math.pi * math.sqrt(2))
+    labels, best = np.zeros((nz, ny, nx), np.int32), np.zeros((nz, ny, nx), np.float32)
+    n = np.array([nx, ny, nz])
+    for idx, p in enumerate(scene.particles):
+        c = np.rint(p.translation / px + n / 2).astype(int)
+        b = _box(p, px)
+        atoms = p.atoms.transformed(p.rotation, p.translation - (c - n / 2) * px, np.float64)
+        # slice m of the box is voxel c_z - b/2 + m, which spans [(m - b/2 - 1/2) px, (m - b/2 + 1/2) px)
+        v = projected_potential(atoms, (b, b), px, slice_thickness_A=px, z_range_A=(-(b / 2 + 0.5) * px,
+                                                                                  (b / 2 - 0.5) * px),
+                                b_factor_A2=LABEL_B_A2, dtype=np.float64)
+        v = gaussian_filter1d(v, sigma / px, axis=0, mode="constant")
+        _paste(labels, best, v / max(float(v.max()), 1e-30), (c[2] - b // 2, c[1] - b // 2, c[0] - b // 2), idx + 1)
+    return labels
+
+
+def label_bytes(scene, cfg):
+    """Host memory of the label map of a run (labels, running maximum, the largest box)."""
+    series = len(cfg.geometry.tilt_angles_deg) > 1
+    shape = tomogram_shape(scene, cfg) if series else cfg.detector.shape
+    box = max((_box(p, cfg.detector.pixel_size_A) for p in scene.particles), default=0)
+    return 8 * int(np.prod(shape)) + 8 * 4 * box ** (3 if series else 2)
+
+
 def ground_truth_paths(out_dir, name, tilt_series):
     out = Path(out_dir)
     p = {"particles": out / f"{name}_particles.star"}
@@ -231,10 +319,18 @@ def ground_truth_paths(out_dir, name, tilt_series):
     return p
 
 
-def write_ground_truth(scene, cfg, out_dir, name):
-    """Write the particle STAR (and for a tilt series the tilt-series STARs and IMOD files)."""
+def write_ground_truth(scene, cfg, out_dir, name, labels=False):
+    """Write the particle STAR (and for a tilt series the tilt-series STARs and IMOD files);
+    with ``labels`` also ``NAME_labels.mrc``."""
     series = len(cfg.geometry.tilt_angles_deg) > 1
     paths = ground_truth_paths(out_dir, name, series)
+    if labels:
+        paths["labels"] = Path(out_dir) / f"{name}_labels.mrc"
+        note = f"cutem labels: particle row, potential > {LABEL_FRACTION:g} of max at B {LABEL_B_A2:g}"
+        if series:
+            io.write_volume(paths["labels"], label_volume(scene, cfg), cfg.detector.pixel_size_A, label=note)
+        else:
+            io.write_mrc(paths["labels"], label_image(scene, cfg, 0), cfg.detector.pixel_size_A, label=note)
     if series:
         io.write_star(paths["particles"], {"particles": tomogram_particles(scene, cfg, name)})
         tomos, tilts = tilt_series_tables(scene, cfg, name)
@@ -248,4 +344,4 @@ def write_ground_truth(scene, cfg, out_dir, name):
 
 __all__ = ["euler_angles2matrix", "matrix2euler", "micrograph_particles", "tomogram_particles", "tomogram_shape",
            "project_tomogram_coordinates", "tilt_series_tables", "write_imod", "ground_truth_paths",
-           "write_ground_truth"]
+           "write_ground_truth", "label_image", "label_volume", "label_bytes", "LABEL_B_A2", "LABEL_FRACTION"]

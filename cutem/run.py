@@ -57,15 +57,35 @@ def _load_checkpoints(ckdir: Path, key: str, n: int):
     return done
 
 
-def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=True, log=None):
+def _check_label_memory(scene, cfg):
+    """Refuse ``labels`` before any work when the label map would take over half the free memory."""
+    import os
+
+    from .errors import InputError
+    from .groundtruth import label_bytes
+
+    need = label_bytes(scene, cfg)
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX host: no check
+        return
+    if need > free / 2:
+        raise InputError(f"label map needs {need / 2**30:.1f} GiB, over half of the {free / 2**30:.1f} GiB "
+                         f"of free memory; drop --labels or bin the detector")
+
+
+def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=True, log=None, labels=False):
     """Simulate ``cfg`` and write its outputs to ``out_dir``; returns (Result, paths).
 
     The whole input is checked first (:func:`cutem.validate.preflight`: files, values, grid,
     scene); ``log(message)`` receives its warnings and a note when checkpoints are resumed.
+    ``labels``: also write ``NAME_labels.mrc`` (:mod:`cutem.groundtruth`).
     """
     from .validate import preflight
 
     pre = preflight(cfg)
+    if labels:
+        _check_label_memory(pre.scene, cfg)
     for w in pre.warnings:
         if log is not None:
             log(w)
@@ -73,7 +93,7 @@ def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=T
     paths = output_paths(out_dir, cfg.output, n > 1)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     # temporaries of these outputs left by a killed run (SIGKILL, power loss): never renamed, remove
-    for final in paths.values():
+    for final in [*paths.values(), Path(out_dir) / f"{cfg.output}_labels.mrc"]:
         for stale in final.parent.glob(f".{final.name}.*"):
             stale.unlink(missing_ok=True)
     ckdir = _checkpoint_dir(out_dir, cfg.output)
@@ -101,7 +121,7 @@ def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=T
     io.write_tlt(paths["tlt"], result.angles_deg)
     k0 = int(np.argmin(np.abs(np.asarray(result.angles_deg))))
     io.write_png(paths["png"], result.images[k0])
-    write_ground_truth(pre.scene, cfg, out_dir, cfg.output)
+    paths.update(write_ground_truth(pre.scene, cfg, out_dir, cfg.output, labels=labels))
     write_resolved(paths["params"], cfg)
     shutil.rmtree(ckdir, ignore_errors=True)
     return result, paths

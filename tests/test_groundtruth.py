@@ -136,3 +136,57 @@ def test_tilt_series_coordinates_reproject_onto_every_tilt_within_1px(tmp_path):
     assert xf.shape == (3, 6) and np.allclose(xf[0, :4].reshape(2, 2) @ axis, [0, 1], atol=1e-6)   # the axis onto y
     first = paths["defocus"].read_text().splitlines()[0].split()
     assert first == ["1", "1", "0.00", "0.00", "1450.0", "2"]
+
+
+PDB = "/work/shared/data/pdb/1hvr.pdb"
+
+
+def _two_1hvr(tilts=(0.0,)):
+    from cutem.config import ParticleSpec, config_for_structure
+    from cutem.params import Detector, Optics, Sample
+
+    cfg = config_for_structure(PDB)
+    spec = ParticleSpec(name="hvr", structure=PDB, placement="list", positions_A=((-55.0, 5.0, 0.0), (60.0, -8.0, 20.0)),
+                        orientations_deg=((0.0, 0.0, 0.0), (40.0, 70.0, -30.0)))
+    # in focus, no Cs, pure amplitude contrast, no ice, the label blur: the image is the projection
+    return cfg.replace(optics=Optics(defocus_u_A=0.0, defocus_v_A=0.0, cs_mm=0.0, amplitude_contrast=1.0),
+                       detector=Detector(nx=256, ny=160, pixel_size_A=1.0, dose_e_per_A2=40.0),
+                       sample=Sample(ice=False), particles=(spec,),
+                       simulation=cfg.simulation.replace(b_factor_A2=G.LABEL_B_A2),
+                       geometry=cfg.geometry.replace(tilt_angles_deg=tuple(tilts)))
+
+
+def test_label_image_overlaps_each_noise_free_particle_with_iou_above_0_9():
+    from cutem.pipeline import simulate
+
+    cfg = _two_1hvr()
+    scene = scene_from_config(cfg)
+    labels = G.label_image(scene, cfg)
+    nf = simulate(cfg, scene=scene).noise_free[0]
+    contrast = np.abs(nf - np.median(nf))   # the median pixel is background (no ice)
+    star = G.micrograph_particles(scene, cfg)
+    i, j = np.indices(labels.shape)
+    d = [np.hypot(j - x, i - y) for x, y in zip(star["rlnCoordinateX"], star["rlnCoordinateY"])]
+    nearest = np.argmin(d, axis=0)
+    ious = []
+    for k in range(2):
+        region = np.where(nearest == k, contrast, 0.0)
+        ref = region > G.LABEL_FRACTION * region.max()
+        got = labels == k + 1
+        ious.append((ref & got).sum() / (ref | got).sum())
+    assert min(ious) >= 0.9, ious
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_label_volume_holds_each_particles_atoms_at_tomogram_voxels():
+    cfg = _two_1hvr((-30.0, 0.0, 30.0))
+    scene = scene_from_config(cfg)
+    vol = G.label_volume(scene, cfg)
+    nz, ny, nx = shape = G.tomogram_shape(scene, cfg)
+    assert vol.shape == shape
+    for k, p in enumerate(scene.particles):
+        x = p.atoms.transformed(p.rotation, p.translation).positions / cfg.detector.pixel_size_A + [nx / 2, ny / 2, nz / 2]
+        ix, iy, iz = np.rint(x).astype(int).T
+        inside = (vol[iz, iy, ix] == k + 1).mean()
+        volume_A3 = 1.212 * 12.5 * p.atoms.n        # 1.21 Å³/Da, ~12.5 Da per heavy atom
+        assert inside > 0.95 and 0.5 < (vol == k + 1).sum() / volume_A3 < 3.0, (inside, (vol == k + 1).sum(), volume_A3)
