@@ -2,7 +2,7 @@
 
 Outputs for base name ``NAME`` in the output folder: ``NAME.mrc`` (noisy image or tilt
 stack, float32, pixel size in the header), ``NAME_noisefree.mrc``, ``NAME.tlt`` (tilt
-angles, stack order), ``NAME.png`` (preview of the tilt nearest 0°) and
+angles, stack order), ``NAME.png`` (:mod:`cutem.preview`: filtered, noise-free, spectrum) and
 ``NAME_params.toml`` (the resolved parameters and seed; feeding it back reproduces the run),
 ``NAME_particles.star`` and for a tilt series the RELION 5 tilt-series STARs and IMOD
 ``.xf``/``.defocus`` (:mod:`cutem.groundtruth`: what was put where).
@@ -25,6 +25,7 @@ from . import io
 from .config import RunConfig, to_toml, write_resolved
 from .groundtruth import ground_truth_paths, write_ground_truth
 from .pipeline import simulate
+from .preview import write_preview
 
 
 def output_paths(out_dir, name, tilt_series=False):
@@ -119,8 +120,7 @@ def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=T
     io.write_mrc(paths["noise_free"], result.noise_free if stack else result.noise_free[0],
                  cfg.detector.pixel_size_A, label=label + " noise-free")
     io.write_tlt(paths["tlt"], result.angles_deg)
-    k0 = int(np.argmin(np.abs(np.asarray(result.angles_deg))))
-    io.write_png(paths["png"], result.images[k0])
+    write_preview(paths["png"], result, cfg, pre.scene)
     paths.update(write_ground_truth(pre.scene, cfg, out_dir, cfg.output, labels=labels))
     write_resolved(paths["params"], cfg)
     shutil.rmtree(ckdir, ignore_errors=True)
