@@ -160,6 +160,11 @@ def write_star(path, tables):
         blocks[name] = t
     with atomic_path(path, suffix=".star") as tmp:
         starfile.write(blocks, tmp, float_format="%.6f")
+        # starfile stamps the clock into its header line; the same run must give the same bytes
+        lines = Path(tmp).read_text().splitlines(keepends=True)
+        if lines and lines[0].startswith("# Created by the starfile"):
+            lines[0] = "# written by cutem with starfile (teamtomo)\n"
+        Path(tmp).write_text("".join(lines))
 
 
 def read_star(path, name="STAR file"):

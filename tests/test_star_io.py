@@ -33,6 +33,10 @@ def test_write_star_round_trips_loops_and_strings(tmp_path):
     assert list(t["particles"]["rlnCoordinateX"]) == [1.5, 2.25]
     assert list(t["particles"]["rlnImageName"]) == ["a.mrc", "b.mrc"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary left
+    first = (tmp_path / "a.star").read_bytes()
+    write_star(tmp_path / "a.star", {"general": {"rlnTomoName": "ts_01", "rlnVoltage": 300.0},
+                                     "particles": {"rlnCoordinateX": [1.5, 2.25], "rlnImageName": ["a.mrc", "b.mrc"]}})
+    assert (tmp_path / "a.star").read_bytes() == first and b"Created by" not in first   # no clock in the header
 
 
 def test_missing_star_is_one_line_input_error(tmp_path):
