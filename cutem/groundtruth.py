@@ -53,7 +53,8 @@ the memory is the label array plus one box; :func:`label_bytes` states it before
 Per-particle defocus: with ``simulation.method = "projection"`` every particle is imaged at
 the run's defocus (the phase object sits on the reference plane); with ``"multislice"`` a
 particle at beam height z (down-beam positive, so up-beam height −z) is imaged at Δf + z
-(PHYSICS.md: Δf − z_up, underfocus positive).
+(PHYSICS.md: Δf − z_up, underfocus positive); tests/test_groundtruth.py checks it against
+cutem's multislice image of a particle 300 Å above and below the centre plane.
 """
 from __future__ import annotations
 

@@ -190,3 +190,28 @@ def test_label_volume_holds_each_particles_atoms_at_tomogram_voxels():
         inside = (vol[iz, iy, ix] == k + 1).mean()
         volume_A3 = 1.212 * 12.5 * p.atoms.n        # 1.21 Å³/Da, ~12.5 Da per heavy atom
         assert inside > 0.95 and 0.5 < (vol == k + 1).sum() / volume_A3 < 3.0, (inside, (vol == k + 1).sum(), volume_A3)
+
+
+@pytest.mark.parametrize("z", [300.0, -300.0])
+def test_multislice_image_of_a_particle_shows_the_star_defocus(z):
+    # a particle at beam height z imaged by multislice looks like its projection at the STAR's
+    # defocus Δf + z, not at Δf or Δf − z (PHYSICS.md: objects up-beam are nearer focus)
+    from cutem.config import ParticleSpec, config_for_structure
+    from cutem.params import Detector, Optics, Sample, Simulation
+    from cutem.pipeline import simulate
+
+    def image(method, df, zz=z):
+        spec = ParticleSpec(name="h", structure=PDB, placement="list", positions_A=((0.0, 0.0, zz),))
+        cfg = config_for_structure(PDB).replace(
+            optics=Optics(defocus_u_A=df, defocus_v_A=df, cs_mm=0.0),
+            detector=Detector(nx=96, ny=96, pixel_size_A=1.0, dose_e_per_A2=40.0, quantized=False),
+            sample=Sample(thickness_center_A=1000.0, thickness_edge_A=1000.0),
+            particles=(spec,),
+            simulation=Simulation(method=method, slice_thickness_A=10.0))
+        return cfg, simulate(cfg).noise_free[0].ravel()
+
+    cfg, ms = image("multislice", 5000.0)
+    star_df = G.micrograph_particles(scene_from_config(cfg), cfg)["rlnDefocusU"][0]
+    assert star_df == pytest.approx(5000.0 + z)
+    corr = {df: np.corrcoef(ms, image("projection", df, 0.0)[1])[0, 1] for df in (5000.0 - z, 5000.0, star_df)}
+    assert corr[star_df] > corr[5000.0] > corr[5000.0 - z] and corr[star_df] > 0.9, corr
