@@ -1,4 +1,5 @@
 """Ground truth: the particle STAR says where each particle is and how it is turned."""
+from importlib.resources import files
 import numpy as np
 import pytest
 import starfile
@@ -138,7 +139,7 @@ def test_tilt_series_coordinates_reproject_onto_every_tilt_within_1px(tmp_path):
     assert first == ["1", "1", "0.00", "0.00", "1450.0", "2"]
 
 
-PDB = "/work/shared/data/pdb/1hvr.pdb"
+PDB = str(files("cutem.data") / "pdb" / "1hvr.pdb")
 
 
 def _two_1hvr(tilts=(0.0,)):

@@ -1,4 +1,5 @@
 """The preview PNG: labelled panels per shown tilt, CTF zeros where the CTF vanishes."""
+from importlib.resources import files
 import numpy as np
 from PIL import Image
 
@@ -35,7 +36,7 @@ def test_preview_has_three_labelled_panels_per_shown_tilt(tmp_path):
     from click.testing import CliRunner
 
     from cli import main
-    res = CliRunner().invoke(main, ["simulate", "/work/shared/data/pdb/1hvr.pdb", "--out", str(tmp_path), "-q",
+    res = CliRunner().invoke(main, ["simulate", str(files("cutem.data") / "pdb" / "1hvr.pdb"), "--out", str(tmp_path), "-q",
                                     "--set", "geometry.tilt_angles_deg=[-30.0, 0.0, 30.0, 45.0]",
                                     "--set", "detector.nx=256", "--set", "detector.ny=256", "--set", "detector.pixel_size_A=2.0"])
     assert res.exit_code == 0, res.output

@@ -1,4 +1,5 @@
 """``cutem simulate STRUCTURE`` without a config, ``--count`` and ``--set``."""
+from importlib.resources import files
 import tomllib
 
 import numpy as np
@@ -10,7 +11,7 @@ from cli import main
 from cutem.config import config_for_structure
 from cutem.structure import load_particle
 
-PDB = "/work/shared/data/pdb/1hvr.pdb"
+PDB = str(files("cutem.data") / "pdb" / "1hvr.pdb")
 
 
 def _run(*args):
