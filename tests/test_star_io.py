@@ -1,6 +1,7 @@
 """STAR files go through ``starfile`` (the field's reader); ``python -m cutem.cli`` runs."""
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +10,10 @@ from cutem.errors import InputError
 from cutem.io import read_star, write_star
 
 REAL = "/work/shared/data/real"
+needs_real = pytest.mark.skipif(not Path(REAL).is_dir(), reason="../shared/data/real not present")
 
 
+@needs_real
 def test_read_star_gives_ctffind_values_of_micrographs_ctf():
     t = read_star(f"{REAL}/betagal_power_spectra/micrographs_ctf.star")
     mic = t["micrographs"]
@@ -19,6 +22,7 @@ def test_read_star_gives_ctffind_values_of_micrographs_ctf():
     assert float(t["optics"]["rlnVoltage"].iloc[0]) == 200.0
 
 
+@needs_real
 def test_read_star_gives_the_k2_mtf_curve():
     t = next(iter(read_star(f"{REAL}/detector_mtf/mtf_k2_300kV.star").values()))
     x, y = np.asarray(t["rlnResolutionInversePixel"], float), np.asarray(t["rlnMtfValue"], float)
