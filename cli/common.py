@@ -17,6 +17,64 @@ from cutem.errors import InputError as BadInput
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default=None,
                              help="Array backend (default: $CUTEM_DEVICE or auto).")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+set_option = click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
+                          help="Override a config key (repeatable); VALUE is a TOML literal "
+                               "(20000, true, [0.0, 30.0], \"carbon\"; a bare word is a string). "
+                               "particles.KEY sets KEY on every [[particles]].")
+
+#: file name endings ``cutem simulate`` / ``cutem potential`` take as a structure, not a config
+STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".cif.gz", ".ent.gz")
+
+
+def is_structure(path) -> bool:
+    return str(path).lower().endswith(STRUCTURE_SUFFIXES)
+
+
+def _toml_literal(text):
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word (multislice, carbon) is meant as a string
+
+
+def apply_settings(cfg, settings):
+    """``cfg`` with each ``SECTION.KEY=VALUE`` of ``--set`` applied (checked as a config file is)."""
+    import tomllib
+
+    from cutem.config import from_dict, to_toml
+
+    if not settings:
+        return cfg
+    d = tomllib.loads(to_toml(cfg))
+    for item in settings:
+        name, eq, text = item.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise BadInput(f"--set {item!r}: give SECTION.KEY=VALUE")
+        value = _toml_literal(text.strip())
+        section, dot, key = name.partition(".")
+        if not dot:
+            d[section] = value  # a top-level key (seed, output); from_dict refuses unknown ones
+        elif section == "particles":
+            if not d.get("particles"):
+                raise BadInput(f"--set {item!r}: the config has no [[particles]]")
+            for p in d["particles"]:
+                p[key] = value
+        elif section in ("optics", "detector", "sample", "simulation", "geometry"):
+            if section == "geometry" and key.startswith("tilt_") and key != "tilt_axis_deg":
+                d[section].pop("tilt_angles_deg", None)  # a new series replaces the resolved angle list
+            old = d.setdefault(section, {}).get(key)
+            # 20000 for a float key stays a float in the resolved TOML
+            d[section][key] = float(value) if isinstance(old, float) and type(value) is int else value
+        else:
+            raise BadInput(f"--set {item!r}: unknown section {section!r} (optics, detector, sample, "
+                           f"simulation, geometry, particles)")
+    try:
+        return from_dict(d, source=cfg.source).replace(ignored=cfg.ignored)
+    except BadInput as exc:
+        raise BadInput(f"--set: {exc}") from None
 
 
 class Terminated(BaseException):
@@ -68,4 +126,5 @@ def fail(message: str):
     raise BadInput(message)
 
 
-__all__ = ["device_option", "quiet_option", "run_guarded", "fail", "BadInput", "sys"]
+__all__ = ["device_option", "quiet_option", "set_option", "apply_settings", "is_structure", "STRUCTURE_SUFFIXES",
+           "run_guarded", "fail", "BadInput", "sys"]

@@ -20,14 +20,12 @@ _CURVE_FREE = "mtf_a,mtf_b,mtf_c,mtf_alpha,mtf_beta,mtf_p,mtf_q"
 def _read_mtf_star(path):
     from cutem.io import read_star
 
-    for block, cols in read_star(path).items():
-        if "rlnResolutionInversePixel" in cols and "rlnMtfValue" in cols:
+    for block, t in read_star(path, name="MTF STAR").items():
+        if hasattr(t, "columns") and {"rlnResolutionInversePixel", "rlnMtfValue"} <= set(t.columns):
             try:
-                x = np.array(cols["rlnResolutionInversePixel"], float)
-                y = np.array(cols["rlnMtfValue"], float)
-            except ValueError:
+                return (np.asarray(t["rlnResolutionInversePixel"], float), np.asarray(t["rlnMtfValue"], float))
+            except (TypeError, ValueError):
                 fail(f"MTF STAR {path}: non-numeric values in block {block}")
-            return x, y
     fail(f"MTF STAR {path}: no table with _rlnResolutionInversePixel and _rlnMtfValue")
 
 
@@ -266,10 +264,10 @@ def fit_ctf(inputs, kind, dc, pixel_size, voltage_kV, cs_mm, amplitude_contrast,
                    f"{r.astigmatism_angle_deg:.1f} ± {e.get('astigmatism_angle_deg', float('nan')):.1f}°, amplitude "
                    f"contrast {r.amplitude_contrast:.3f}, score {r.score:.3f} ({r.seconds:.1f} s, "
                    f"{r.iterations} iterations; search: {r.search_defocus_A:.0f} Å)")
-    write_star(out, "micrographs",
-               ["rlnMicrographName", "rlnDefocusU", "rlnDefocusV", "rlnCtfAstigmatism", "rlnDefocusAngle",
-                "rlnAmplitudeContrast", "rlnVoltage", "rlnSphericalAberration", "rlnCtfFigureOfMerit",
-                "rlnCtfMaxResolution"], rows)
+    cols = ["rlnMicrographName", "rlnDefocusU", "rlnDefocusV", "rlnCtfAstigmatism", "rlnDefocusAngle",
+            "rlnAmplitudeContrast", "rlnVoltage", "rlnSphericalAberration", "rlnCtfFigureOfMerit",
+            "rlnCtfMaxResolution"]
+    write_star(out, {"micrographs": {c: [r[i] for r in rows] for i, c in enumerate(cols)}})
     click.echo(f"wrote {out}")
 
 

@@ -467,3 +467,45 @@ def write_resolved(path, cfg: RunConfig):
 
     with atomic_path(path, suffix=".toml") as tmp:
         Path(tmp).write_text(to_toml(cfg))
+
+
+# ------------------------------------------------------------- a structure, no config
+#: a K3-like counting camera in TEM-simulator's MTF form: the fit (p, q form) to the K2 Summit
+#: MTF that RELION distributes (mtf_k2_300kV.star; validation/fit_real_detectors.py, RMS 0.0017),
+#: DQE(0) 0.8 (the K2 counting curve of McMullan et al., Ultramicroscopy 147:156, 2014, at 0)
+_K3_LIKE = dict(quantized=True, dqe=0.8, mtf_a=0.929, mtf_b=0.071, mtf_c=0.0, mtf_alpha=3.79, mtf_beta=10000.0,
+                mtf_p=1.92, mtf_q=0.58)
+
+
+def config_for_structure(path, *, count=1, seed=0) -> RunConfig:
+    """A run of one structure file (PDB or mmCIF) with everyday cryo-EM settings.
+
+    ``count = 1``: the structure (its bounding-box centre) at the image centre, turned as in the
+    file; more: ``count`` copies
+    at random non-overlapping positions and orientations (from ``seed``). In vitreous ice
+    100 Å thicker than the particle (at least 300 Å); 300 kV, Cs 2.7 mm, 1.5 µm underfocus,
+    amplitude contrast 0.07 (the value RELION users enter); 1 Å pixels on a square field of
+    the particle's diameter plus 100 Å on each side (for ``count`` copies, an area of about
+    four of those boxes each), rounded up to a multiple of 32 pixels; 40 e⁻/Å² on a K3-like
+    counting camera (``_K3_LIKE``). The output is named after the file.
+    """
+    from .structure import load_particle
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"structure {path}: no such file")
+    if not isinstance(count, int) or count < 1:
+        raise InputError(f"count = {count!r} must be an integer >= 1")
+    radius = load_particle(str(path)).radius()
+    box = 2 * radius + 200.0
+    side = box if count == 1 else math.sqrt(4.0 * count) * box
+    n = 32 * int(math.ceil(side / 32.0))
+    ice = max(2 * radius + 100.0, 300.0)
+    particle = ParticleSpec(name=path.stem, structure=str(path.resolve()),
+                            **(dict(placement="list", positions_A=((0.0, 0.0, 0.0),)) if count == 1 else
+                               dict(placement="random", count=count)))
+    return RunConfig(optics=Optics(voltage_kV=300.0, defocus_u_A=15000.0, defocus_v_A=15000.0, cs_mm=2.7,
+                                   amplitude_contrast=0.07),
+                     detector=Detector(nx=n, ny=n, pixel_size_A=1.0, dose_e_per_A2=40.0, **_K3_LIKE),
+                     sample=Sample(diameter_A=max(10000.0, 2.0 * n), thickness_center_A=ice, thickness_edge_A=ice),
+                     particles=(particle,), seed=int(seed), output=path.stem, source=str(path))

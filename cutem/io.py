@@ -1,4 +1,4 @@
-"""Files: MRC images/stacks/volumes, .tlt angle lists, PNG previews, STAR tables, HDF5.
+"""Files: MRC images/stacks/volumes, .tlt angle lists, PNG previews, STAR tables (``starfile``).
 
 Every writer goes through :func:`atomic_path`: the data is written to a temporary
 name in the target folder and renamed over the final name only when complete, so an
@@ -143,40 +143,41 @@ def write_png(path, image, stretch=True):
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
-def write_star(path, block, columns, rows):
-    """Write a one-table STAR file (RELION style): ``data_<block>``, ``loop_``, ``_rlnX #i``."""
-    lines = [f"\ndata_{block}\n", "loop_"]
-    lines += [f"_{c} #{i + 1}" for i, c in enumerate(columns)]
-    for r in rows:
-        lines.append(" ".join(f"{v:.6f}" if isinstance(v, float) else str(v) for v in r))
+def write_star(path, tables):
+    """Write STAR data blocks with ``starfile`` (teamtomo), atomically.
+
+    ``tables``: ``{block: DataFrame or dict}`` (a dict of scalars is a simple block, a
+    DataFrame or a dict of equal-length lists a loop); columns are RELION names without
+    the leading underscore.
+    """
+    import pandas as pd
+    import starfile
+
+    blocks = {}
+    for name, t in tables.items():
+        if isinstance(t, dict) and any(isinstance(v, (list, tuple, np.ndarray)) for v in t.values()):
+            t = pd.DataFrame(t)
+        blocks[name] = t
     with atomic_path(path, suffix=".star") as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n")
+        starfile.write(blocks, tmp, float_format="%.6f")
+        # starfile stamps the clock into its header line; the same run must give the same bytes
+        lines = Path(tmp).read_text().splitlines(keepends=True)
+        if lines and lines[0].startswith("# Created by the starfile"):
+            lines[0] = "# written by cutem with starfile (teamtomo)\n"
+        Path(tmp).write_text("".join(lines))
 
 
-def read_star(path):
-    """Read the loop tables of a STAR file: ``{block: {column: list of str}}``."""
+def read_star(path, name="STAR file"):
+    """Read every data block of a STAR file with ``starfile``: ``{block: DataFrame or dict}``."""
+    import starfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{name} {path}: no such file")
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise InputError(f"STAR file {path}: {exc}") from None
-    tables, block, cols, in_loop = {}, None, [], False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("data_"):
-            block, cols, in_loop = line[5:], [], False
-            tables[block] = {}
-        elif line == "loop_":
-            in_loop, cols = True, []
-        elif line.startswith("_") and in_loop:
-            name = line.split()[0][1:]
-            cols.append(name)
-            tables[block][name] = []
-        elif in_loop and cols:
-            vals = line.split()
-            if len(vals) != len(cols):
-                raise InputError(f"STAR file {path}: row {line!r} has {len(vals)} values for {len(cols)} columns")
-            for c, v in zip(cols, vals):
-                tables[block][c].append(v)
+        tables = starfile.read(path, always_dict=True)
+    except Exception as exc:
+        raise InputError(f"{name} {path}: not a readable STAR file ({type(exc).__name__}: {exc})") from None
+    if not tables:
+        raise InputError(f"{name} {path}: no data blocks")
     return tables

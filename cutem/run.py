@@ -2,8 +2,10 @@
 
 Outputs for base name ``NAME`` in the output folder: ``NAME.mrc`` (noisy image or tilt
 stack, float32, pixel size in the header), ``NAME_noisefree.mrc``, ``NAME.tlt`` (tilt
-angles, stack order), ``NAME.png`` (preview of the tilt nearest 0°) and
-``NAME_params.toml`` (the resolved parameters and seed; feeding it back reproduces the run).
+angles, stack order), ``NAME.png`` (:mod:`cutem.preview`: filtered, noise-free, spectrum) and
+``NAME_params.toml`` (the resolved parameters and seed; feeding it back reproduces the run),
+``NAME_particles.star`` and for a tilt series the RELION 5 tilt-series STARs and IMOD
+``.xf``/``.defocus`` (:mod:`cutem.groundtruth`: what was put where).
 Every file is written under a temporary name and renamed when complete.
 
 A tilt series checkpoints each finished tilt in ``.NAME.ckpt/`` (keyed by a hash of the
@@ -21,13 +23,16 @@ import numpy as np
 
 from . import io
 from .config import RunConfig, to_toml, write_resolved
+from .groundtruth import ground_truth_paths, write_ground_truth
 from .pipeline import simulate
+from .preview import write_preview
 
 
-def output_paths(out_dir, name):
+def output_paths(out_dir, name, tilt_series=False):
     out = Path(out_dir)
     return {"image": out / f"{name}.mrc", "noise_free": out / f"{name}_noisefree.mrc",
-            "tlt": out / f"{name}.tlt", "png": out / f"{name}.png", "params": out / f"{name}_params.toml"}
+            "tlt": out / f"{name}.tlt", "png": out / f"{name}.png", "params": out / f"{name}_params.toml",
+            **ground_truth_paths(out_dir, name, tilt_series)}
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -53,25 +58,45 @@ def _load_checkpoints(ckdir: Path, key: str, n: int):
     return done
 
 
-def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=True, log=None):
+def _check_label_memory(scene, cfg):
+    """Refuse ``labels`` before any work when the label map would take over half the free memory."""
+    import os
+
+    from .errors import InputError
+    from .groundtruth import label_bytes
+
+    need = label_bytes(scene, cfg)
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX host: no check
+        return
+    if need > free / 2:
+        raise InputError(f"label map needs {need / 2**30:.1f} GiB, over half of the {free / 2**30:.1f} GiB "
+                         f"of free memory; drop --labels or bin the detector")
+
+
+def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=True, log=None, labels=False):
     """Simulate ``cfg`` and write its outputs to ``out_dir``; returns (Result, paths).
 
     The whole input is checked first (:func:`cutem.validate.preflight`: files, values, grid,
     scene); ``log(message)`` receives its warnings and a note when checkpoints are resumed.
+    ``labels``: also write ``NAME_labels.mrc`` (:mod:`cutem.groundtruth`).
     """
     from .validate import preflight
 
     pre = preflight(cfg)
+    if labels:
+        _check_label_memory(pre.scene, cfg)
     for w in pre.warnings:
         if log is not None:
             log(w)
-    paths = output_paths(out_dir, cfg.output)
+    n = len(cfg.geometry.tilt_angles_deg)
+    paths = output_paths(out_dir, cfg.output, n > 1)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     # temporaries of these outputs left by a killed run (SIGKILL, power loss): never renamed, remove
-    for final in paths.values():
+    for final in [*paths.values(), Path(out_dir) / f"{cfg.output}_labels.mrc"]:
         for stale in final.parent.glob(f".{final.name}.*"):
             stale.unlink(missing_ok=True)
-    n = len(cfg.geometry.tilt_angles_deg)
     ckdir = _checkpoint_dir(out_dir, cfg.output)
     key = config_hash(cfg)
     done = _load_checkpoints(ckdir, key, n) if (resume and n > 1) else {}
@@ -95,8 +120,8 @@ def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=T
     io.write_mrc(paths["noise_free"], result.noise_free if stack else result.noise_free[0],
                  cfg.detector.pixel_size_A, label=label + " noise-free")
     io.write_tlt(paths["tlt"], result.angles_deg)
-    k0 = int(np.argmin(np.abs(np.asarray(result.angles_deg))))
-    io.write_png(paths["png"], result.images[k0])
+    write_preview(paths["png"], result, cfg, pre.scene)
+    paths.update(write_ground_truth(pre.scene, cfg, out_dir, cfg.output, labels=labels))
     write_resolved(paths["params"], cfg)
     shutil.rmtree(ckdir, ignore_errors=True)
     return result, paths

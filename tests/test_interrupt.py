@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(CUTEM is None, reason="the cutem console script 
 
 NAME = "series"
 NTILT = 8
-FINAL = [f"{NAME}.mrc", f"{NAME}_noisefree.mrc", f"{NAME}.tlt", f"{NAME}.png", f"{NAME}_params.toml"]
+FINAL = [f"{NAME}.mrc", f"{NAME}_noisefree.mrc", f"{NAME}.tlt", f"{NAME}.png", f"{NAME}_params.toml",
+         f"{NAME}_particles.star", f"{NAME}_tomograms.star", f"{NAME}_tiltseries.star", f"{NAME}.xf", f"{NAME}.defocus"]
 
 
 def tiny_pdb(n=20, seed=0):
