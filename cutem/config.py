@@ -379,7 +379,7 @@ def load_temsim(path):
         particles.append(ParticleSpec(
             name=ptype, structure=_resolve(p["pdb_file_in"][0], base),
             transforms=_resolve(p["pdb_transf_file_in"][0], base) if "pdb_transf_file_in" in p else None,
-            implicit_hydrogens=_yes(p, "add_hydrogen", False),
+            implicit_hydrogens=_yes(p, "add_hydrogen", True),
             placement="file" if coords == "file" else "random",
             coords_file=_resolve(ps["coord_file_in"][0], base) if coords == "file" and "coord_file_in" in ps else None,
             count=n, concentration_per_um3=conc if not n else None, where=ps.get("where", ("volume", 0))[0]))
@@ -388,15 +388,21 @@ def load_temsim(path):
         for k in kv:
             if k not in used:
                 ignored.append(f"{kind}.{k}")
+    # TEM-simulator's image model: absorption from the cross sections (use_imag_pot, default
+    # yes), the scattered electrons as blurred background, its map's blur B ≥ 200 × voxel²
+    p0 = next(iter(kinds.values()), {})
+    simulation = Simulation(absorption_model="cross_section" if _yes(p0, "use_imag_pot", True) else "ratio",
+                            inelastic_background=True,
+                            b_factor_floor_A2=200.0 * (_num(p0, "voxel_size", source, 0.1) * 10) ** 2)
     seed = _num(one("simulation"), "rand_seed", source, 0, int)
     out = Path(det.get("image_file_out", ("micrograph.mrc", 0))[0]).stem
     return RunConfig(optics=optics, detector=detector, sample=sample, geometry=geometry,
-                     particles=tuple(particles), seed=seed, output=out, source=source,
+                     particles=tuple(particles), seed=seed, output=out, source=source, simulation=simulation,
                      ignored=tuple(ignored))
 
 
 _USED = {"sample": {"diameter", "thickness_center", "thickness_edge", "offset_x", "offset_y"},
-         "particle": {"source", "pdb_file_in", "pdb_transf_file_in", "add_hydrogen"},
+         "particle": {"source", "pdb_file_in", "pdb_transf_file_in", "add_hydrogen", "use_imag_pot", "voxel_size"},
          "particleset": {"particle_type", "num_particles", "particle_conc", "particle_coords", "coord_file_in",
                          "where"},
          "geometry": {"gen_tilt_data", "ntilts", "theta_start", "theta_incr", "tilt_axis", "geom_errors"},

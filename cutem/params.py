@@ -211,8 +211,21 @@ class Simulation(_Params):
     absorption: float = 0.0                 #: imaginary/real ratio of the atoms' potential
     padding_A: float = 0.0                  #: field padding against wrap-around (cropped after)
     dtype: str = "float32"
+    #: the atoms' imaginary potential: "ratio" (``absorption`` × the real potential) or
+    #: "cross_section" (TEM-simulator: elastic + inelastic cross sections per atom, cutem.absorption)
+    absorption_model: str = "ratio"
+    #: return the scattered electrons as a blurred background through the aperture: the atoms'
+    #: absorbed intensity and the ice's scattering (TEM-simulator; cutem.inelastic)
+    inelastic_background: bool = False
+    #: Å², each atom's B raised to at least this (TEM-simulator's map blur, 200 × voxel² there)
+    b_factor_floor_A2: float = 0.0
 
     def __post_init__(self):
+        if self.absorption_model not in ("ratio", "cross_section"):
+            raise InputError(f"Simulation.absorption_model must be ratio or cross_section, not {self.absorption_model!r}")
+        if not isinstance(self.inelastic_background, bool):
+            raise InputError(f"Simulation.inelastic_background = {self.inelastic_background!r} must be true or false")
+        _check(self, "b_factor_floor_A2", 0.0, 1e4)
         if self.method not in ("projection", "multislice"):
             raise InputError(f"Simulation.method must be projection or multislice, not {self.method!r}")
         _check(self, "slice_thickness_A", 0.0, 1e4, lo_open=True)
