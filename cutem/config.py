@@ -279,7 +279,8 @@ def _temsim_fields(cls, comps, source, base):
             if m["tem_default"] == REQUIRED:
                 raise InputError(f"{source}: missing required key {key!r} in component {comp}")
             if m["tem_default"] is not None:
-                kw[f.name] = m["tem_default"] * m["tem_scale"]
+                d = m["tem_default"]
+                kw[f.name] = d if isinstance(d, bool) else d * m["tem_scale"]
             continue
         val, lineno = kv[key]
         try:
@@ -360,16 +361,22 @@ def load_temsim(path):
         for k in kv:
             if k not in _USED.get(kind, ()):
                 ignored.append(f"{kind}.{k}")
+    # TEM-simulator's image model: absorption from the cross sections (use_imag_pot, default
+    # yes), the scattered electrons as blurred background, its map's blur B ≥ 200 × voxel²
+    p0 = next(iter(kinds.values()), {})
+    simulation = Simulation(absorption_model="cross_section" if _yes(p0, "use_imag_pot", True) else "ratio",
+                            inelastic_background=True,
+                            b_factor_floor_A2=200.0 * (_num(p0, "voxel_size", source, 0.1) * 10) ** 2)
     seed = _num(every["simulation"], "rand_seed", source, 0, int)
     out = Path(det.get("image_file_out", ("micrograph.mrc", 0))[0]).stem
     return RunConfig(optics=optics, detector=detector, sample=sample, geometry=geometry,
-                     particles=tuple(particles), seed=seed, output=out, source=source,
+                     particles=tuple(particles), seed=seed, output=out, source=source, simulation=simulation,
                      ignored=tuple(ignored))
 
 
 #: TEM-simulator keys that :func:`load_temsim` converts by hand (or whose value is refused
 #: unless supported, :data:`_UNSUPPORTED`)
-_BY_HAND = {"particle": {"source"}, "particleset": {"particle_type", "num_particles", "particle_coords"},
+_BY_HAND = {"particle": {"source", "use_imag_pot", "voxel_size"}, "particleset": {"particle_type", "num_particles", "particle_coords"},
             "geometry": {"gen_tilt_data", "ntilts", "theta_start", "theta_incr", "geom_errors"},
             "electronbeam": {"gen_dose", "total_dose", "dose_per_im"},
             "optics": {"magnification", "gen_defocus"}, "detector": {"pixel_size", "image_file_out"},

@@ -38,6 +38,7 @@ exact at any thickness); multislice tiles the particles and the tilted ice slab 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -54,6 +55,9 @@ from .grid import Grid
 from .potential import (IcePotentialStage, ProjectedPotentialStage, ice_potential_V, n_slices, projected_potential,
                         slab_z_range)
 from .propagation import exit_wave
+from .absorption import AbsorptionPotentialStage
+from .electron import interaction_constant
+from .inelastic import IceScattering, InelasticBlur, aperture_angle_rad, path_length_levels
 from .specimen import scene_from_config
 
 #: specimen parameters an image can be differentiated for, besides the optics and detector inputs
@@ -145,6 +149,8 @@ class ImageModel:
         angle, optics, detector = tilt_settings(cfg, tilt)
         axis = cfg.geometry.tilt_axis_deg
         atoms = scene.atoms(angle, axis)
+        if cfg.simulation.b_factor_floor_A2 > 0:  # TEM-simulator's map blur (Simulation.b_factor_floor_A2)
+            atoms = dataclasses.replace(atoms, b_factors=np.maximum(atoms.b_factors, cfg.simulation.b_factor_floor_A2))
         if z_range_A is None:
             z_range_A = stack_z_range(cfg, grid, angle, scene.z_extent(angle, axis) if len(scene) else None)
         elif cfg.simulation.method != "multislice":
@@ -229,6 +235,23 @@ class ImageModel:
             self._cache["ice"] = st(xp.asarray(s.thickness_center_A, dtype=dt), xp.asarray(s.thickness_edge_A, dtype=dt))
         return self._cache["ice"]
 
+    def _cross_section_absorption(self, params):
+        """The atoms' V′ from their cross sections (:class:`cutem.absorption.AbsorptionPotentialStage`)."""
+        if "abs_stage" not in self._cache:
+            sim = self.config.simulation
+            self._cache["abs_stage"] = AbsorptionPotentialStage(
+                self.atoms, self.grid.shape, self.grid.pixel_size_A, self.optics.voltage_kV,
+                slice_thickness_A=self.slice_thickness_A, z_range_A=self.z_range_A, global_b_A2=sim.b_factor_A2,
+                solvent=self.config.sample.ice)
+        st = self._cache["abs_stage"]
+        if "positions" in params or "b_factors" in params:
+            d = self.inputs()
+            return st(params.get("positions", d["positions"]), params.get("b_factors", d["b_factors"]))
+        if "abs" not in self._cache:
+            d = self.inputs()
+            self._cache["abs"] = st(d["positions"], d["b_factors"])
+        return self._cache["abs"]
+
     def potential(self, params=None):
         """(V, V_abs) per slice in V·Å on the simulation grid; V_abs is None without absorption.
 
@@ -239,7 +262,10 @@ class ImageModel:
         cfg = self.config
         s, absorption = cfg.sample, cfg.simulation.absorption
         v_atoms = self._atom_potential(params)
-        v_abs = v_atoms * absorption if absorption > 0 else None
+        if cfg.simulation.absorption_model == "cross_section":
+            v_abs = self._cross_section_absorption(params)
+        else:
+            v_abs = v_atoms * absorption if absorption > 0 else None
         v = v_atoms
         if s.ice:
             vi = self._ice_potential(params)
@@ -263,7 +289,7 @@ class ImageModel:
         params = dict(params or {})
         self.check_names(params)
         v, v_abs = self.potential(params)
-        intensity = self.intensity(self.exit_wave(v, v_abs), params)
+        intensity = self.intensity(self.exit_wave(v, v_abs), params, v_abs=v_abs)
         return self.detect(intensity, params, rng=rng, draws=draws, estimator=estimator)
 
     def exit_wave(self, v, v_abs=None):
@@ -272,10 +298,36 @@ class ImageModel:
         return exit_wave(v, self.optics.voltage_kV, self.grid.pixel_size_A, method=method,
                          slice_thickness_A=self.slice_thickness_A, v_abs_slices=v_abs)
 
-    def intensity(self, wave, params=None):
-        """|image wave|² through the lens (optics inputs of ``params``), binned to the detector."""
+    def intensity(self, wave, params=None, v_abs=None):
+        """|image wave|² through the lens (optics inputs of ``params``), binned to the detector;
+        with ``Simulation.inelastic_background`` plus the scattered electrons (:meth:`scattered`)."""
         op = {k: p for k, p in (params or {}).items() if k in O.PARAM_NAMES}
-        return self.grid.bin(ops.abs2(O.apply_optics(wave, self.optics, self.grid.pixel_size_A, params=op)))
+        i = ops.abs2(O.apply_optics(wave, self.optics, self.grid.pixel_size_A, params=op))
+        if self.config.simulation.inelastic_background:
+            i = self.scattered(i, v_abs, params or {})
+        return self.grid.bin(i)
+
+    def scattered(self, i, v_abs, params):
+        """TEM-simulator's incoherent background (:mod:`cutem.inelastic`): the atoms' absorbed
+        intensity 1 − exp(−2σ ΣV′) returned blurred at the defocus of the centre plane, then the
+        whole image filtered by the ice's scattering along its path length L = V_ice-slices / V_ice."""
+        c, g, op = self._cache, self.grid, self.optics
+        df = 0.5 * (op.defocus_u_A + op.defocus_v_A)
+        theta = aperture_angle_rad(op, g.pixel_size_A)
+        if v_abs is not None:
+            if "inel" not in c:
+                c["inel"] = InelasticBlur(g.shape, g.pixel_size_A, op.voltage_kV, df, theta)
+            va = ops.sum(v_abs, axis=0) if unwrap(v_abs).shape[0] > 1 else ops.reshape(v_abs, g.shape)
+            absorbed = 1.0 - ops.exp(va * (-2.0 * interaction_constant(op.voltage_kV)))
+            i = i + c["inel"](absorbed)
+        if self.config.sample.ice:
+            vi = self._ice_potential(params)
+            L = (ops.sum(vi, axis=0) if unwrap(vi).shape[0] > 1 else ops.reshape(vi, g.shape)) * (1.0 / ice_potential_V())
+            if "ice_scatter" not in c:
+                c["ice_scatter"] = IceScattering(g.shape, g.pixel_size_A, op.voltage_kV, df, theta,
+                                                 path_length_levels(B.to_numpy(unwrap(L))))
+            i = c["ice_scatter"](i, L)
+        return i
 
     def detect(self, intensity, params=None, *, rng=None, draws=None, estimator="score"):
         """The detector's response to ``intensity`` (:func:`cutem.detector.detect`)."""

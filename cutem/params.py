@@ -344,6 +344,16 @@ class Simulation(_Params):
     absorption: float = param(0.0, "", (0.0, 1.0), doc="imaginary/real ratio of the atoms' potential")
     padding_A: float = param(0.0, "Å", (0.0, 1e6), doc="field padding against wrap-around (cropped after)")
     dtype: str = param("float32", doc="floating-point precision", choices=("float32", "float64"))
+    absorption_model: str = param("ratio", doc="the atoms' imaginary potential: ratio (absorption × the real "
+                                  "potential) or cross_section (TEM-simulator: elastic + inelastic cross sections "
+                                  "per atom, cutem.absorption)", choices=("ratio", "cross_section"),
+                                  tem_note="particle.use_imag_pot (yes → cross_section)")
+    inelastic_background: bool = param(False, doc="return the scattered electrons as a blurred background through "
+                                       "the aperture: the atoms' absorbed intensity and the ice's scattering "
+                                       "(TEM-simulator; cutem.inelastic)")
+    b_factor_floor_A2: float = param(0.0, "Å²", (0.0, 1e4), doc="each atom's B raised to at least this "
+                                     "(TEM-simulator's map blur, 200 × voxel² there)",
+                                     tem_note="particle.voxel_size (200 × voxel²)")
 
 
 @dataclass(frozen=True)
@@ -363,7 +373,8 @@ class ParticleSpec(_Params):
                                    path=True)
     assembly: bool = param(False, doc="expand PDB BIOMT / mmCIF assembly 1")
     hydrogens: bool = param(False, doc="keep hydrogens from the file")
-    implicit_hydrogens: bool = param(False, doc="add riding hydrogens", tem="particle.add_hydrogen")
+    implicit_hydrogens: bool = param(False, doc="add riding hydrogens", tem="particle.add_hydrogen",
+                                     tem_default=True)
     infer_elements: bool = param(False, doc="infer missing elements from atom names")
     placement: str = param("file", doc="where the copies go", choices=("file", "list", "random"),
                            tem_note="particleset.particle_coords (file → file, else random)")
@@ -485,7 +496,8 @@ def _tem_text(cls, f):
     if m["tem_default"] == REQUIRED:
         s += " (required)"
     elif m["tem_default"] is not None:
-        s += f" (absent: {m['tem_default']:g})"
+        d = m["tem_default"]
+        s += f" (absent: {'yes' if d is True else 'no' if d is False else format(d, 'g')})"
     if field_type(cls, f.name) == (float, True):
         s += "; 0 = none"
     return s

@@ -1,0 +1,103 @@
+"""TEM-simulator's image model: cross sections, absorption potential, scattered background (issue 14)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.integrate import quad
+
+from cutem import absorption as A
+from cutem import inelastic as I
+from cutem.config import default_config, load_temsim
+from cutem.electron import interaction_constant
+from cutem.structure import Atoms
+
+TMV = Path(__file__).resolve().parents[2] / "shared" / "data" / "tmv"
+
+
+@pytest.fixture
+def tmv_input():
+    p = TMV / "input_TMV.txt"
+    if not p.exists():
+        pytest.skip("../shared/data/tmv not present")
+    return p
+
+
+@pytest.mark.parametrize("z", [1, 6, 8])
+def test_total_cross_sections_are_the_integrals_of_the_differential_ones(z):
+    # the closed forms are small-angle integrals over the whole plane; 0.5 rad holds all but ~1e-3
+    num = quad(lambda t: 2 * math.pi * t * A.differential_cross_section_A2(200.0, z, t), 0, 0.5,
+               points=[1e-4, 1e-3, 1e-2], limit=500)[0]
+    assert num == pytest.approx(A.total_cross_section_A2(200.0, z), rel=2e-3)
+
+
+def test_carbon_elastic_cross_section_matches_reimers_value():
+    # Reimer's model for C at 200 kV: σ_el = 4π Z^{4/3} γ²/k² = 4.23e-3 Å² (mean free path ~2400 Å in
+    # 2 g/cm³ carbon); a factor-2 error of γ or k would cross this band
+    assert A.elastic_cross_section_A2(200.0, 6) == pytest.approx(4.226e-3, rel=1e-3)
+
+
+def test_one_atoms_absorption_integrates_to_half_its_cross_section_over_sigma():
+    atoms = Atoms(positions=[[0.3, -0.7, 0.0]], elements=[0], species=(6,), b_factors=[30.0], occupancies=[1.0])
+    st = A.AbsorptionPotentialStage(atoms, (32, 32), 1.0, 200.0, solvent=False)
+    v = st(atoms.positions, atoms.b_factors)
+    want = A.total_cross_section_A2(200.0, 6) / (2 * interaction_constant(200.0))
+    assert v.sum() * 1.0 ** 2 == pytest.approx(want, rel=1e-9)
+    # centred on the atom: its centroid sits at the atom's position
+    ii, jj = np.indices(v.shape[1:])
+    cx = ((jj - 16) * v[0]).sum() / v.sum()
+    assert cx == pytest.approx(0.3, abs=0.01)  # the sinc² correction leaves ~3e-3 px of alias
+
+
+def test_displaced_ice_removes_the_ice_absorption_of_the_atoms_volume():
+    atoms = Atoms(positions=[[0.0, 0.0, 0.0]], elements=[0], species=(6,), b_factors=[30.0], occupancies=[1.0])
+    v = A.AbsorptionPotentialStage(atoms, (32, 32), 1.0, 200.0, solvent=True)(atoms.positions, atoms.b_factors)
+    own = A.total_cross_section_A2(200.0, 6) / (2 * interaction_constant(200.0))
+    displaced = A.DISPLACED_VOLUME_A3_PER_DA * 12.011 * A.ice_absorption_V(200.0)
+    assert v.sum() == pytest.approx(own - displaced, rel=1e-6)
+
+
+def test_inelastic_blur_returns_the_carbon_fraction_scattered_inside_the_aperture():
+    theta = 8.33e-3
+    st = I.InelasticBlur((64, 64), 5.0, 200.0, 5e4, theta)
+    inside = quad(lambda t: 2 * math.pi * t * A.differential_cross_section_A2(200.0, 6, t), 0, theta,
+                  points=[1e-4, 1e-3], limit=500)[0] / A.total_cross_section_A2(200.0, 6)
+    out = st(np.ones((64, 64)))
+    assert out.mean() == pytest.approx(inside, rel=0.02)
+    assert 0.3 < inside < 0.95
+
+
+def test_ice_filter_keeps_the_mean_of_unscattered_plus_aperture_and_damps_contrast_by_the_total():
+    L, n, theta = 500.0, 0.0335, 8.33e-3
+    st = I.IceScattering((128, 128), 5.0, 200.0, 5e4, theta, [400.0, 600.0])
+    sig = A.ice_cross_section_A2(200.0)
+    inside = quad(lambda t: 2 * math.pi * t * (A.differential_cross_section_A2(200.0, 8, t)
+                                                + 2 * A.differential_cross_section_A2(200.0, 1, t)),
+                  0, theta, points=[1e-4, 1e-3], limit=500)[0]
+    x = np.arange(128)
+    img = 1 + 0.01 * np.cos(2 * math.pi * 40 * x / 128)[None, :] * np.ones((128, 1))  # 0.0625 Å⁻¹
+    out = st(img, np.full((128, 128), L))
+    assert out.mean() == pytest.approx(math.exp(-L * n * (sig - inside)), rel=0.01)
+    amp = (out - out.mean()).std() / 0.01 * math.sqrt(2)
+    # the elastic part is spread far (θ₀Δf ≫ 16 Å), the inelastic (θ_E Δf ≈ 7 Å) only partly: between
+    assert math.exp(-L * n * sig) < amp < math.exp(-L * n * sig * 0.6)
+
+
+def test_temsim_reader_turns_on_temsims_model_and_toml_keeps_cutems(tmv_input):
+    c = load_temsim(tmv_input)
+    assert c.simulation.absorption_model == "cross_section" and c.simulation.inelastic_background
+    assert c.simulation.b_factor_floor_A2 == pytest.approx(200.0)  # voxel_size = 0.1 nm
+    assert all(p.implicit_hydrogens for p in c.particles)          # add_hydrogen defaults to yes
+    d = default_config().simulation
+    assert (d.absorption_model, d.inelastic_background, d.b_factor_floor_A2) == ("ratio", False, 0.0)
+
+
+@pytest.mark.slow
+def test_tmv_mean_matches_difftems_measured_mean(tmv_input):
+    # issue 14 measured DiffTEM's noise-free tilt 0 mean at 220.2 (cutem without the model: 250.0)
+    from cutem.imaging import ImageModel
+
+    img = ImageModel.from_config(load_temsim(tmv_input), 0).noise_free()
+    assert float(np.mean(img)) == pytest.approx(220.2, rel=0.01)
