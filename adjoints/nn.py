@@ -189,6 +189,16 @@ def _blocks(x, k):
     return x[..., :h * k, :w * k].reshape(s[:-2] + (h, k, w, k))
 
 
+def _unblocks(blk, shape):
+    """Adjoint of :func:`_blocks`: (..., h, k, w, k) blocks into zeros of ``shape`` (the dropped
+    remainder rows/columns get no cotangent)."""
+    xp = B.array_module(blk)
+    s = blk.shape
+    out = xp.zeros(shape, dtype=blk.dtype)
+    out[..., :s[-4] * s[-3], :s[-2] * s[-1]] = blk.reshape(s[:-4] + (s[-4] * s[-3], s[-2] * s[-1]))
+    return out
+
+
 @register
 class AvgPool2d(Stage):
     """Mean over non-overlapping k×k blocks of the last two axes (a trailing remainder
@@ -207,10 +217,8 @@ class AvgPool2d(Stage):
         xp = B.array_module(y)
         k = self.k
         s = y.shape
-        up = xp.broadcast_to((y / (k * k))[..., :, None, :, None], s[:-2] + (s[-2], k, s[-1], k))
-        out = xp.zeros(ctx.shape, dtype=y.dtype)
-        out[..., :s[-2] * k, :s[-1] * k] = up.reshape(s[:-2] + (s[-2] * k, s[-1] * k))
-        return out
+        return _unblocks(xp.broadcast_to((y / (k * k))[..., :, None, :, None], s[:-2] + (s[-2], k, s[-1], k)),
+                         ctx.shape)
 
     @classmethod
     def cases(cls, xp, dtype, rng):
@@ -241,9 +249,7 @@ class MaxPool2d(Stage):
         onehot = ctx.idx[..., None] == xp.arange(k * k)
         flat = onehot * g[..., None]
         blk = xp.moveaxis(flat.reshape(s[:-4] + (s[-4], s[-2], k, k)), -2, -3)
-        out = xp.zeros(ctx.shape, dtype=g.dtype)
-        out[..., :s[-4] * k, :s[-2] * k] = blk.reshape(s[:-4] + (s[-4] * k, s[-2] * k))
-        return (out,)
+        return (_unblocks(blk, ctx.shape),)
 
     @classmethod
     def cases(cls, xp, dtype, rng):

@@ -37,17 +37,24 @@ class FFT2(Stage):
     """
 
     linear = True
+    inverse = False
 
     def __init__(self, norm="backward"):
         self.norm = norm
 
+    def _transform(self, x, inverse):
+        return (B.ifft2 if inverse else B.fft2)(x, norm=self.norm)
+
     def forward(self, ctx, x):
         ctx.n = x.shape[-1] * x.shape[-2]
-        return B.fft2(x, norm=self.norm)
+        return self._transform(x, self.inverse)
 
     def adjoint(self, ctx, y):
-        out = B.ifft2(y, norm=self.norm)
-        return out * ctx.n if self.norm == "backward" else out
+        # the adjoint is the other direction, times N (forward) or 1/N (inverse) unless "ortho"
+        out = self._transform(y, not self.inverse)
+        if self.norm != "backward":
+            return out
+        return out / ctx.n if self.inverse else out * ctx.n
 
     @classmethod
     def cases(cls, xp, dtype, rng):
@@ -57,21 +64,10 @@ class FFT2(Stage):
 
 
 @register
-class IFFT2(Stage):
+class IFFT2(FFT2):
     """Inverse 2D DFT over the last two axes; adjoint FFT2/N ("backward" norm)."""
 
-    linear = True
-
-    def __init__(self, norm="backward"):
-        self.norm = norm
-
-    def forward(self, ctx, x):
-        ctx.n = x.shape[-1] * x.shape[-2]
-        return B.ifft2(x, norm=self.norm)
-
-    def adjoint(self, ctx, y):
-        out = B.fft2(y, norm=self.norm)
-        return out / ctx.n if self.norm == "backward" else out
+    inverse = True
 
     @classmethod
     def cases(cls, xp, dtype, rng):

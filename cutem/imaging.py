@@ -295,8 +295,11 @@ class ImageModel:
     def exit_wave(self, v, v_abs=None):
         """Exit wave of the slices (phase object for one slice, else multislice)."""
         method = "projection" if unwrap(v).shape[0] == 1 else "multislice"
+        # the optics measure defocus at the scene's z = 0; a stack need not be centred on it
+        # (particles above the ice, no ice), so the wave is referred back to z = 0 itself
+        ref = 0.0 if self.z_range_A is None else -(self.z_range_A[0] + 0.5 * self.n_slices * self.slice_thickness_A)
         return exit_wave(v, self.optics.voltage_kV, self.grid.pixel_size_A, method=method,
-                         slice_thickness_A=self.slice_thickness_A, v_abs_slices=v_abs)
+                         slice_thickness_A=self.slice_thickness_A, v_abs_slices=v_abs, reference=ref)
 
     def intensity(self, wave, params=None, v_abs=None):
         """|image wave|² through the lens (optics inputs of ``params``), binned to the detector;

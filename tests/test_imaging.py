@@ -125,3 +125,20 @@ def test_multislice_stack_holds_the_tilted_ice_over_the_field():
                          z_range_A=model.z_range_A, tilt_deg=50.0, dtype=np.float64).sum(0)
     np.testing.assert_allclose(vice, 4.877 * path, rtol=2e-3)
     assert v.shape[0] == model.n_slices >= int(path / 10)
+
+
+def test_multislice_defocus_is_measured_at_the_scene_centre_plane_for_any_stack():
+    # no ice, one particle 300 Å down-beam: the stack is [~250, ~350] Å, far from z = 0; its image
+    # at defocus Δf must equal the image of the same particle at z = 0 seen at Δf + 300 Å
+    def image(z, defocus):
+        cfg = _config(ice=False, method="multislice", slice_thickness_A=10.0)
+        part = cfg.particles[0].__class__(**{**cfg.particles[0].__dict__, "positions_A": ((4.0, -3.0, z),)})
+        cfg = cfg.replace(particles=(part,), optics=cfg.optics.replace(defocus_u_A=defocus, defocus_v_A=defocus))
+        model = ImageModel.from_config(cfg, 0)
+        assert model.z_range_A[0] < z < model.z_range_A[1]
+        return np.asarray(model.noise_free())
+
+    a, b = image(300.0, 12000.0), image(0.0, 12300.0)
+    # what 300 Å of defocus does, and what is left (the particle cut into other slices): 1 %
+    shift = np.linalg.norm(image(0.0, 12000.0) - b)
+    assert np.linalg.norm(a - b) < 0.05 * shift
