@@ -49,6 +49,8 @@ from adjoints.stage import unwrap
 
 from . import detector as D
 from . import optics as O
+from .damage import DamageFilter, mid_exposure
+from .energyfilter import ZeroLossFilter, inelastic_mfp_A
 from .errors import InputError
 from .grid import Grid
 from .potential import (IcePotentialStage, ProjectedPotentialStage, ice_potential_V, n_slices, projected_potential,
@@ -83,6 +85,11 @@ def tilt_settings(cfg, k: int):
             raise InputError("geometry.dose_weights must be non-negative with a positive sum")
         detector = detector.replace(dose_e_per_A2=detector.dose_e_per_A2 * w[k] / w.mean())
     return angle, optics, detector
+
+
+def tilt_doses(cfg):
+    """Dose (e⁻/Å²) of every tilt of ``cfg``, in acquisition order (:func:`tilt_settings`)."""
+    return np.array([tilt_settings(cfg, k)[2].dose_e_per_A2 for k in range(len(cfg.geometry.tilt_angles_deg))])
 
 
 def specimen_z_extent(cfg, grid: Grid, tilt_deg, particles_z=None, pad_A=1.0):
@@ -127,6 +134,8 @@ class ImageModel:
     xp: object
     dtype: np.dtype
     atom_chunk: int | None = None   #: atoms per potential call (:mod:`cutem.memory`; None: all)
+    #: accumulated exposure (e⁻/Å²) the damage sees (None: the tilt's mid-exposure, :mod:`cutem.damage`)
+    exposure_e_per_A2: float | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -238,7 +247,7 @@ class ImageModel:
         params = params or {}
         cfg = self.config
         s, absorption = cfg.sample, cfg.simulation.absorption
-        v_atoms = self._atom_potential(params)
+        v_atoms = self._damaged(self._atom_potential(params))
         v_abs = v_atoms * absorption if absorption > 0 else None
         v = v_atoms
         if s.ice:
@@ -249,6 +258,27 @@ class ImageModel:
         if "potential" in params:
             v = params["potential"]
         return v, v_abs
+
+    def exposure(self) -> float:
+        """Accumulated exposure (e⁻/Å²) of this image: the tilt's mid-exposure unless set."""
+        if self.exposure_e_per_A2 is not None:
+            return self.exposure_e_per_A2
+        return mid_exposure(tilt_doses(self.config), self.tilt)
+
+    def _damaged(self, v_atoms):
+        """Radiation damage of the atoms' slices at :meth:`exposure` (:mod:`cutem.damage`)."""
+        s = self.config.sample
+        if not s.damage:
+            return v_atoms
+        return DamageFilter(self.grid.shape, self.grid.pixel_size_A, self.exposure(), s.damage_b_per_exposure_A2)(v_atoms)
+
+    def energy_filter(self, wave, params=None):
+        """Zero-loss filtering of the exit wave over the ice path (:mod:`cutem.energyfilter`)."""
+        o = self.optics
+        if o.energy_filter_slit_eV is None or not self.config.sample.ice:
+            return wave
+        path = ops.sum(self._ice_potential(params or {}), axis=0) * (1.0 / ice_potential_V())
+        return ZeroLossFilter(inelastic_mfp_A(o.voltage_kV, o.inelastic_mfp_A))(wave, path)
 
     # ------------------------------------------------------------------ image
     def render(self, params=None, *, rng=None, draws=None, estimator="score"):
@@ -262,9 +292,12 @@ class ImageModel:
         """
         params = dict(params or {})
         self.check_names(params)
+        return self.detect(self.image_intensity(params), params, rng=rng, draws=draws, estimator=estimator)
+
+    def image_intensity(self, params=None):
+        """Specimen → exit wave → energy filter → lens → |ψ|² on the detector grid (before the detector)."""
         v, v_abs = self.potential(params)
-        intensity = self.intensity(self.exit_wave(v, v_abs), params)
-        return self.detect(intensity, params, rng=rng, draws=draws, estimator=estimator)
+        return self.intensity(self.energy_filter(self.exit_wave(v, v_abs), params), params)
 
     def exit_wave(self, v, v_abs=None):
         """Exit wave of the slices (phase object for one slice, else multislice)."""
@@ -302,5 +335,5 @@ class ImageModel:
         return out
 
 
-__all__ = ["ImageModel", "Grid", "SPECIMEN_PARAMS", "tilt_seed", "tilt_settings", "specimen_z_extent", "stack_z_range",
+__all__ = ["ImageModel", "Grid", "SPECIMEN_PARAMS", "tilt_seed", "tilt_settings", "tilt_doses", "specimen_z_extent", "stack_z_range",
            "slice_count"]

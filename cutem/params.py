@@ -72,6 +72,11 @@ class Optics(_Params):
     focal_length_mm: float = 3.0            #: objective focal length [focal_length]
     amplitude_contrast: float = 0.0         #: fraction w: CTF = sqrt(1-w²) sin χ + w cos χ style phase shift
     phase_shift_deg: float = 0.0            #: phase-plate shift
+    #: energy filter slit width, eV: a number = zero-loss imaging (the exit wave attenuated by
+    #: exp(−t/(2λ_in)) over the ice path t, :mod:`cutem.energyfilter`); None = no filter
+    energy_filter_slit_eV: float | None = None
+    #: inelastic mean free path of the ice, Å; None = 3,950 Å at 300 kV scaled to the voltage
+    inelastic_mfp_A: float | None = None
 
     def __post_init__(self):
         _check(self, "voltage_kV", 1.0, 3000.0)
@@ -86,6 +91,8 @@ class Optics(_Params):
         _check(self, "focal_length_mm", 0.0, 100.0, lo_open=True)
         _check(self, "amplitude_contrast", 0.0, 1.0)
         _check(self, "phase_shift_deg", -360, 360)
+        _check(self, "energy_filter_slit_eV", 0.0, 100.0, lo_open=True, allow_none=True)
+        _check(self, "inelastic_mfp_A", 0.0, 1e6, lo_open=True, allow_none=True)
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,11 @@ class Detector(_Params):
     mtf_q: float = 1.0                      #: [mtf_q]
     gain: float = 1.0                       #: counts per electron [gain]
     readout_noise: float = 0.0              #: Gaussian readout noise, counts RMS per pixel
+    frames: int = 1                         #: movie frames per image (dose split evenly; :mod:`cutem.movie`)
+    motion_drift_A_per_frame: float = 0.0   #: global beam-induced drift speed, Å per frame (seeded direction)
+    motion_jitter_A_per_frame: float = 0.0  #: random-walk step of the global shift, Å RMS per frame and axis
+    motion_local_A_per_frame: float = 0.0   #: smooth local (doming) displacement growth, Å RMS per frame
+    frames_as_counts: bool = False          #: write movie frames as int16 counts instead of float32
 
     def __post_init__(self):
         for n in ("nx", "ny"):
@@ -130,6 +142,10 @@ class Detector(_Params):
         _check(self, "mtf_q", 0.0, 10.0)
         _check(self, "gain", 0.0, 1e6, lo_open=True)
         _check(self, "readout_noise", 0.0, 1e6)
+        if not isinstance(self.frames, int) or isinstance(self.frames, bool) or not 1 <= self.frames <= 10000:
+            raise InputError(f"Detector.frames = {self.frames!r} must be an integer in [1, 10000]")
+        for n in ("motion_drift_A_per_frame", "motion_jitter_A_per_frame", "motion_local_A_per_frame"):
+            _check(self, n, 0.0, 1e4)
 
     @property
     def shape(self):
@@ -154,6 +170,10 @@ class Sample(_Params):
     ice_absorption: float = 0.0             #: imaginary/real ratio of the ice potential
     support_film: str | None = None         #: None or "carbon"
     support_thickness_A: float = 0.0
+    #: radiation damage by accumulated exposure (Grant & Grigorieff 2015) on the atoms' potential
+    damage: bool = False
+    #: B-factor growth with exposure, Å² per e⁻/Å² (with ``damage``; 0 = none)
+    damage_b_per_exposure_A2: float = 0.0
 
     def __post_init__(self):
         _check(self, "diameter_A", 0.0, 1e7, lo_open=True)
@@ -163,6 +183,7 @@ class Sample(_Params):
         _check(self, "offset_y_A", -1e7, 1e7)
         _check(self, "ice_absorption", 0.0, 1.0)
         _check(self, "support_thickness_A", 0.0, 1e5)
+        _check(self, "damage_b_per_exposure_A2", 0.0, 100.0)
         if self.support_film not in (None, "carbon"):
             raise InputError(f"Sample.support_film must be none or 'carbon', not {self.support_film!r}")
 
