@@ -302,8 +302,11 @@ class ImageModel:
     def exit_wave(self, v, v_abs=None):
         """Exit wave of the slices (phase object for one slice, else multislice)."""
         method = "projection" if unwrap(v).shape[0] == 1 else "multislice"
+        # the wave is referred to the scene's z = 0, where the optics measure defocus; the stack
+        # [z0, z0 + NΔz) need not be centred there (asymmetric scenes, N·Δz > z1 − z0)
+        ref = "centre" if self.z_range_A is None else -(self.z_range_A[0] + 0.5 * self.n_slices * self.slice_thickness_A)
         return exit_wave(v, self.optics.voltage_kV, self.grid.pixel_size_A, method=method,
-                         slice_thickness_A=self.slice_thickness_A, v_abs_slices=v_abs)
+                         slice_thickness_A=self.slice_thickness_A, v_abs_slices=v_abs, reference=ref)
 
     def intensity(self, wave, params=None):
         """|image wave|² through the lens (optics inputs of ``params``), binned to the detector."""
