@@ -9,7 +9,13 @@ composition of five pieces, each the module of its physics:
    → projected potential per slice in V·Å (:mod:`cutem.potential`, global B included), plus
    the ice layer (each atom subtracts the ice it displaces), plus the absorptive part
    V_abs = ``absorption``·V_atoms + ``ice_absorption``·V_ice;
-3. **exit wave**: phase object exp(iσV − σV_abs) or multislice (:mod:`cutem.propagation`);
+   with ``Sample.damage`` the atoms' slices are first filtered for the image's accumulated
+   exposure (:mod:`cutem.damage`, Grant & Grigorieff 2015; :meth:`ImageModel.exposure`);
+3. **exit wave**: phase object exp(iσV − σV_abs) or multislice (:mod:`cutem.propagation`),
+   referred to the scene's z = 0; multislice with thick slices is the projection with
+   height-dependent defocus (each slab at the defocus of its height); with
+   ``Optics.energy_filter_slit_eV`` the zero-loss filter exp(−t/(2λ_in)) over the ice path
+   (:mod:`cutem.energyfilter`);
 4. **transfer**: the lens (:mod:`cutem.optics`: CTF with defocus at the specimen centre
    plane, astigmatism, Cs, envelopes, aperture), then |ψ|² binned to the detector;
 5. **detector** (:mod:`cutem.detector`): dose × pixel area × I, shot noise and DQE, MTF,
