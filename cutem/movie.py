@@ -28,7 +28,7 @@ detector, before its MTF and noise, which is exact for a rigid shift of the spec
 
 Outputs (:func:`simulate_movies`, called by :func:`cutem.run.run_simulation`):
 ``NAME_frames.mrc`` (one tilt) or ``NAME_frames_KKK.mrc`` per tilt: the (N, ny, nx) frames,
-float32 (or int16 counts with ``frames_as_counts``); ``NAME_shifts.csv``: tilt, frame,
+float32 (or rounded to int16 with ``frames_as_counts``: counts × gain, after the MTF); ``NAME_shifts.csv``: tilt, frame,
 exposure_e_per_A2, shift_x_A, shift_y_A (the global g_f); ``NAME_local_shifts.csv``: tilt,
 frame, x_A, y_A, shift_x_A, shift_y_A — the whole displacement g_f + ℓ_f at the centres of a
 5×5 grid of patches (x, y from the image centre). The micrograph written as ``NAME.mrc`` is

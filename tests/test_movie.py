@@ -118,3 +118,16 @@ def test_noisy_frames_of_a_dense_specimen_give_back_the_shifts():
         err = np.abs(-np.asarray(est)[::-1] - shifts[f] / cfg.detector.pixel_size_A)
         print(f"noisy frame {f}: shift error {err.max():.3f} px")
         assert err.max() < 0.5, (f, err)
+
+
+def test_counts_frames_are_int16_and_a_series_writes_one_movie_per_tilt(tmp_path):
+    cfg = _config(n=48, frames=2, dose=20.0, frames_as_counts=True)
+    cfg = cfg.replace(geometry=Geometry(tilt_angles_deg=(0.0, 30.0)))
+    result, _ = run_simulation(cfg, tmp_path, progress=False)
+    for k in range(2):
+        with mrcfile.open(tmp_path / f"mv_frames_{k:03d}.mrc") as m:
+            assert m.data.dtype == np.int16 and m.data.shape == (2, 48, 48)
+            np.testing.assert_allclose(m.data.sum(0), np.rint(result.images[k]), atol=2)
+    rows = list(csv.DictReader(open(tmp_path / "mv_shifts.csv")))
+    # exposure accumulates over the series: tilt 1's frames start after tilt 0's 20 e/Å²
+    assert [float(r["exposure_e_per_A2"]) for r in rows] == [5.0, 15.0, 25.0, 35.0]
