@@ -22,7 +22,8 @@ by RELION's particle polishing, Scheres, eLife 3:e03665, 2014). The B term is ex
 every atom (the potential's transform carries exp(−B q²/4), :mod:`cutem.potential`), so
 it is applied in the same filter. At q → 0 N_e → ∞ (b < 0): the mean is untouched.
 
-Accumulated exposure (:func:`mid_exposure`, :func:`cutem.imaging.tilt_doses`): ``Geometry.tilt_angles_deg`` lists the tilts
+Accumulated exposure (:func:`mid_exposure`, :func:`cutem.imaging.tilt_doses`):
+``Geometry.tilt_angles_deg`` lists the tilts
 in acquisition order; tilt k of a series with per-tilt doses d_j (``Detector.dose_e_per_A2``
 times ``Geometry.dose_weights`` normalised to mean 1, :func:`cutem.imaging.tilt_settings`)
 is imaged over the exposures [Σ_{j<k} d_j, Σ_{j≤k} d_j]; a still uses the midpoint

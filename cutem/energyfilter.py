@@ -26,7 +26,8 @@ model's piece, not this one's).
 
 λ_in for vitreous ice: 3,950 Å at 300 kV, measured by the zero-loss log-ratio on a Titan
 Krios with a 20 eV slit (Rice et al., J. Struct. Biol. 204:38, 2018; NYSBC/Leginon: "Λ =
-395 nm"), within the ~3,000–4,000 Å that zero-loss measurements on ice at 300 kV give. Other voltages scale it by the energy
+395 nm"), within the ~3,000–4,000 Å that zero-loss measurements on ice at 300 kV give.
+Other voltages scale it by the energy
 dependence of the Malis et al. parametrisation (J. Electron Microsc. Tech. 8:193, 1988),
 λ ∝ F E₀ / ln(2βE₀/E_m), F = (1 + E₀/1022)/(1 + E₀/511)², E₀ in keV, with E_m = 7.6·Z^0.36
 = 15.9 eV (Z_eff = 7.4 of water) and β = 10 mrad; ``Optics.inelastic_mfp_A`` overrides it.

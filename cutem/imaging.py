@@ -276,7 +276,8 @@ class ImageModel:
         s = self.config.sample
         if not s.damage:
             return v_atoms
-        return DamageFilter(self.grid.shape, self.grid.pixel_size_A, self.exposure(), s.damage_b_per_exposure_A2)(v_atoms)
+        st = DamageFilter(self.grid.shape, self.grid.pixel_size_A, self.exposure(), s.damage_b_per_exposure_A2)
+        return st(v_atoms)
 
     def energy_filter(self, wave, params=None):
         """Zero-loss filtering of the exit wave over the ice path (:mod:`cutem.energyfilter`)."""
@@ -310,7 +311,9 @@ class ImageModel:
         method = "projection" if unwrap(v).shape[0] == 1 else "multislice"
         # the wave is referred to the scene's z = 0, where the optics measure defocus; the stack
         # [z0, z0 + NΔz) need not be centred there (asymmetric scenes, N·Δz > z1 − z0)
-        ref = "centre" if self.z_range_A is None else -(self.z_range_A[0] + 0.5 * self.n_slices * self.slice_thickness_A)
+        ref = "centre"
+        if self.z_range_A is not None:
+            ref = -(self.z_range_A[0] + 0.5 * self.n_slices * self.slice_thickness_A)
         return exit_wave(v, self.optics.voltage_kV, self.grid.pixel_size_A, method=method,
                          slice_thickness_A=self.slice_thickness_A, v_abs_slices=v_abs, reference=ref)
 
@@ -344,5 +347,5 @@ class ImageModel:
         return out
 
 
-__all__ = ["ImageModel", "Grid", "SPECIMEN_PARAMS", "tilt_seed", "tilt_settings", "tilt_doses", "specimen_z_extent", "stack_z_range",
-           "slice_count"]
+__all__ = ["ImageModel", "Grid", "SPECIMEN_PARAMS", "tilt_seed", "tilt_settings", "tilt_doses", "specimen_z_extent",
+           "stack_z_range", "slice_count"]

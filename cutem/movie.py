@@ -28,7 +28,8 @@ detector, before its MTF and noise, which is exact for a rigid shift of the spec
 
 Outputs (:func:`simulate_movies`, called by :func:`cutem.run.run_simulation`):
 ``NAME_frames.mrc`` (one tilt) or ``NAME_frames_KKK.mrc`` per tilt: the (N, ny, nx) frames,
-float32 (or rounded to int16 with ``frames_as_counts``: counts × gain, after the MTF); ``NAME_shifts.csv``: tilt, frame,
+float32 (or rounded to int16 with ``frames_as_counts``: counts × gain, after the MTF);
+``NAME_shifts.csv``: tilt, frame,
 exposure_e_per_A2, shift_x_A, shift_y_A (the global g_f); ``NAME_local_shifts.csv``: tilt,
 frame, x_A, y_A, shift_x_A, shift_y_A — the whole displacement g_f + ℓ_f at the centres of a
 5×5 grid of patches (x, y from the image centre). The micrograph written as ``NAME.mrc`` is
@@ -203,11 +204,13 @@ def simulate_movies(cfg, out_dir, device=None, progress=False, scene=None):
             glob_rows.append([k, f, f"{exposures[f]:.6g}", f"{shifts[f, 0]:.6f}", f"{shifts[f, 1]:.6f}"])
             loc = np.zeros((len(xy), 2)) if u is None else det.motion_local_A_per_frame * f * u[:, iy, ix].T
             for (x, y), (lx, ly) in zip(xy, loc):
-                local_rows.append([k, f, f"{x:.3f}", f"{y:.3f}", f"{shifts[f, 0] + lx:.6f}", f"{shifts[f, 1] + ly:.6f}"])
+                local_rows.append([k, f, f"{x:.3f}", f"{y:.3f}", f"{shifts[f, 0] + lx:.6f}",
+                                   f"{shifts[f, 1] + ly:.6f}"])
     shifts_path, local_path = out / f"{cfg.output}_shifts.csv", out / f"{cfg.output}_local_shifts.csv"
     _write_csv(shifts_path, ["tilt", "frame", "exposure_e_per_A2", "shift_x_A", "shift_y_A"], glob_rows)
     _write_csv(local_path, ["tilt", "frame", "x_A", "y_A", "shift_x_A", "shift_y_A"], local_rows)
-    result = Result(images, clean, tuple(cfg.geometry.tilt_angles_deg), det.pixel_size_A, cfg, atoms_count=scene.n_atoms)
+    result = Result(images, clean, tuple(cfg.geometry.tilt_angles_deg), det.pixel_size_A, cfg,
+                    atoms_count=scene.n_atoms)
     result.extra["movie_files"] = [*files, shifts_path, local_path]
     return result
 

@@ -122,7 +122,8 @@ class Detector(_Params):
     motion_drift_A_per_frame: float = 0.0   #: global beam-induced drift speed, Å per frame (seeded direction)
     motion_jitter_A_per_frame: float = 0.0  #: random-walk step of the global shift, Å RMS per frame and axis
     motion_local_A_per_frame: float = 0.0   #: smooth local (doming) displacement growth, Å RMS per frame
-    frames_as_counts: bool = False          #: write movie frames rounded to int16 (counts × gain; MTF-blurred) instead of float32
+    #: write movie frames rounded to int16 (counts × gain, after the MTF) instead of float32
+    frames_as_counts: bool = False
 
     def __post_init__(self):
         for n in ("nx", "ny"):

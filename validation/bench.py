@@ -14,7 +14,8 @@ fourth part of the case name lists the realism options, joined by ``-`` (issue 1
 ``ice`` (400 Å of ice), ``efilter`` (ice + zero-loss energy filter), ``damage`` (exposure
 damage), ``frames10`` (a 10-frame movie with 2 Å/frame drift, 0.5 Å/frame jitter and local
 motion; the ``detector`` column then times the whole movie), ``tilt60`` (60° tilt), ``all``
-(every one of them); e.g. ``tmv30_4096_slabs_all``. The default detector, 40 e⁻/Å², 1.5 µm underfocus, 300 kV. A case is one micrograph
+(every one of them); e.g. ``tmv30_4096_slabs_all``. The default detector, 40 e⁻/Å², 1.5 µm
+underfocus, 300 kV. A case is one micrograph
 through the pipeline's own functions, each stage timed after a warm-up call of the whole
 tilt: ``atoms`` (scene → microscope frame), ``potential``, ``exit_wave``, ``optics`` (CTF),
 ``detector`` (binning, noise, MTF). ``cold`` is the first call in this process (plans,
