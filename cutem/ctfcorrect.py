@@ -35,10 +35,9 @@ import numpy as np
 
 import adjoints.backend as B
 
+from .damage import GG_A, GG_B, GG_C, critical_exposure  # noqa: F401  (the one G&G fit, re-exported)
 from .electron import wavelength_A
 from .errors import InputError
-
-GG_A, GG_B, GG_C = 0.245, -1.665, 2.81
 
 
 def _freq2(shape, px, xp):
@@ -113,11 +112,6 @@ def correct_ctf(stack, angles_deg, axis_deg, pixel_size_A, defocus_A, voltage_kV
         yy, xx = xp.meshgrid(xp.arange(stack.shape[1]), xp.arange(stack.shape[2]), indexing="ij")
         out[i] = (1 - f) * stacked[j, yy, xx] + f * stacked[j + 1, yy, xx]
     return out
-
-
-def critical_exposure(q):
-    """N_e(q) = a q^b + c (e/Å²) of Grant & Grigorieff 2015 for q in 1/Å (q > 0)."""
-    return GG_A * np.power(np.maximum(q, 1e-12), GG_B) + GG_C
 
 
 def exposure_filter(stack, pixel_size_A, exposure_e_per_A2):

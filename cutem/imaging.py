@@ -9,7 +9,13 @@ composition of five pieces, each the module of its physics:
    → projected potential per slice in V·Å (:mod:`cutem.potential`, global B included), plus
    the ice layer (each atom subtracts the ice it displaces), plus the absorptive part
    V_abs = ``absorption``·V_atoms + ``ice_absorption``·V_ice;
-3. **exit wave**: phase object exp(iσV − σV_abs) or multislice (:mod:`cutem.propagation`);
+   with ``Sample.damage`` the atoms' slices are first filtered for the image's accumulated
+   exposure (:mod:`cutem.damage`, Grant & Grigorieff 2015; :meth:`ImageModel.exposure`);
+3. **exit wave**: phase object exp(iσV − σV_abs) or multislice (:mod:`cutem.propagation`),
+   referred to the scene's z = 0; multislice with thick slices is the projection with
+   height-dependent defocus (each slab at the defocus of its height); with
+   ``Optics.energy_filter_slit_eV`` the zero-loss filter exp(−t/(2λ_in)) over the ice path
+   (:mod:`cutem.energyfilter`);
 4. **transfer**: the lens (:mod:`cutem.optics`: CTF with defocus at the specimen centre
    plane, astigmatism, Cs, envelopes, aperture), then |ψ|² binned to the detector;
 5. **detector** (:mod:`cutem.detector`): dose × pixel area × I, shot noise and DQE, MTF,
@@ -50,6 +56,8 @@ from adjoints.stage import unwrap
 
 from . import detector as D
 from . import optics as O
+from .damage import DamageFilter, mid_exposure
+from .energyfilter import ZeroLossFilter, inelastic_mfp_A
 from .errors import InputError
 from .grid import Grid
 from .potential import (IcePotentialStage, ProjectedPotentialStage, ice_potential_V, n_slices, projected_potential,
@@ -87,6 +95,11 @@ def tilt_settings(cfg, k: int):
             raise InputError("geometry.dose_weights must be non-negative with a positive sum")
         detector = detector.replace(dose_e_per_A2=detector.dose_e_per_A2 * w[k] / w.mean())
     return angle, optics, detector
+
+
+def tilt_doses(cfg):
+    """Dose (e⁻/Å²) of every tilt of ``cfg``, in acquisition order (:func:`tilt_settings`)."""
+    return np.array([tilt_settings(cfg, k)[2].dose_e_per_A2 for k in range(len(cfg.geometry.tilt_angles_deg))])
 
 
 def specimen_z_extent(cfg, grid: Grid, tilt_deg, particles_z=None, pad_A=1.0):
@@ -131,6 +144,8 @@ class ImageModel:
     xp: object
     dtype: np.dtype
     atom_chunk: int | None = None   #: atoms per potential call (:mod:`cutem.memory`; None: all)
+    #: accumulated exposure (e⁻/Å²) the damage sees (None: the tilt's mid-exposure, :mod:`cutem.damage`)
+    exposure_e_per_A2: float | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -261,7 +276,7 @@ class ImageModel:
         params = params or {}
         cfg = self.config
         s, absorption = cfg.sample, cfg.simulation.absorption
-        v_atoms = self._atom_potential(params)
+        v_atoms = self._damaged(self._atom_potential(params))
         if cfg.simulation.absorption_model == "cross_section":
             v_abs = self._cross_section_absorption(params)
         else:
@@ -276,6 +291,28 @@ class ImageModel:
             v = params["potential"]
         return v, v_abs
 
+    def exposure(self) -> float:
+        """Accumulated exposure (e⁻/Å²) of this image: the tilt's mid-exposure unless set."""
+        if self.exposure_e_per_A2 is not None:
+            return self.exposure_e_per_A2
+        return mid_exposure(tilt_doses(self.config), self.tilt)
+
+    def _damaged(self, v_atoms):
+        """Radiation damage of the atoms' slices at :meth:`exposure` (:mod:`cutem.damage`)."""
+        s = self.config.sample
+        if not s.damage:
+            return v_atoms
+        st = DamageFilter(self.grid.shape, self.grid.pixel_size_A, self.exposure(), s.damage_b_per_exposure_A2)
+        return st(v_atoms)
+
+    def energy_filter(self, wave, params=None):
+        """Zero-loss filtering of the exit wave over the ice path (:mod:`cutem.energyfilter`)."""
+        o = self.optics
+        if o.energy_filter_slit_eV is None or not self.config.sample.ice:
+            return wave
+        path = ops.sum(self._ice_potential(params or {}), axis=0) * (1.0 / ice_potential_V())
+        return ZeroLossFilter(inelastic_mfp_A(o.voltage_kV, o.inelastic_mfp_A))(wave, path)
+
     # ------------------------------------------------------------------ image
     def render(self, params=None, *, rng=None, draws=None, estimator="score"):
         """The detector image of this tilt: a :class:`cutem.detector.Detection`.
@@ -288,9 +325,12 @@ class ImageModel:
         """
         params = dict(params or {})
         self.check_names(params)
+        return self.detect(self.image_intensity(params), params, rng=rng, draws=draws, estimator=estimator)
+
+    def image_intensity(self, params=None):
+        """Specimen → exit wave → energy filter → lens → |ψ|² on the detector grid (before the detector)."""
         v, v_abs = self.potential(params)
-        intensity = self.intensity(self.exit_wave(v, v_abs), params, v_abs=v_abs)
-        return self.detect(intensity, params, rng=rng, draws=draws, estimator=estimator)
+        return self.intensity(self.energy_filter(self.exit_wave(v, v_abs), params), params, v_abs=v_abs)
 
     def exit_wave(self, v, v_abs=None):
         """Exit wave of the slices (phase object for one slice, else multislice)."""
@@ -306,7 +346,9 @@ class ImageModel:
         with ``Simulation.inelastic_background`` plus the scattered electrons (:meth:`scattered`)."""
         op = {k: p for k, p in (params or {}).items() if k in O.PARAM_NAMES}
         i = ops.abs2(O.apply_optics(wave, self.optics, self.grid.pixel_size_A, params=op))
-        if self.config.simulation.inelastic_background:
+        # a zero-loss filter (energy_filter) removes the inelastically scattered electrons that the
+        # background would return: the two are exclusive, or the ice's loss would count twice
+        if self.config.simulation.inelastic_background and self.optics.energy_filter_slit_eV is None:
             i = self.scattered(i, v_abs, params or {})
         return self.grid.bin(i)
 
@@ -357,5 +399,5 @@ class ImageModel:
         return out
 
 
-__all__ = ["ImageModel", "Grid", "SPECIMEN_PARAMS", "tilt_seed", "tilt_settings", "specimen_z_extent", "stack_z_range",
-           "slice_count"]
+__all__ = ["ImageModel", "Grid", "SPECIMEN_PARAMS", "tilt_seed", "tilt_settings", "tilt_doses", "specimen_z_extent",
+           "stack_z_range", "slice_count"]

@@ -236,6 +236,13 @@ class Optics(_Params):
     amplitude_contrast: float = param(0.0, "", (0.0, 1.0),
                                       doc="fraction w: CTF = sqrt(1 − w²) sin χ + w cos χ")
     phase_shift_deg: float = param(0.0, "deg", (-360.0, 360.0), doc="phase-plate phase shift")
+    energy_filter_slit_eV: float | None = param(None, "eV", (0.0, 100.0), "lo",
+                                                doc="energy filter slit width: a number = zero-loss imaging (the exit "
+                                                "wave attenuated by exp(−t/(2λ_in)) over the ice path t, "
+                                                "cutem.energyfilter); none = no filter")
+    inelastic_mfp_A: float | None = param(None, "Å", (0.0, 1e6), "lo",
+                                          doc="inelastic mean free path of the ice; none = 3,950 Å at 300 kV "
+                                          "scaled to the voltage")
 
 
 @dataclass(frozen=True)
@@ -265,6 +272,15 @@ class Detector(_Params):
     mtf_q: float = param(1.0, "", (0.0, 10.0), doc="MTF exponent of the β term", tem="detector.mtf_q")
     gain: float = param(1.0, "counts/e⁻", (0.0, 1e6), "lo", doc="counts per electron", tem="detector.gain")
     readout_noise: float = param(0.0, "counts", (0.0, 1e6), doc="Gaussian readout noise, RMS per pixel")
+    frames: int = param(1, "", (1, 10000), doc="movie frames per image (dose split evenly; cutem.movie)")
+    motion_drift_A_per_frame: float = param(0.0, "Å", (0.0, 1e4),
+                                            doc="global beam-induced drift speed per frame (seeded direction)")
+    motion_jitter_A_per_frame: float = param(0.0, "Å", (0.0, 1e4),
+                                             doc="random-walk step of the global shift, RMS per frame and axis")
+    motion_local_A_per_frame: float = param(0.0, "Å", (0.0, 1e4),
+                                            doc="smooth local (doming) displacement growth, RMS per frame")
+    frames_as_counts: bool = param(False, doc="write movie frames rounded to int16 (counts × gain, after the MTF) "
+                                   "instead of float32")
 
     def _check_together(self):
         if self.mtf_a + self.mtf_b + self.mtf_c <= 0:
@@ -298,6 +314,10 @@ class Sample(_Params):
     ice_absorption: float = param(0.0, "", (0.0, 1.0), doc="imaginary/real ratio of the ice potential")
     support_film: str | None = param(None, doc="support film outside the hole", choices=("carbon",))
     support_thickness_A: float = param(0.0, "Å", (0.0, 1e5), doc="support film thickness")
+    damage: bool = param(False, doc="radiation damage by accumulated exposure (Grant & Grigorieff 2015) on the "
+                         "atoms' potential")
+    damage_b_per_exposure_A2: float = param(0.0, "Å² per e⁻/Å²", (0.0, 100.0),
+                                            doc="B-factor growth with exposure (with damage; 0 = none)")
 
 
 @dataclass(frozen=True)

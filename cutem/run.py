@@ -24,6 +24,7 @@ import numpy as np
 from . import io
 from .config import RunConfig, to_toml, write_resolved
 from .groundtruth import ground_truth_paths, write_ground_truth
+from .movie import simulate_movies
 from .pipeline import simulate
 from .preview import write_preview
 
@@ -111,7 +112,10 @@ def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=T
 
     if done and log is not None:
         log(f"resuming: {len(done)} of {n} tilts from checkpoints in {ckdir}")
-    result = simulate(cfg, device=device, progress=progress, done=done, on_tilt=on_tilt, scene=pre.scene)
+    if cfg.detector.frames > 1:  # movies: frames and shift tables written by cutem.movie, images = frame sums
+        result = simulate_movies(cfg, out_dir, device=device, progress=progress, scene=pre.scene)
+    else:
+        result = simulate(cfg, device=device, progress=progress, done=done, on_tilt=on_tilt, scene=pre.scene)
     result.extra["resumed_tilts"] = sorted(done)
     stack = n > 1
     label = f"cutem {cfg.output} seed={cfg.seed}"

@@ -7,8 +7,15 @@ Scenes (vacuum, so that the peers simulate exactly the same atoms; B-factors fro
 - ``rymv1``, ``rymv20``: RYMV capsids (PDB 1F2N, the 60-operator assembly of
   validation/data/1f2n.cif: 283,800 atoms each).
 
-Grids 512², 1024², 4096² at 1 Å; phase object (``projection``) and multislice with 20 Å
-slices; the default detector, 40 e⁻/Å², 1.5 µm underfocus, 300 kV. A case is one micrograph
+Grids 512², 1024², 4096² at 1 Å; phase object (``projection``), multislice with 20 Å
+slices, and ``slabs``: multislice with 100 Å slices, the projection with height-dependent
+defocus (1/(4λq²) at ⅔ Nyquist: a quarter-period of the outer ring per slab). An optional
+fourth part of the case name lists the realism options, joined by ``-`` (issue 14):
+``ice`` (400 Å of ice), ``efilter`` (ice + zero-loss energy filter), ``damage`` (exposure
+damage), ``frames10`` (a 10-frame movie with 2 Å/frame drift, 0.5 Å/frame jitter and local
+motion; the ``detector`` column then times the whole movie), ``tilt60`` (60° tilt), ``all``
+(every one of them); e.g. ``tmv30_4096_slabs_all``. The default detector, 40 e⁻/Å², 1.5 µm
+underfocus, 300 kV. A case is one micrograph
 through the pipeline's own functions, each stage timed after a warm-up call of the whole
 tilt: ``atoms`` (scene → microscope frame), ``potential``, ``exit_wave``, ``optics`` (CTF),
 ``detector`` (binning, noise, MTF). ``cold`` is the first call in this process (plans,
@@ -53,7 +60,15 @@ DEFAULT_CASES = [
     "tmv30_4096_projection", "rymv1_512_projection", "rymv1_1024_projection", "rymv20_4096_projection",
     "tmv1_512_multislice", "tmv3_1024_multislice", "tmv30_4096_multislice",
 ]
+#: issue 14: each realism option alone, then all of them (compare with tmv30_4096_projection: ≤ 1.5×)
+REALISM_CASES = [
+    "tmv30_4096_projection_ice", "tmv30_4096_projection_efilter", "tmv30_4096_projection_damage",
+    "tmv30_4096_projection_frames10", "tmv30_4096_slabs", "tmv30_4096_slabs_tilt60",
+    "tmv30_4096_projection_all", "tmv30_4096_slabs_all",
+]
+DEFAULT_CASES += REALISM_CASES
 QUICK_CASES = ["tmv1_512_projection", "tmv1_512_multislice"]
+OPTIONS = ("ice", "efilter", "damage", "frames10", "tilt60")
 STAGES = ("atoms", "potential", "exit_wave", "optics", "detector")
 
 
@@ -69,8 +84,14 @@ def particle_toml(kind, count, base="."):
 
 
 def case_toml(case, base=".", output=None):
-    scene, n, method = parse_case(case)
+    scene, n, method, options = parse_case(case)
     kind, count = SCENES[scene]
+    ice = "ice" in options or "efilter" in options
+    extra = {"optics": 'energy_filter_slit_eV = 20.0\n' if "efilter" in options else "",
+             "detector": ('frames = 10\nmotion_drift_A_per_frame = 2.0\nmotion_jitter_A_per_frame = 0.5\n'
+                          'motion_local_A_per_frame = 0.5\n') if "frames10" in options else "",
+             "sample": "damage = true\n" if "damage" in options else ""}
+    tilt = 60.0 if "tilt60" in options else 0.0
     return f"""# cutem benchmark case {case} (validation/bench.py)
 seed = 1
 output = "{output or case}"
@@ -81,36 +102,42 @@ defocus_u_A = 15000.0
 defocus_v_A = 15000.0
 cs_mm = 2.7
 amplitude_contrast = 0.07
-
+{extra["optics"]}
 [detector]
 nx = {n}
 ny = {n}
 pixel_size_A = 1.0
 dose_e_per_A2 = 40.0
-
+{extra["detector"]}
 [sample]
 diameter_A = 100000.0
 thickness_center_A = 400.0
 thickness_edge_A = 400.0
-ice = false
-
+ice = {"true" if ice else "false"}
+{extra["sample"]}
 [simulation]
-method = "{method}"
-slice_thickness_A = 20.0
+method = "{"projection" if method == "projection" else "multislice"}"
+slice_thickness_A = {100.0 if method == "slabs" else 20.0}
 oversampling = 1
 
 [geometry]
-tilt_angles_deg = [0.0]
+tilt_angles_deg = [{tilt}]
 
 {particle_toml(kind, count, base)}"""
 
 
 def parse_case(case):
+    """(scene, grid, method, options) of SCENE_N_METHOD[_OPTION-OPTION...] (module docstring)."""
     parts = case.split("_")
-    scene, n, method = parts if len(parts) == 3 else ("?", "0", "?")
-    if scene not in SCENES or method not in ("projection", "multislice") or not n.isdigit() or int(n) < 16:
-        raise SystemExit(f"unknown case {case!r}: SCENE_N_METHOD with SCENE in {sorted(SCENES)}")
-    return scene, int(n), method
+    scene, n, method = parts[:3] if len(parts) in (3, 4) else ("?", "0", "?")
+    options = set(parts[3].split("-")) if len(parts) == 4 else set()
+    if "all" in options:
+        options = (options - {"all"}) | set(OPTIONS)
+    if (scene not in SCENES or method not in ("projection", "multislice", "slabs") or not n.isdigit() or int(n) < 16
+            or not options <= set(OPTIONS)):
+        raise SystemExit(f"unknown case {case!r}: SCENE_N_METHOD[_OPTIONS] with SCENE in {sorted(SCENES)}, "
+                         f"METHOD projection, multislice or slabs, OPTIONS of {OPTIONS + ('all',)} joined by -")
+    return scene, int(n), method, options
 
 
 def config_of(case):
@@ -159,7 +186,7 @@ def run_stages(scene, cfg, xp):
     _sync(xp)
     t2 = time.perf_counter()
     t["potential"] = t2 - t1
-    wave = model.exit_wave(v, v_abs)
+    wave = model.energy_filter(model.exit_wave(v, v_abs))
     _sync(xp)
     t3 = time.perf_counter()
     t["exit_wave"] = t3 - t2
@@ -169,8 +196,13 @@ def run_stages(scene, cfg, xp):
     t4 = time.perf_counter()
     t["optics"] = t4 - t3
     del wave
-    res = model.detect(inten, rng=B.default_rng(tilt_seed(cfg.seed, 0), xp), estimator="score")
-    img = B.to_numpy(res.image)
+    if cfg.detector.frames > 1:  # the whole movie: per-frame damage, motion and detection
+        from cutem.movie import movie_tilt
+
+        img = movie_tilt(model, cfg.seed)[0].sum(0)
+    else:
+        res = model.detect(inten, rng=B.default_rng(tilt_seed(cfg.seed, 0), xp), estimator="score")
+        img = B.to_numpy(res.image)
     t["detector"] = time.perf_counter() - t4
     return t, img, int(model.atoms.n)
 

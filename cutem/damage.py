@@ -1,0 +1,106 @@
+"""Radiation damage by exposure: the specimen's high frequencies fade as the dose accumulates.
+
+Physics (Grant & Grigorieff, eLife 4:e06980, 2015, measured on rotavirus VP6 at 300 kV).
+The signal *amplitude* of spatial frequency q (1/Å) in an image taken after an accumulated
+exposure E (e⁻/Å²) falls as
+
+    A(q; E) = exp(−E / (2 N_e(q))),     N_e(q) = a q^b + c,
+    a = 0.245, b = −1.665, c = 2.81  (their fit; :func:`critical_exposure`, also the
+                                       exposure filter of :mod:`cutem.ctfcorrect`),
+
+so its power falls as exp(−E / N_e(q)) (N_e is the exposure at which the *power*, the
+quantity they fitted from Fourier ring correlations, has dropped to 1/e). cutem applies A
+to the atoms' projected potential only (the ice is already amorphous; beam damage of
+the specimen is what changes its structure), before the exit wave, as a linear
+frequency filter per slice:
+
+    V_atoms,damaged = F⁻¹[ A(|q|; E) · exp(−ΔB(E) |q|² / 4) · F V_atoms ],
+
+with the optional B growth ΔB(E) = ``Sample.damage_b_per_exposure_A2`` · E (Å² per e⁻/Å²;
+a B-factor that grows linearly with exposure, the form of the per-frame B-factors fitted
+by RELION's particle polishing, Scheres, eLife 3:e03665, 2014). The B term is exactly a global B added to
+every atom (the potential's transform carries exp(−B q²/4), :mod:`cutem.potential`), so
+it is applied in the same filter. At q → 0 N_e → ∞ (b < 0): the mean is untouched.
+
+Accumulated exposure (:func:`mid_exposure`, :func:`cutem.imaging.tilt_doses`):
+``Geometry.tilt_angles_deg`` lists the tilts
+in acquisition order; tilt k of a series with per-tilt doses d_j (``Detector.dose_e_per_A2``
+times ``Geometry.dose_weights`` normalised to mean 1, :func:`cutem.imaging.tilt_settings`)
+is imaged over the exposures [Σ_{j<k} d_j, Σ_{j≤k} d_j]; a still uses the midpoint
+E_k = Σ_{j<k} d_j + d_k / 2, frame f of N the midpoint of its own share,
+Σ_{j<k} d_j + (f + ½) d_k / N (:mod:`cutem.movie`).
+
+Public API: :class:`DamageFilter` (linear Stage, self-adjoint), :func:`damage_filter`
+(the filter on the FFT grid), :func:`critical_exposure`, :func:`mid_exposure`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import adjoints.backend as B
+from adjoints import Stage, register
+
+from .errors import InputError
+
+GG_A, GG_B, GG_C = 0.245, -1.665, 2.81
+
+
+def critical_exposure(q):
+    """N_e(q) = a q^b + c (e/Å²) of Grant & Grigorieff 2015 for q in 1/Å (q > 0)."""
+    return GG_A * np.power(np.maximum(q, 1e-12), GG_B) + GG_C
+
+
+def damage_filter(shape, pixel_size_A, exposure_e_per_A2, b_per_exposure_A2=0.0, xp=np, dtype=np.float64):
+    """A(|q|; E)·exp(−ΔB q²/4) of the module docstring on the rfft2 grid of ``shape`` (real)."""
+    ky = np.fft.fftfreq(int(shape[-2]), d=pixel_size_A)[:, None]
+    kx = np.fft.rfftfreq(int(shape[-1]), d=pixel_size_A)[None, :]
+    q2 = ky * ky + kx * kx
+    e = float(exposure_e_per_A2)
+    w = np.exp(-e / (2.0 * critical_exposure(np.sqrt(q2))) - 0.25 * float(b_per_exposure_A2) * e * q2)
+    w[0, 0] = 1.0  # q = 0: N_e = ∞
+    return xp.asarray(w.astype(dtype))
+
+
+@register
+class DamageFilter(Stage):
+    """Exposure damage of the atoms' potential slices: V → F⁻¹[A(q; E)·e^{−ΔB q²/4} F V] per slice.
+
+    Linear in V (..., ny, nx), real. The filter is real and even in q, so the operator is
+    symmetric: the adjoint is the same filter (rfft2 → × w → irfft2 of the cotangent).
+    """
+
+    linear = True
+
+    def __init__(self, shape, pixel_size_A, exposure_e_per_A2, b_per_exposure_A2=0.0):
+        if exposure_e_per_A2 < 0:
+            raise InputError(f"accumulated exposure must be non-negative, got {exposure_e_per_A2}")
+        self.shape = tuple(int(n) for n in shape[-2:])
+        self.pixel_size_A = float(pixel_size_A)
+        self.exposure = float(exposure_e_per_A2)
+        self.b_rate = float(b_per_exposure_A2)
+
+    def _apply(self, x):
+        xp = B.array_module(x)
+        w = damage_filter(self.shape, self.pixel_size_A, self.exposure, self.b_rate, xp, B.real_dtype(x.dtype))
+        return xp.fft.irfft2(xp.fft.rfft2(x) * w, s=self.shape).astype(x.dtype, copy=False)
+
+    def forward(self, ctx, v):
+        return self._apply(v)
+
+    def adjoint(self, ctx, y):
+        return self._apply(y)
+
+    @classmethod
+    def cases(cls, xp, dtype, rng):
+        v = xp.asarray(rng.standard_normal((2, 10, 12)), dtype=dtype)
+        return [(cls((10, 12), 1.5, 20.0), (v,)), (cls((9, 7), 2.0, 5.0, 0.5), (v[:, :9, :7].copy(),))]
+
+
+def mid_exposure(doses, k, frame=0, frames=1):
+    """Σ_{j<k} d_j + (frame + ½)·d_k/frames: the mean exposure (e⁻/Å²) while frame ``frame``
+    of ``frames`` of tilt ``k`` is recorded, for per-tilt ``doses`` in acquisition order."""
+    d = np.asarray(doses, dtype=np.float64)
+    return float(d[:k].sum() + (frame + 0.5) * d[k] / frames)
+
+
+__all__ = ["DamageFilter", "damage_filter", "critical_exposure", "mid_exposure", "GG_A", "GG_B", "GG_C"]
