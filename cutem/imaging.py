@@ -8,7 +8,9 @@ composition of five pieces, each the module of its physics:
 2. **specimen**: the scene's atoms rotated for the tilt (:meth:`cutem.specimen.Scene.atoms`)
    → projected potential per slice in V·Å (:mod:`cutem.potential`, global B included), plus
    the ice layer (each atom subtracts the ice it displaces), plus the absorptive part
-   V_abs = ``absorption``·V_atoms + ``ice_absorption``·V_ice;
+   V_abs = ``absorption``·V_atoms + ``ice_absorption``·V_ice (or, with
+   ``Simulation.absorption_model = "cross_section"``, TEM-simulator's imaginary potential from
+   each atom's elastic + inelastic cross sections, :mod:`cutem.absorption`);
    with ``Sample.damage`` the atoms' slices are first filtered for the image's accumulated
    exposure (:mod:`cutem.damage`, Grant & Grigorieff 2015; :meth:`ImageModel.exposure`);
 3. **exit wave**: phase object exp(iσV − σV_abs) or multislice (:mod:`cutem.propagation`),
@@ -17,7 +19,9 @@ composition of five pieces, each the module of its physics:
    ``Optics.energy_filter_slit_eV`` the zero-loss filter exp(−t/(2λ_in)) over the ice path
    (:mod:`cutem.energyfilter`);
 4. **transfer**: the lens (:mod:`cutem.optics`: CTF with defocus at the specimen centre
-   plane, astigmatism, Cs, envelopes, aperture), then |ψ|² binned to the detector;
+   plane, astigmatism, Cs, envelopes, aperture), then |ψ|² binned to the detector; with
+   ``Simulation.inelastic_background`` the scattered electrons come back as a blurred
+   incoherent background (:mod:`cutem.inelastic`) unless a zero-loss filter removed them;
 5. **detector** (:mod:`cutem.detector`): dose × pixel area × I, shot noise and DQE, MTF,
    gain, readout.
 
