@@ -44,7 +44,8 @@ def test_fit_with_tv_and_positivity_beats_sirt_and_wbp_fsc_in_mid_band(phantom):
 
 
 def test_fit_without_prior_on_clean_data_reproduces_the_projections(phantom):
-    vol, clean, _ = phantom
+    # rows along the tilt axis (y) are independent problems: 4 of them keep the test fast
+    clean = phantom[1][:, 12:16]
     fit = tomo_fit.fit_reconstruct(clean, ANGLES, 90.0, NZ, prior_weight=0.0, iterations=60,
                                    noise_var=np.ones(len(ANGLES)))
     model = tomo.Project(ANGLES, 90.0).apply(fit.volume)[0] + fit.offsets[:, None, None]
@@ -90,23 +91,25 @@ def test_forward_differences_adjoint_is_minus_divergence():
 
 
 def test_prior_weight_is_chosen_on_held_out_tilts(phantom):
-    _, _, noisy = phantom
+    noisy = phantom[2][:, 12:16]
     fit = tomo_fit.fit_reconstruct(noisy, ANGLES, 90.0, NZ, positivity=True, iterations=15)
     assert set(fit.heldout) == set(tomo_fit.PRIOR_LADDER)
     assert fit.prior_weight == min(fit.heldout, key=fit.heldout.get)
     assert all(0.0 < v < 1.5 for v in fit.heldout.values())
 
 
-def test_even_odd_wiener_raises_fsc_and_cnr_over_the_plain_tomogram(phantom):
+def test_even_odd_wiener_raises_cnr_and_keeps_fsc_of_the_plain_tomogram(phantom):
     vol, _, noisy = phantom
     rec = lambda s, a: tomo.wbp(s, a, 90.0, NZ, filter="shepp-logan")  # noqa: E731
     even, odd = tomo_denoise.even_odd_halves(noisy, ANGLES, rec)
     den, gain = tomo_denoise.even_odd_wiener(even, odd, sigma=2.0)
     plain = 0.5 * (even + odd)
     assert 0.0 <= gain.min() and gain.max() <= 1.0
-    assert _mid_fsc(den, vol) > _mid_fsc(plain, vol) + 0.03
     inside, outside = vol > 0.5, vol == 0
     assert tomo.contrast_to_noise(den, inside, outside) > 1.5 * tomo.contrast_to_noise(plain, inside, outside)
+    # a gain that is nearly constant on each shell leaves the shell's FSC nearly as it was:
+    # the filter removes noise power, it adds no information
+    assert abs(_mid_fsc(den, vol) - _mid_fsc(plain, vol)) < 0.02
 
 
 def test_fit_and_filters_refuse_bad_input(phantom):
