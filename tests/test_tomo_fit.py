@@ -124,6 +124,16 @@ def test_even_odd_wiener_in_a_specimen_mask_raises_mid_band_fsc(phantom):
     assert _mid_fsc(den, vol) > _mid_fsc(plain * mask, vol) - 0.005
 
 
+def test_noise_floor_wiener_removes_white_noise_and_keeps_the_volume(phantom):
+    vol = phantom[0]
+    rng = np.random.default_rng(5)
+    noisy = vol + rng.normal(0.0, 0.5, vol.shape)
+    den, gain = tomo_denoise.noise_floor_wiener(noisy, sigma=2.0)
+    err = lambda v: np.linalg.norm(v - vol)  # noqa: E731
+    assert err(den) < 0.6 * err(noisy)
+    assert gain.max() <= 1.0 and abs(den.mean() - noisy.mean()) < 1e-9
+
+
 def test_fit_and_filters_refuse_bad_input(phantom):
     _, _, noisy = phantom
     with pytest.raises(InputError, match="prior"):
