@@ -1,4 +1,4 @@
-"""``cutem reconstruct``: a tomogram from a tilt stack (WBP or SIRT)."""
+"""``cutem reconstruct``: a tomogram from a tilt stack (WBP, SIRT or a fit of the forward model)."""
 from __future__ import annotations
 
 import time
@@ -122,23 +122,34 @@ def resolve_geometry(tilts, n_images, tlt_path=None, axis_deg=None):
 @click.option("--tilt-axis", "axis_deg", type=float, default=None,
               help="In-plane angle of the tilt axis from image x, degrees (default: see Conventions; "
                    "90, IMOD's, for a stack that is not cutem's).")
-@click.option("--method", type=click.Choice(["wbp", "sirt"]), default="wbp", show_default=True,
+@click.option("--method", type=click.Choice(["wbp", "sirt", "fit"]), default="wbp", show_default=True,
               help="sirt: SIRT's weighted least squares by conjugate gradients, stopped where the "
-                   "odd tilts are best predicted from the even ones.")
+                   "odd tilts are best predicted from the even ones. fit: the volume that best explains "
+                   "the tilts through the forward model (projector, with --ctf model the CTF per tilt, "
+                   "with --mtf the detector MTF) under a smoothness prior, by L-BFGS with exact gradients.")
 @click.option("--filter", "filt", type=click.Choice(["ram-lak", "shepp-logan", "cosine", "hamming", "hann"]),
               default="shepp-logan", show_default=True, help="WBP ramp apodisation.")
 @click.option("--cutoff", type=float, default=1.0, show_default=True,
               help="WBP filter cutoff as a fraction of Nyquist.")
-@click.option("--iterations", type=int, default=50, show_default=True, help="SIRT: most iterations.")
+@click.option("--iterations", type=int, default=50, show_default=True, help="SIRT / fit: most iterations.")
+@click.option("--prior", type=click.Choice(["tv", "laplacian"]), default="tv", show_default=True,
+              help="fit: smoothness prior (Charbonnier total variation, or quadratic gradient).")
+@click.option("--prior-weight", type=float, default=None,
+              help="fit: prior weight λ (dimensionless; default: chosen from 0.3, 1, 3, 10 where the odd "
+                   "tilts are best predicted from a fit to the even ones).")
+@click.option("--mtf", "mtf_path", type=click.Path(dir_okay=False), default=None,
+              help="fit: detector parameters (a cutem fit-mtf result, TOML) whose MTF is in the model.")
 @click.option("--relaxation", type=float, default=1.0, show_default=True,
               help="SIRT with --positivity: step λ in (0, 2).")
 @click.option("--positivity", is_flag=True,
-              help="SIRT: the classic projected iteration (clip negatives), --iterations steps.")
+              help="SIRT: the classic projected iteration (clip negatives), --iterations steps; "
+                   "fit: the volume is bounded below by 0.")
 @click.option("--invert", is_flag=True, help="Negate the images first (dark particles → positive density).")
 @click.option("--thickness", type=int, default=None, help="Volume depth nz in voxels (default: image rows).")
-@click.option("--ctf", "ctf_mode", type=click.Choice(["none", "phaseflip", "wiener"]), default="none",
+@click.option("--ctf", "ctf_mode", type=click.Choice(["none", "phaseflip", "wiener", "model"]), default="none",
               show_default=True, help="CTF correction per tilt, in strips parallel to the tilt axis "
-                                      "(the defocus gradient of the tilted field).")
+                                      "(the defocus gradient of the tilted field); model (with --method "
+                                      "fit): the CTF at each tilt's defocus is part of the forward model.")
 @click.option("--defocus", "defocus_path", type=click.Path(dir_okay=False), default=None,
               help="IMOD ctfplotter .defocus file (default: NAME.defocus beside the stack).")
 @click.option("--defocus-A", "defocus_A", type=float, default=None,
@@ -156,8 +167,8 @@ def resolve_geometry(tilts, n_images, tlt_path=None, axis_deg=None):
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Output volume (.mrc).")
 @device_option
 @quiet_option
-def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, relaxation, positivity,
-                invert, thickness, ctf_mode, defocus_path, defocus_A, voltage_kV, cs_mm, amplitude_contrast,
+def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, prior, prior_weight, mtf_path,
+                relaxation, positivity, invert, thickness, ctf_mode, defocus_path, defocus_A, voltage_kV, cs_mm, amplitude_contrast,
                 wiener_snr, dose_per_tilt, out, device, quiet):
     """Reconstruct a tomogram (nz, ny, nx) from a single-axis tilt stack.
 
@@ -176,9 +187,24 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, rel
         fail(f"--wiener-snr = {wiener_snr} must be positive")
     if dose_per_tilt is not None and dose_per_tilt < 0:
         fail(f"--dose-per-tilt = {dose_per_tilt} must be non-negative")
+    if ctf_mode == "model" and method != "fit":
+        fail("--ctf model puts the CTF into the forward model of --method fit; use phaseflip or wiener "
+             f"with --method {method}")
+    if mtf_path is not None and method != "fit":
+        fail(f"--mtf puts the detector MTF into the forward model of --method fit, not --method {method}")
+    if prior_weight is not None and prior_weight < 0:
+        fail(f"--prior-weight = {prior_weight} must be non-negative")
+    if iterations < 1:
+        fail(f"--iterations = {iterations} must be at least 1")
+    detector = None
+    if mtf_path is not None:
+        from cutem.denoise import detector_from_toml
+
+        detector = detector_from_toml(mtf_path)
     if xf is not None:
         stack = imod.apply_xf(stack, xf)
     t0 = time.perf_counter()
+    ctf = None
     if invert:
         stack = -stack
     if ctf_mode != "none":
@@ -194,9 +220,16 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, rel
         else:
             defocus = ctfcorrect.fit_defocus_per_tilt(stack, px, optics["voltage_kV"], optics["cs_mm"],
                                                       optics["amplitude_contrast"])
-        stack = ctfcorrect.correct_ctf(stack, angles, axis_deg, px, defocus, optics["voltage_kV"],
-                                       optics["cs_mm"], optics["amplitude_contrast"], mode=ctf_mode,
-                                       wiener_snr=wiener_snr)
+        if ctf_mode == "model":
+            from cutem.params import Optics
+            from cutem.tomo_fit import tilt_ctfs
+
+            ctf = tilt_ctfs(stack.shape[1:], px, Optics(voltage_kV=optics["voltage_kV"], cs_mm=optics["cs_mm"],
+                                                        amplitude_contrast=optics["amplitude_contrast"]), defocus)
+        else:
+            stack = ctfcorrect.correct_ctf(stack, angles, axis_deg, px, defocus, optics["voltage_kV"],
+                                           optics["cs_mm"], optics["amplitude_contrast"], mode=ctf_mode,
+                                           wiener_snr=wiener_snr)
     exposure = None
     if dose_per_tilt is not None:
         exposure = dose_per_tilt * (np.arange(len(angles)) + 0.5)
@@ -208,10 +241,17 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, rel
     data = xp.asarray(stack)
     from tqdm import tqdm
 
-    bar = tqdm(total=iterations, disable=quiet or method != "sirt", desc="SIRT")
-    vol = tomo.reconstruct(data, angles, axis_deg, thickness, method, filt, cutoff, iterations,
-                           relaxation, positivity, progress=lambda k, r: bar.update(1))
-    bar.close()
+    if method == "fit":
+        from cutem.tomo_fit import fit_reconstruct
+
+        res = fit_reconstruct(data, angles, axis_deg, thickness, ctf=ctf, mtf=detector, prior=prior,
+                              prior_weight=prior_weight, positivity=positivity, iterations=iterations)
+        vol, method = res.volume, f"fit prior={prior} lambda={res.prior_weight:g} lbfgs_iterations={res.iterations}"
+    else:
+        bar = tqdm(total=iterations, disable=quiet or method != "sirt", desc="SIRT")
+        vol = tomo.reconstruct(data, angles, axis_deg, thickness, method, filt, cutoff, iterations,
+                               relaxation, positivity, progress=lambda k, r: bar.update(1))
+        bar.close()
     dt = time.perf_counter() - t0
     io.write_volume(out, vol, px, label=f"cutem reconstruct {method} tilt_axis_deg={axis_deg:g}")
     click.echo(f"wrote {out}: {tuple(vol.shape)} voxels of {px:g} Å, {method}, {len(angles)} tilts, "

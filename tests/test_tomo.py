@@ -216,9 +216,9 @@ def test_reconstruct_command_writes_volume_with_stack_voxel_size(tmp_path):
     stack = tomo.Project(angles, 90.0).apply(vol)[0]
     io.write_mrc(tmp_path / "ts.mrc", stack, 4.2, label="cutem tilt_axis_deg=90")
     io.write_tlt(tmp_path / "ts.tlt", angles)
-    for method in ("wbp", "sirt"):
+    for method, extra in (("wbp", []), ("sirt", []), ("fit", ["--prior-weight", "1", "--positivity"])):
         out = tmp_path / f"{method}.mrc"
-        r = subprocess.run([*CLI, "reconstruct", str(tmp_path / "ts.mrc"),
+        r = subprocess.run([*CLI, "reconstruct", str(tmp_path / "ts.mrc"), *extra,
                             "--method", method, "--thickness", "16", "--iterations", "30", "-q",
                             "--out", str(out)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
@@ -230,6 +230,9 @@ def test_reconstruct_command_writes_volume_with_stack_voxel_size(tmp_path):
                         "--tlt", str(tmp_path / "none.tlt"), "--out", str(tmp_path / "x.mrc")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "none.tlt" in r.stderr
+    r = subprocess.run([*CLI, "reconstruct", str(tmp_path / "ts.mrc"), "--ctf", "model", "--defocus-A", "2e4",
+                        "--out", str(tmp_path / "x.mrc")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--method fit" in r.stderr and not (tmp_path / "x.mrc").exists()
 
 
 def test_reconstruct_reads_axis_and_angles_written_by_cutem_simulate(tmp_path):
