@@ -199,15 +199,23 @@ def _unblocks(blk, shape):
     return out
 
 
-@register
-class AvgPool2d(Stage):
-    """Mean over non-overlapping k×k blocks of the last two axes (a trailing remainder
-    row/column is dropped); the adjoint spreads g/k² over each block."""
-
-    linear = True
+class _Pool(Stage):
+    """Non-overlapping k×k blocks of the last two axes (a trailing remainder row/column is
+    dropped); the check cases cover a remainder."""
 
     def __init__(self, k=2):
         self.k = int(k)
+
+    @classmethod
+    def cases(cls, xp, dtype, rng):
+        return [(cls(2), (_rand(rng, (2, 2, 4, 6), dtype, xp),)), (cls(3), (_rand(rng, (1, 1, 6, 7), dtype, xp),))]
+
+
+@register
+class AvgPool2d(_Pool):
+    """Mean over each block; the adjoint spreads g/k² over the block."""
+
+    linear = True
 
     def forward(self, ctx, x):
         ctx.shape = x.shape
@@ -220,17 +228,10 @@ class AvgPool2d(Stage):
         return _unblocks(xp.broadcast_to((y / (k * k))[..., :, None, :, None], s[:-2] + (s[-2], k, s[-1], k)),
                          ctx.shape)
 
-    @classmethod
-    def cases(cls, xp, dtype, rng):
-        return [(cls(2), (_rand(rng, (2, 2, 4, 6), dtype, xp),)), (cls(2), (_rand(rng, (1, 1, 5, 5), dtype, xp),))]
-
 
 @register
-class MaxPool2d(Stage):
-    """Max over non-overlapping k×k blocks; the cotangent goes to the (first) maximum."""
-
-    def __init__(self, k=2):
-        self.k = int(k)
+class MaxPool2d(_Pool):
+    """Max over each block; the cotangent goes to the (first) maximum."""
 
     def forward(self, ctx, x):
         xp = B.array_module(x)
@@ -250,10 +251,6 @@ class MaxPool2d(Stage):
         flat = onehot * g[..., None]
         blk = xp.moveaxis(flat.reshape(s[:-4] + (s[-4], s[-2], k, k)), -2, -3)
         return (_unblocks(blk, ctx.shape),)
-
-    @classmethod
-    def cases(cls, xp, dtype, rng):
-        return [(cls(2), (_rand(rng, (2, 2, 4, 6), dtype, xp),)), (cls(3), (_rand(rng, (1, 1, 6, 7), dtype, xp),))]
 
 
 # ----------------------------------------------------------------------- activation
