@@ -249,12 +249,13 @@ def _scatter_add(grid, idx, w, xp):
 _SPREAD_BLOCK = 65536
 
 
-def _spread_block(plan, grid, iy, ix, ty, tx, w, xp):
-    """Scatter one block of atoms into the flat grid (B-spline weights, periodic).
+def _block_taps(plan, iy, ix, xp):
+    """(m, taps²) flat periodic grid indices of the B-spline taps of a block of atoms.
 
-    Taps interleaved per atom (consecutive atoms are neighbours in space, so the scatter stays
-    cache-friendly). An interior atom's taps are its base index plus the plan's fixed offsets;
-    the few atoms near an edge, whose taps wrap around, take the modular path.
+    Taps interleaved per atom (consecutive atoms are neighbours in space, so the scatter and
+    the gather stay cache-friendly). An interior atom's taps are its base index plus the
+    plan's fixed offsets; the few atoms near an edge, whose taps wrap around, take the modular
+    path.
     """
     order, ny, nx, it = plan.order, plan.ny, plan.nx, plan.index_dtype
     lo, hi = -_offsets(order)[0], _offsets(order)[-1]
@@ -265,11 +266,58 @@ def _spread_block(plan, grid, iy, ix, ty, tx, w, xp):
         jy = _tap_index(iy[e].astype(it), ny, order, xp) * it(nx)
         jx = _tap_index(ix[e].astype(it), nx, order, xp)
         idx[e] = (jy[:, :, None] + jx[:, None, :]).reshape(len(e), -1)
-    wy, _ = _taps(ty, order, xp)
-    wx, _ = _taps(tx, order, xp)
+    return idx
+
+
+def _spread_block(plan, grid, iy, ix, ty, tx, w, xp):
+    """Scatter one block of atoms into the flat grid (B-spline weights, periodic)."""
+    idx = _block_taps(plan, iy, ix, xp)
+    wy, _ = _taps(ty, plan.order, xp)
+    wx, _ = _taps(tx, plan.order, xp)
     wy *= w[:, None]
     wts = (wy[:, :, None] * wx[:, None, :]).reshape(len(w), -1)
     _scatter_add(grid, idx.ravel(), wts.ravel(), xp)
+
+
+def _gather_block(plan, h, iy, ix, ty, tx, deriv, xp):
+    """The adjoint of :func:`_spread_block` for a block of atoms: Σ_taps h[tap]·weight per atom,
+    and with ``deriv`` the same with the weights' derivatives along y and x (per pixel).
+
+    Returns (p, p_y, p_x) (``p_y``, ``p_x`` None without ``deriv``)."""
+    n = plan.order + 1
+    vals = h[_block_taps(plan, iy, ix, xp)].reshape(len(iy), n, n)
+    wy, dwy = _taps(ty, plan.order, xp)
+    wx, dwx = _taps(tx, plan.order, xp)
+    rx = xp.einsum("mab,mb->ma", vals, wx)          # contract x first: 2·taps² instead of 3·taps²
+    p = xp.einsum("ma,ma->m", rx, wy)
+    if not deriv:
+        return p, None, None
+    return p, xp.einsum("ma,ma->m", rx, dwy), xp.einsum("ma,ma->m", xp.einsum("mab,mb->ma", vals, dwx), wy)
+
+
+def _gather(plan, h, iy, ix, ty, tx, deriv, xp):
+    """:func:`_gather_block` over all atoms: on the CPU in blocks of ``_SPREAD_BLOCK`` split
+    over the threads like the forward scatter (each thread writes its own range of atoms, so
+    no sums are shared); on the GPU one call. Returns host float64 (p, p_y, p_x)."""
+    m = len(iy)
+    if xp is not np:
+        return tuple(None if a is None else B.to_numpy(a).astype(np.float64)
+                     for a in _gather_block(plan, h, iy, ix, ty, tx, deriv, xp))
+    out = [np.empty(m) for _ in range(3 if deriv else 1)]
+
+    def work(ab):
+        a, b = ab
+        for k, r in enumerate(_gather_block(plan, h, iy[a:b], ix[a:b], ty[a:b], tx[a:b], deriv, xp)):
+            if r is not None:
+                out[k][a:b] = r
+
+    blocks = [(a, min(a + _SPREAD_BLOCK, m)) for a in range(0, m, _SPREAD_BLOCK)]
+    if B.threads() > 1 and len(blocks) > 1:
+        list(B.pool().map(work, blocks))
+    else:
+        for ab in blocks:
+            work(ab)
+    return out[0], (out[1] if deriv else None), (out[2] if deriv else None)
 
 
 def _spread(plan, grid, iy, ix, ty, tx, w, xp, spare=None):
@@ -328,17 +376,23 @@ class _Groups:
         self.elements = np.asarray(elements, dtype=np.int64)
         self.b_step = b_step
 
-    def entries(self):
+    def entries(self, derivative=False):
         """Yield (z, level B, atoms, level weights) per non-empty group. The elements must be
         sorted; ``atoms`` is a slice (one level) or an index array, ``level weights`` None
-        (all 1) or an array."""
+        (all 1) or an array.
+
+        ``derivative=True`` (for a B cotangent) also yields the level weights' derivatives
+        d(weight)/dB (−1/ΔB for the lower level, +1/ΔB for the upper) as a fifth item, and puts
+        an atom on the lattice (t = 0) in its upper level too, with weight 0: its B derivative
+        is the one-sided (P_{k+1} − P_k)/ΔB.
+        """
         lo = self.k - self.kmin
         bounds = np.concatenate([[0], np.cumsum(np.bincount(self.elements, minlength=len(self.species)))])
         for e, z in enumerate(self.species):
             b0, b1 = int(bounds[e]), int(bounds[e + 1])
             if b1 == b0:
                 continue
-            if self.nlev == 1:
+            if self.nlev == 1 and not derivative:
                 yield z, self.kmin * self.b_step, slice(b0, b1), None
                 continue
             ids = np.arange(b0, b1)
@@ -346,20 +400,16 @@ class _Groups:
             for lev in range(self.nlev):
                 # weight (1 − t) from atoms whose lower level is lev, t from those whose upper is lev
                 sel_lo = lo_e == lev
-                sel_hi = (lo_e == lev - 1) & (t_e > 0)
+                sel_hi = (lo_e == lev - 1) & ((t_e > 0) | derivative)
                 if not (sel_lo.any() or sel_hi.any()):
                     continue
                 idx = np.concatenate([ids[sel_lo], ids[sel_hi]])
                 wl = np.concatenate([1.0 - t_e[sel_lo], t_e[sel_hi]])
-                yield z, (self.kmin + lev) * self.b_step, idx, wl
-
-    def levels_of(self, e):
-        """Element e's levels that a VJP needs: each atom's lower and upper level."""
-        me = self.elements == e
-        if not me.any():
-            return []
-        lo = self.k[me] - self.kmin
-        return sorted(set(np.unique(lo).tolist()) | set((np.unique(lo) + 1).tolist()))
+                if not derivative:
+                    yield z, (self.kmin + lev) * self.b_step, idx, wl
+                    continue
+                dwl = np.concatenate([np.full(int(sel_lo.sum()), -1.0), np.ones(int(sel_hi.sum()))]) / self.b_step
+                yield z, (self.kmin + lev) * self.b_step, idx, wl, dwl
 
 
 def n_slices(z_range_A, slice_thickness_A=None) -> int:
@@ -482,64 +532,53 @@ def _forward_slice(plan, sa, solvent_V, xp):
     return B.irfft2(acc, s=(plan.ny, plan.nx)).astype(dtype, copy=False)
 
 
-def _backward_slice(plan, sa, g, solvent_V, xp):
+def _backward_slice(plan, sa, g, solvent_V, xp, need_xy=True, need_b=True):
     """Cotangents of one slice's atoms for the output cotangent ``g`` (ny, nx).
 
     The forward is V = Σ_groups C_g(scatter_g) with C_g a circular convolution by a real,
-    symmetric kernel (self-adjoint), so C_gᵀ g = irfft2(rfft2(g)·kernel_g). The scatter's
-    adjoint is a gather with the same B-spline weights; differentiating the weights gives the
-    position cotangent, the B-level interpolation weights the B cotangent.
+    symmetric kernel (self-adjoint), so C_gᵀ g = irfft2(rfft2(g)·kernel_g): one rfft2 per slice
+    and one irfft2 per (element, B level) group, as many transforms as the forward. The
+    scatter's adjoint is a gather with the same B-spline weights (:func:`_gather`, blocked over
+    the threads); differentiating the weights gives the position cotangent, the B-level
+    interpolation weights the B cotangent. ``need_xy``/``need_b``: which of the two to compute
+    (the derivative taps, and the upper levels of atoms on the lattice, only when asked).
 
-    Returns (d_xy (n, 2), d_b (n,), d_w (n,)) as host float64 arrays (d_w: per unit weight).
+    Returns (d_xy (n, 2) or None, d_b (n,) or None, d_w (n,)) as host float64 arrays (d_w: per
+    unit weight).
     """
     n = sa.n
-    d_xy = np.zeros((n, 2))
-    d_b = np.zeros(n)
+    d_xy = np.zeros((n, 2)) if need_xy else None
+    d_b = np.zeros(n) if need_b else None
     d_w = np.zeros(n)
     if n == 0:
         return d_xy, d_b, d_w
     dtype = plan.dtype
     G = B.rfft2(xp.asarray(g, dtype=dtype))
-    grp = sa.groups
-    lo = grp.k - grp.kmin
-    t = grp.t
-    order = plan.order
-    for e, z in enumerate(sa.species):
-        me = np.flatnonzero(sa.elements == e)
-        if not len(me):
+    inside = B.to_numpy(sa.inside)
+    for entry in sa.groups.entries(derivative=need_b):
+        z, b_level, idx, wl = entry[:4]
+        sel = inside[idx]
+        if not sel.all():  # atoms outside the field were not scattered
+            idx = (np.arange(idx.start, idx.stop) if isinstance(idx, slice) else idx)[sel]
+        if isinstance(idx, np.ndarray) and not len(idx):
             continue
-        iy, ix, ty, tx, w, ins = _gather_select(sa, me, xp)
-        jy = _tap_index(iy, plan.ny, order, xp)
-        jx = _tap_index(ix, plan.nx, order, xp)
-        wy, dwy = _taps(ty, order, xp)
-        wx, dwx = _taps(tx, order, xp)
-        P = {}
-        for lev in grp.levels_of(e):
-            H = B.irfft2(G * plan.kernel(z, (grp.kmin + lev) * grp.b_step, solvent_V),
-                         s=(plan.ny, plan.nx)).astype(dtype, copy=False)
-            vals = H[jy[:, :, None], jx[:, None, :]]  # (m, taps, taps)
-            p = B.to_numpy(xp.einsum("mab,ma,mb->m", vals, wy, wx)).astype(np.float64)
-            py = B.to_numpy(xp.einsum("mab,ma,mb->m", vals, dwy, wx)).astype(np.float64)
-            pxx = B.to_numpy(xp.einsum("mab,ma,mb->m", vals, wy, dwx)).astype(np.float64)
-            P[lev] = (p, py, pxx)
-        le = lo[me]
-        te = t[me]
-        m = len(me)
-        p_lo, py_lo, px_lo = (np.empty(m) for _ in range(3))
-        p_hi, py_hi, px_hi = (np.zeros(m) for _ in range(3))
-        for lev, (p, py, pxx) in P.items():
-            sel = le == lev
-            p_lo[sel], py_lo[sel], px_lo[sel] = p[sel], py[sel], pxx[sel]
-            sel = le + 1 == lev
-            p_hi[sel], py_hi[sel], px_hi[sel] = p[sel], py[sel], pxx[sel]
-        wn = B.to_numpy(w).astype(np.float64)
-        inside = B.to_numpy(ins)
-        val = (1 - te) * p_lo + te * p_hi
-        d_w[me] = np.where(inside, val, 0.0)
-        d_xy[me, 0] = np.where(inside, wn * ((1 - te) * px_lo + te * px_hi) / plan.px, 0.0)
-        d_xy[me, 1] = np.where(inside, wn * ((1 - te) * py_lo + te * py_hi) / plan.px, 0.0)
-        d_b[me] = np.where(inside, wn * (p_hi - p_lo) / grp.b_step, 0.0)
-    return sa.unpermute(d_xy), sa.unpermute(d_b), sa.unpermute(d_w)
+        h = B.irfft2(G * plan.kernel(z, b_level, solvent_V), s=(plan.ny, plan.nx)).astype(dtype, copy=False)
+        iy, ix, ty, tx, _, _ = _gather_select(sa, idx, xp)
+        p, py, pxx = _gather(plan, h.ravel(), iy, ix, ty, tx, need_xy, xp)
+        lw = 1.0 if wl is None else wl[sel]
+        d_w[idx] += lw * p
+        if need_xy:
+            d_xy[idx, 0] += lw * pxx
+            d_xy[idx, 1] += lw * py
+        if need_b:
+            d_b[idx] += entry[4][sel] * p
+    wn = B.to_numpy(sa.w).astype(np.float64)
+    if need_xy:
+        d_xy *= (wn / plan.px)[:, None]
+    if need_b:
+        d_b *= wn
+    return (None if d_xy is None else sa.unpermute(d_xy), None if d_b is None else sa.unpermute(d_b),
+            sa.unpermute(d_w))
 
 
 def _prepare(atoms, b_factor_A2, scale):
@@ -660,16 +699,21 @@ class ProjectedPotentialStage(Stage):
     def vjp(self, ctx, g):
         xp, plan = ctx.xp, ctx.plan
         n = ctx.n
-        s = float(B.to_numpy(ctx.scale))
-        d_pos = np.zeros((n, 3))
-        d_b = np.zeros(n)
-        for k, (idx, sa) in enumerate(ctx.slices):
-            dxy, db, _ = _backward_slice(plan, sa, g[k], self.solvent_V, xp)
-            d_pos[idx, :2] = dxy * s
-            d_b[idx] = db * s
-        g_scale = xp.sum(g * ctx.P)
         dtype = B.real_dtype(g.dtype)
-        return (xp.asarray(d_pos.astype(dtype)), xp.asarray(d_b.astype(dtype)), g_scale.astype(dtype))
+        need_xy, need_b, need_s = ctx.needs
+        d_pos = np.zeros((n, 3)) if need_xy else None
+        d_b = np.zeros(n) if need_b else None
+        if need_xy or need_b:
+            s = float(B.to_numpy(ctx.scale))
+            for k, (idx, sa) in enumerate(ctx.slices):
+                dxy, db, _ = _backward_slice(plan, sa, g[k], self.solvent_V, xp, need_xy, need_b)
+                if need_xy:
+                    d_pos[idx, :2] = dxy * s
+                if need_b:
+                    d_b[idx] = db * s
+        return (None if d_pos is None else xp.asarray(d_pos.astype(dtype)),
+                None if d_b is None else xp.asarray(d_b.astype(dtype)),
+                xp.sum(g * ctx.P).astype(dtype) if need_s else None)
 
     @classmethod
     def cases(cls, xp, dtype, rng):
