@@ -144,30 +144,40 @@ class _Plan:
         off = np.asarray(_offsets(order))
         self.tap_offsets = xp.asarray((off[:, None] * nx + off[None, :]).ravel().astype(self.index_dtype))
 
+    @property
+    def band(self):
+        """The grid's frequency distribution (:func:`_band`), computed once per plan."""
+        b = self.__dict__.get("_band")
+        if b is None:
+            b = self.__dict__["_band"] = _band(self.px, (self.ny, self.nx))
+        return b
+
     #: bytes of Fourier kernels kept per plan (they are reused across calls and tilts)
     KERNEL_CACHE_BYTES = 512 * 2 ** 20
 
-    def kernel(self, z, b_level, solvent_V=0.0):
-        key = (int(z), float(b_level), float(solvent_V))
+    def kernel(self, z, b_level, solvent_V=0.0, d_b=False):
+        key = (int(z), float(b_level), float(solvent_V), bool(d_b))
         cache = self.__dict__.setdefault("_kcache", {})
         k = cache.get(key)
         if k is None:
-            k = self._kernel(z, b_level, solvent_V)
+            k = self._kernel(z, b_level, solvent_V, d_b)
             if (len(cache) + 1) * k.nbytes > self.KERNEL_CACHE_BYTES:
                 cache.clear()
             if k.nbytes <= self.KERNEL_CACHE_BYTES:
                 cache[key] = k
         return k
 
-    def _kernel(self, z, b_level, solvent_V=0.0):
-        """K f_Z(q/2) e^{−B q²/4} / T(q) / px² on the rfft half grid (float, on xp).
+    def _kernel(self, z, b_level, solvent_V=0.0, d_b=False):
+        """K f_Z(q/2) e^{−B q²/4} / T(q) / px² on the rfft half grid (float, on xp); with ``d_b``
+        its derivative d/dB (the factor −q²/4 = −(q_y² + q_x²)/4; the solvent term has no B).
 
-        Built as (ny×m)·(m×nxh) with m = 5 (+1 for the solvent): every term is separable.
+        Built as (ny×m)·(m×nxh) with m = 5 (+1 for the solvent; ×2 for d/dB): every term is
+        separable.
         """
         a, b = E.scattering_params(z)
         amp = list(E.POTENTIAL_CONSTANT_V_A2 * a)
         widths = list((b + b_level) / 4.0)  # f(q/2) e^{−Bq²/4} = Σ a e^{−(b + B) q²/4}
-        if solvent_V:
+        if solvent_V and not d_b:
             v = VOLUME_PER_DALTON_A3 * atomic_mass_Da(z)
             amp.append(-solvent_V * v)
             widths.append(math.pi * v ** (2.0 / 3.0))
@@ -175,6 +185,8 @@ class _Plan:
         widths = np.asarray(widths)
         ey = np.exp(-np.outer(self.qy2, widths)) * self.inv_ty[:, None] * amp[None, :]
         ex = np.exp(-np.outer(widths, self.qx2)) * self.inv_tx[None, :]
+        if d_b:
+            ey, ex = np.hstack([-0.25 * self.qy2[:, None] * ey, ey]), np.vstack([ex, -0.25 * self.qx2[None, :] * ex])
         xp = self.xp
         return xp.asarray(ey.astype(self.dtype)) @ xp.asarray(ex.astype(self.dtype))
 
@@ -351,65 +363,152 @@ def _spread(plan, grid, iy, ix, ty, tx, w, xp, spare=None):
         grid += g
 
 
-def _levels(b, b_step):
-    """B lattice level k (int) and interpolation fraction t for each atom."""
-    if b_step is None or b_step <= 0:
-        raise InputError("b_step_A2 must be > 0")
-    lb = b / b_step
-    k = np.floor(lb)
-    t = lb - k
-    return k.astype(np.int64), t
+#: default relative L2 error of the B representation per atom (:class:`_Groups`)
+B_TOLERANCE = 1e-4
+#: most Gaussians per element (the error at this many is reported, not refused)
+_MAX_B_TERMS = 12
+#: the B cotangent's relative error allowed, in units of the values' (``b_tolerance``)
+_B_DERIVATIVE_FACTOR = 10.0
+#: half-width (Å²) added around the atoms' B range when a B cotangent is asked for, so that the
+#: representation is accurate where the derivative looks
+_B_GRADIENT_MARGIN_A2 = 5.0
+
+
+def _band(px, shape=None, n=256):
+    """Samples s = q²/4 (Å⁻²) of a square-pixel grid's band and their weights (the share of the
+    grid's frequencies there). With ``shape`` (ny, nx): the grid's own frequencies, binned in
+    ``n`` bins of s (on a sub-grid of ≤ 2²⁰ points for large grids); without: the continuous
+    density up to the corner frequency (∝ q times the angular share of the Nyquist square)."""
+    qn = 0.5 / px
+    if shape is None:
+        q = (np.arange(n) + 0.5) * (math.sqrt(2.0) * qn / n)
+        frac = np.where(q <= qn, 1.0, 1.0 - 4.0 / math.pi * np.arccos(np.minimum(1.0, qn / q)))
+        return q * q / 4.0, np.maximum(q * frac, 0.0)
+    ny, nx = (int(k) for k in shape)
+    stride = max(1, int(math.ceil(math.sqrt(ny * (nx // 2 + 1) / 2 ** 20))))
+    qy2 = (np.fft.fftfreq(ny, d=px) ** 2)[::stride]
+    qx2 = (np.fft.rfftfreq(nx, d=px) ** 2)[::stride]
+    s2 = ((qy2[:, None] + qx2[None, :]) / 4.0).ravel()
+    cnt, edges = np.histogram(s2, bins=n, range=(0.0, float(s2.max()) * (1 + 1e-12)))
+    tot, _ = np.histogram(s2, bins=edges, weights=s2)
+    keep = cnt > 0
+    return tot[keep] / cnt[keep], cnt[keep].astype(np.float64)
+
+
+def _pivots(lo, hi, k):
+    """k Chebyshev extrema of [lo, hi] (the endpoints included)."""
+    return 0.5 * (lo + hi) - 0.5 * (hi - lo) * np.cos(np.pi * np.arange(k) / (k - 1))
+
+
+def _b_fit(z, b_values, band, tol):
+    """Gaussians standing in for e^{−Bs} over an element's B values (module docstring, B-factors).
+
+    Returns (pivots (K,), coefficients (n, K), their dB derivatives (n, K) or None, worst relative
+    error) for the atoms' ``b_values`` on the grid ``band`` (:func:`_band`). One B value: K = 1,
+    the pivot is that B (exact; the derivatives are None: the B cotangent then uses the exact dB
+    kernel). Several: e^{−Bs} ≈ Σₖ cₖ(B) e^{−B̃ₖ s} with Σₖ cₖ = 1 (the atom's integral stays
+    exact) and cₖ the least-squares fit over the band weighted by the frequency count ×
+    f_Z(q/2)² (so that the error is the atom's relative L2 error on the grid). The candidates
+    are 129 Chebyshev points of the atoms' B range widened by ``_B_GRADIENT_MARGIN_A2`` and
+    snapped outwards to its multiples (so that dcₖ/dB follows the true dB at the ends too, and
+    the pivots stay put while the B values move: the VJP is exact for the forward); the pivots
+    are the first K of a column-pivoted QR of the candidates' transforms (the most independent
+    ones, so the coefficients stay O(1): no cancellation in float32), K the fewest whose worst
+    error over the candidates and the atoms' B values is ≤ ``tol`` and whose worst error of the
+    dB derivative (Σₖ c′ₖ e^{−B̃ₖ s} against −s e^{−Bs}, relative) is ≤ ``_B_DERIVATIVE_FACTOR``
+    × ``tol`` (at most ``_MAX_B_TERMS``).
+    """
+    import scipy.linalg
+
+    b_values = np.asarray(b_values, dtype=np.float64)
+    lo, hi = float(b_values.min()), float(b_values.max())
+    n = len(b_values)
+    if hi - lo <= 1e-12 * max(1.0, hi):
+        return np.array([lo]), np.ones((n, 1)), None, 0.0
+    # the range, widened and snapped outwards to the margin's multiples: the pivots stay fixed
+    # while the B values move inside it, so the forward is smooth in B there and the B cotangent
+    # (dcₖ/dB) is its exact derivative
+    m = _B_GRADIENT_MARGIN_A2
+    lo, hi = max(0.0, math.floor(lo / m - 1.0) * m), math.ceil(hi / m + 1.0) * m
+    s, w = band
+    a, bb = E.scattering_params(z)
+    root = np.sqrt(w) * (a[:, None] * np.exp(-bb[:, None] * s[None, :])).sum(0)   # sqrt(weight)·f_Z
+    uniq, inv = np.unique(b_values, return_inverse=True)
+    cand = _pivots(lo, hi, 129)
+    y_cand = np.exp(-np.outer(s, cand)) * root[:, None]
+    _, _, order = scipy.linalg.qr(y_cand / np.linalg.norm(y_cand, axis=0), mode="economic", pivoting=True)
+    y_probe = np.hstack([y_cand, np.exp(-np.outer(s, uniq)) * root[:, None]])
+    norms = np.linalg.norm(y_probe, axis=0)
+    d_probe = -s[:, None] * y_probe          # d/dB of the transforms
+    d_norms = np.linalg.norm(d_probe, axis=0)
+    for k in range(2, _MAX_B_TERMS + 1):
+        piv = np.sort(cand[order[:k]])
+        A = np.exp(-np.outer(s, piv)) * root[:, None]
+        M = A[:, :-1] - A[:, -1:]          # Σ c = 1 eliminated: c_last = 1 − Σ_{<last} c
+        pinv = np.linalg.pinv(M)
+        resid = M @ (pinv @ (y_probe - A[:, -1:])) - (y_probe - A[:, -1:])
+        err = float((np.linalg.norm(resid, axis=0) / norms).max())
+        d_resid = M @ (pinv @ d_probe) - d_probe
+        d_err = float((np.linalg.norm(d_resid, axis=0) / d_norms).max())
+        if err <= tol and d_err <= _B_DERIVATIVE_FACTOR * tol:
+            break
+    y = np.exp(-np.outer(s, uniq)) * root[:, None]
+    c = pinv @ (y - A[:, -1:])
+    dc = pinv @ (-s[:, None] * y)
+    coef = np.vstack([c, 1.0 - c.sum(0)]).T
+    dcoef = np.vstack([dc, -dc.sum(0)]).T
+    return piv, coef[inv], dcoef[inv], err
 
 
 class _Groups:
-    """Atoms grouped by (element, B level) for one set of atoms: host-side bookkeeping."""
+    """Atoms grouped by (element, B Gaussian) for one set of atoms: host-side bookkeeping.
 
-    def __init__(self, elements, species, b_total, b_step, need_upper=False):
-        k, t = _levels(np.asarray(b_total, dtype=np.float64), b_step)
-        self.k, self.t = k, t
-        self.kmin = int(k.min()) if len(k) else 0
-        kmax = int(k.max()) if len(k) else 0
-        if need_upper or (len(t) and (t > 0).any()):
-            kmax += 1
-        self.nlev = kmax - self.kmin + 1
+    Each element's atoms carry coefficients on K Gaussians e^{−B̃ₖ s} (:func:`_b_fit`; K = 1
+    and the atoms' own B when they share one value); a group is one (element, B̃ₖ) pair.
+    """
+
+    def __init__(self, elements, species, b_total, band, tol=B_TOLERANCE):
+        if not (tol > 0):
+            raise InputError(f"b_tolerance {tol!r} must be > 0")
         self.species = species
         self.elements = np.asarray(elements, dtype=np.int64)
-        self.b_step = b_step
+        b_total = np.asarray(b_total, dtype=np.float64)
+        self.bounds = np.concatenate([[0], np.cumsum(np.bincount(self.elements, minlength=len(species)))])
+        self.fits = {}
+        for e, z in enumerate(species):
+            b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
+            if b1 > b0:
+                self.fits[e] = _b_fit(z, b_total[b0:b1], band, tol)
+
+    @property
+    def n_groups(self) -> int:
+        return sum(len(f[0]) for f in self.fits.values())
+
+    @property
+    def worst_error(self) -> float:
+        return max((f[3] for f in self.fits.values()), default=0.0)
 
     def entries(self, derivative=False):
-        """Yield (z, level B, atoms, level weights) per non-empty group. The elements must be
-        sorted; ``atoms`` is a slice (one level) or an index array, ``level weights`` None
-        (all 1) or an array.
+        """Yield (z, Gaussian B̃, atoms, coefficients) per group. The elements must be sorted;
+        ``atoms`` is the element's slice, ``coefficients`` None (all 1: one Gaussian) or an
+        array. ``derivative=True`` also yields the coefficients' derivatives d/dB (None for
+        a single Gaussian at the atoms' own B: its derivative is the exact dB kernel)."""
+        for e, (piv, coef, dcoef, _) in self.fits.items():
+            sl = slice(int(self.bounds[e]), int(self.bounds[e + 1]))
+            z = self.species[e]
+            for k, bk in enumerate(piv):
+                if len(piv) == 1:
+                    yield (z, float(bk), sl, None, None) if derivative else (z, float(bk), sl, None)
+                else:
+                    yield (z, float(bk), sl, coef[:, k], dcoef[:, k]) if derivative else (z, float(bk), sl, coef[:, k])
 
-        ``derivative=True`` (for a B cotangent) also yields the level weights' derivatives
-        d(weight)/dB (−1/ΔB for the lower level, +1/ΔB for the upper) as a fifth item, and puts
-        an atom on the lattice (t = 0) in its upper level too, with weight 0: its B derivative
-        is the one-sided (P_{k+1} − P_k)/ΔB.
-        """
-        lo = self.k - self.kmin
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(self.elements, minlength=len(self.species)))])
-        for e, z in enumerate(self.species):
-            b0, b1 = int(bounds[e]), int(bounds[e + 1])
-            if b1 == b0:
-                continue
-            if self.nlev == 1 and not derivative:
-                yield z, self.kmin * self.b_step, slice(b0, b1), None
-                continue
-            ids = np.arange(b0, b1)
-            lo_e, t_e = lo[b0:b1], self.t[b0:b1]
-            for lev in range(self.nlev):
-                # weight (1 − t) from atoms whose lower level is lev, t from those whose upper is lev
-                sel_lo = lo_e == lev
-                sel_hi = (lo_e == lev - 1) & ((t_e > 0) | derivative)
-                if not (sel_lo.any() or sel_hi.any()):
-                    continue
-                idx = np.concatenate([ids[sel_lo], ids[sel_hi]])
-                wl = np.concatenate([1.0 - t_e[sel_lo], t_e[sel_hi]])
-                if not derivative:
-                    yield z, (self.kmin + lev) * self.b_step, idx, wl
-                    continue
-                dwl = np.concatenate([np.full(int(sel_lo.sum()), -1.0), np.ones(int(sel_hi.sum()))]) / self.b_step
-                yield z, (self.kmin + lev) * self.b_step, idx, wl, dwl
+
+def group_count(species, elements, b_total, pixel_size_A, shape=None, tol=B_TOLERANCE) -> int:
+    """(element, B Gaussian) groups, i.e. Fourier transforms, of a projected potential of these
+    atoms on a grid of ``shape`` (default: the continuous band of the pixel size)."""
+    order = np.argsort(np.asarray(elements), kind="stable")
+    return _Groups(np.asarray(elements)[order], species, np.asarray(b_total)[order],
+                   _band(float(pixel_size_A), shape), tol).n_groups
 
 
 def n_slices(z_range_A, slice_thickness_A=None) -> int:
@@ -464,7 +563,7 @@ class _SliceAtoms:
     its arrays are views, not copies; ``perm`` maps back to the caller's order.
     """
 
-    def __init__(self, plan, xy, elements, species, weights, b_total, b_step, xp, need_upper=False):
+    def __init__(self, plan, xy, elements, species, weights, b_total, b_tolerance, xp):
         self.n = len(xy)
         self.species = species
         elements = np.asarray(elements)
@@ -474,7 +573,7 @@ class _SliceAtoms:
             xy, elements = xy[perm], elements[perm]
             weights, b_total = np.asarray(weights)[perm], np.asarray(b_total)[perm]
         self.elements = elements
-        self.groups = _Groups(self.elements, species, b_total, b_step, need_upper) if self.n else None
+        self.groups = _Groups(self.elements, species, b_total, plan.band, b_tolerance) if self.n else None
         if self.n:
             self.iy, self.ix, self.ty, self.tx, self.inside = _corners(plan, xp.asarray(xy), xp, plan.dtype)
             self.w = xp.asarray(np.asarray(weights, dtype=plan.dtype))
@@ -537,11 +636,12 @@ def _backward_slice(plan, sa, g, solvent_V, xp, need_xy=True, need_b=True):
 
     The forward is V = Σ_groups C_g(scatter_g) with C_g a circular convolution by a real,
     symmetric kernel (self-adjoint), so C_gᵀ g = irfft2(rfft2(g)·kernel_g): one rfft2 per slice
-    and one irfft2 per (element, B level) group, as many transforms as the forward. The
+    and one irfft2 per (element, B Gaussian) group, as many transforms as the forward. The
     scatter's adjoint is a gather with the same B-spline weights (:func:`_gather`, blocked over
-    the threads); differentiating the weights gives the position cotangent, the B-level
-    interpolation weights the B cotangent. ``need_xy``/``need_b``: which of the two to compute
-    (the derivative taps, and the upper levels of atoms on the lattice, only when asked).
+    the threads); differentiating the weights gives the position cotangent, the B Gaussians'
+    coefficients' dB derivatives the B cotangent (an element whose atoms share one B has one
+    Gaussian at that B: its B cotangent gathers with the exact dB kernel, one more irfft2).
+    ``need_xy``/``need_b``: which of the two to compute.
 
     Returns (d_xy (n, 2) or None, d_b (n,) or None, d_w (n,)) as host float64 arrays (d_w: per
     unit weight).
@@ -555,23 +655,28 @@ def _backward_slice(plan, sa, g, solvent_V, xp, need_xy=True, need_b=True):
     dtype = plan.dtype
     G = B.rfft2(xp.asarray(g, dtype=dtype))
     inside = B.to_numpy(sa.inside)
-    for entry in sa.groups.entries(derivative=need_b):
-        z, b_level, idx, wl = entry[:4]
+
+    def adjoint(z, b_level, d_b_kernel=False):
+        kern = plan.kernel(z, b_level, solvent_V, d_b=d_b_kernel)
+        return B.irfft2(G * kern, s=(plan.ny, plan.nx)).astype(dtype, copy=False).ravel()
+
+    for z, b_level, idx, wl, dwl in sa.groups.entries(derivative=True):
         sel = inside[idx]
         if not sel.all():  # atoms outside the field were not scattered
-            idx = (np.arange(idx.start, idx.stop) if isinstance(idx, slice) else idx)[sel]
-        if isinstance(idx, np.ndarray) and not len(idx):
-            continue
-        h = B.irfft2(G * plan.kernel(z, b_level, solvent_V), s=(plan.ny, plan.nx)).astype(dtype, copy=False)
+            idx = np.arange(idx.start, idx.stop)[sel]
+            if not len(idx):
+                continue
         iy, ix, ty, tx, _, _ = _gather_select(sa, idx, xp)
-        p, py, pxx = _gather(plan, h.ravel(), iy, ix, ty, tx, need_xy, xp)
+        p, py, pxx = _gather(plan, adjoint(z, b_level), iy, ix, ty, tx, need_xy, xp)
         lw = 1.0 if wl is None else wl[sel]
         d_w[idx] += lw * p
         if need_xy:
             d_xy[idx, 0] += lw * pxx
             d_xy[idx, 1] += lw * py
-        if need_b:
-            d_b[idx] += entry[4][sel] * p
+        if need_b and dwl is not None:
+            d_b[idx] += dwl[sel] * p
+        elif need_b:
+            d_b[idx] += _gather(plan, adjoint(z, b_level, True), iy, ix, ty, tx, False, xp)[0]
     wn = B.to_numpy(sa.w).astype(np.float64)
     if need_xy:
         d_xy *= (wn / plan.px)[:, None]
@@ -602,7 +707,7 @@ def _slices(positions, slice_thickness_A, z_range_A):
 
 
 def projected_potential(atoms, shape, pixel_size_A, *, slice_thickness_A=None, z_range_A=None,
-                        b_factor_A2=0.0, xp=np, dtype=np.float32, b_step_A2=5.0, solvent_V=0.0,
+                        b_factor_A2=0.0, xp=np, dtype=np.float32, b_tolerance=B_TOLERANCE, solvent_V=0.0,
                         scale=1.0, spread_order=3):
     """Projected potential per slice, (n_slices, ny, nx) in V·Å (see the module docstring).
 
@@ -621,8 +726,8 @@ def projected_potential(atoms, shape, pixel_size_A, *, slice_thickness_A=None, z
         Global B added to every atom's B.
     xp : module
         numpy or cupy.
-    b_step_A2 : float
-        Spacing of the B lattice (see the module docstring).
+    b_tolerance : float
+        Relative L2 error per atom allowed to the B Gaussians (module docstring, B-factors).
     solvent_V : float
         Mean inner potential of the embedding solvent (0 in vacuum; ``ice_potential_V()`` in
         ice) whose displaced volume each atom subtracts.
@@ -642,7 +747,7 @@ def projected_potential(atoms, shape, pixel_size_A, *, slice_thickness_A=None, z
         whole = len(idx) == a.n
         sl = slice(None) if whole else idx
         sa = _SliceAtoms(plan, pos[sl].astype(dtype, copy=False), a.elements[sl], a.species, w[sl],
-                         b_total[sl], b_step_A2, xp)
+                         b_total[sl], b_tolerance, xp)
         out[k] = _forward_slice(plan, sa, solvent_V, xp)
     return out
 
@@ -663,17 +768,17 @@ class ProjectedPotentialStage(Stage):
     """
 
     def __init__(self, atoms, shape, pixel_size_A, *, slice_thickness_A=None, z_range_A=None,
-                 b_factor_A2=0.0, b_step_A2=5.0, solvent_V=0.0, spread_order=3):
+                 b_factor_A2=0.0, b_tolerance=B_TOLERANCE, solvent_V=0.0, spread_order=3):
         a = _as_atoms(atoms)
         self.elements, self.species = a.elements.copy(), a.species
         self.occupancies = a.occupancies.astype(np.float64)
         self.shape = tuple(int(n) for n in shape)
         self.px = float(pixel_size_A)
         self.slice_thickness_A, self.z_range_A = slice_thickness_A, z_range_A
-        self.b_factor_A2, self.b_step, self.solvent_V = float(b_factor_A2), float(b_step_A2), float(solvent_V)
+        self.b_factor_A2, self.b_tolerance, self.solvent_V = float(b_factor_A2), float(b_tolerance), float(solvent_V)
         self.order = spread_order
 
-    def _slice_atoms(self, plan, positions, b_factors, xp, need_upper):
+    def _slice_atoms(self, plan, positions, b_factors, xp):
         pos = B.to_numpy(positions).astype(np.float64)
         b_total = B.to_numpy(b_factors).astype(np.float64) + self.b_factor_A2
         if len(b_total) and b_total.min() < 0:
@@ -682,15 +787,15 @@ class ProjectedPotentialStage(Stage):
         out = []
         for idx in groups:
             out.append((idx, _SliceAtoms(plan, pos[idx, :2].astype(plan.dtype), self.elements[idx],
-                                         self.species, self.occupancies[idx], b_total[idx], self.b_step,
-                                         xp, need_upper)))
+                                         self.species, self.occupancies[idx], b_total[idx], self.b_tolerance,
+                                         xp)))
         return out
 
     def forward(self, ctx, positions, b_factors, scale):
         xp = B.array_module(positions)
         dtype = B.real_dtype(positions.dtype)
         plan = _plan(self.shape, self.px, xp, dtype, self.order)
-        sl = self._slice_atoms(plan, positions, b_factors, xp, need_upper=True)
+        sl = self._slice_atoms(plan, positions, b_factors, xp)
         P = xp.stack([_forward_slice(plan, sa, self.solvent_V, xp) for _, sa in sl])
         ctx.plan, ctx.slices, ctx.P, ctx.scale, ctx.n = plan, sl, P, scale, len(positions)
         ctx.xp = xp
@@ -725,7 +830,7 @@ class ProjectedPotentialStage(Stage):
         atoms = Atoms(pos, species_idx, (1, 6, 8), b, occ)
         out = []
         for kw in ({}, {"slice_thickness_A": 5.0, "z_range_A": (-7.0, 8.0), "solvent_V": 4.9},
-                   {"spread_order": 3, "b_step_A2": 3.0}):
+                   {"spread_order": 1, "b_tolerance": 1e-3}):
             stage = cls(atoms, (16, 20), 1.0, **kw)
             out.append((stage, (xp.asarray(pos.astype(dtype)), xp.asarray(b.astype(dtype)),
                                 xp.asarray(np.asarray(1.3, dtype=dtype)))))
@@ -918,7 +1023,7 @@ def slab_z_range(sample, shape, pixel_size_A, tilt_deg=0.0, tilt_axis_deg=0.0):
 
 
 # ------------------------------------------------------------------------------- volume
-def potential_volume(atoms, shape_zyx, voxel_size_A, *, b_factor_A2=0.0, b_step_A2=5.0, solvent_V=0.0,
+def potential_volume(atoms, shape_zyx, voxel_size_A, *, b_factor_A2=0.0, b_tolerance=B_TOLERANCE, solvent_V=0.0,
                      xp=np, dtype=np.float32):
     """3D potential map V(x, y, z) in volts on a (nz, ny, nx) grid centred like the images
     (voxel (k, i, j) at ((j − nx/2), (i − ny/2), (k − nz/2))·voxel). Same method in 3D: trilinear
@@ -939,7 +1044,7 @@ def potential_volume(atoms, shape_zyx, voxel_size_A, *, b_factor_A2=0.0, b_step_
     inv_t = [1 / np.sinc(np.fft.fftfreq(nz)) ** 2, 1 / np.sinc(np.fft.fftfreq(ny)) ** 2,
              1 / np.sinc(np.arange(nx // 2 + 1) / nx) ** 2]
     acc = np.zeros((nz, ny, nx // 2 + 1), dtype=np.complex128 if np.dtype(dtype) == np.float64 else np.complex64)
-    groups = _Groups(el, a.species, b_total, b_step_A2)
+    groups = _Groups(el, a.species, b_total, _band(vs), b_tolerance)
     for z, b_level, idx, wl in groups.entries():
         grid = np.zeros(nz * ny * nx)
         ii, tt, ww = i0[idx], t[idx], (w[idx] if wl is None else w[idx] * wl)

@@ -35,12 +35,38 @@ def test_grid_convention_pixel_centre():
 def test_b_factor_and_occupancy():
     px, n = 0.1, 256
     yy, xx = (np.mgrid[:n, :n] - n / 2) * px
-    # on the B lattice; half way between two levels of a 1 Å² lattice; of the default 5 Å² lattice
-    for b, step, tol in ((20.0, 5.0, 1e-5), (22.5, 1.0, 2e-4), (22.5, 5.0, 5e-3)):
-        v = P.projected_potential(_atom(0.03, 0.07, b=b, occ=0.5), (n, n), px, dtype=np.float64,
-                                  spread_order=3, b_step_A2=step)[0]
-        ref = 0.5 * E.projected_atom_potential(6, np.hypot(xx - 0.03, yy - 0.07), b)
-        assert np.linalg.norm(v - ref) / np.linalg.norm(ref) < tol
+    # one B: one exact Gaussian at that B
+    v = P.projected_potential(_atom(0.03, 0.07, b=22.5, occ=0.5), (n, n), px, dtype=np.float64, spread_order=3)[0]
+    ref = 0.5 * E.projected_atom_potential(6, np.hypot(xx - 0.03, yy - 0.07), 22.5)
+    assert np.linalg.norm(v - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def _two_atoms(b1, b2):
+    return S.Atoms(np.array([[-3.1, 0.4, 0.0], [2.7, -1.3, 0.0]]), [0, 0], (6,), [b1, b2], [1.0, 1.0])
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-4, 1e-5])
+def test_atoms_with_different_b_are_within_the_b_tolerance_of_their_exact_potentials(tol):
+    px, n = 0.5, 96
+    atoms = _two_atoms(2.0, 100.0)   # the B range of an X-ray model (1F2N: 2 to 100 Å²)
+    v = P.projected_potential(atoms, (n, n), px, dtype=np.float64, b_tolerance=tol)[0]
+    for k, b in enumerate((2.0, 100.0)):
+        one = P.projected_potential(atoms.select(slice(k, k + 1)), (n, n), px, dtype=np.float64)[0]  # exact B
+        other = P.projected_potential(atoms.select(slice(1 - k, 2 - k)), (n, n), px, dtype=np.float64)[0]
+        err = np.linalg.norm(v - other - one) / np.linalg.norm(one)
+        assert err < tol
+    # the integral of each atom stays exact (the Gaussians' coefficients sum to 1)
+    assert v.sum() * px * px == pytest.approx(2 * E.POTENTIAL_CONSTANT_V_A2 * E.f0(6), rel=1e-9)
+
+
+def test_b_gaussians_per_element_do_not_grow_with_the_number_of_distinct_b():
+    rng = np.random.default_rng(0)
+    counts = []
+    for n_b in (2, 20, 2000):
+        b = rng.uniform(2.0, 100.0, n_b)
+        counts.append(P.group_count((6,), np.zeros(n_b, int), b, 1.0))
+    assert counts[-1] <= 8                 # a 5 Å² lattice needed 21 levels over 2–100 Å²
+    assert counts[-1] - counts[1] <= 1
 
 
 def test_tmv_fragment_matches_exact_fourier_sum():
