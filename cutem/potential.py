@@ -371,7 +371,7 @@ def _spread(plan, grid, iy, ix, ty, tx, w, xp, spare=None):
 #: scatter's own error is larger (9e-4 on TMV at 1 Å; 3e-2 on 1F2N, whose B = 2 Å² atoms alias)
 B_TOLERANCE = 1e-3
 #: relative error allowed to the dB derivative of the B representation (the B cotangent)
-_B_DERIVATIVE_TOLERANCE = 3e-3
+_B_DERIVATIVE_TOLERANCE = 1e-2
 #: half-width (Å²) added around the atoms' B range, so that the representation is accurate where
 #: a B derivative looks (and the pivots stay put while the B values move inside it)
 _B_MARGIN_A2 = 5.0
@@ -492,9 +492,8 @@ def _b_pivots(z, lo, hi, band, tol, p):
 def _b_fit(z, b_values, band, tol, fft_cost_atoms, spread=False):
     """The B representation of an element's atoms (module docstring, B-factors).
 
-    Returns (pivots (K,), window starts (n,), coefficients (n, w), their dB derivatives (n, w)
-    or None, worst relative error), w = p + 1 (:func:`_b_table`). One B value: one pivot at that
-    B (exact; the derivatives are None, see :meth:`_Groups.entries`), unless ``spread``.
+    Returns a :class:`_BFit`. One B value: one pivot at that B (exact, see
+    :meth:`_Groups.entries`), unless ``spread``.
     Several: each atom's e^{−Bs} ≈
     Σ cₖ(B) e^{−B̃ₖ s} over its p nearest pivots, Σ cₖ = 1 (the atom's integral stays exact),
     cₖ the least-squares fit over the grid's band weighted by the frequency count × f_Z(q/2)²
@@ -508,7 +507,7 @@ def _b_fit(z, b_values, band, tol, fft_cost_atoms, spread=False):
     lo, hi = float(b_values.min()), float(b_values.max())
     n = len(b_values)
     if hi - lo <= 1e-12 * max(1.0, hi) and not spread:
-        return np.array([lo]), np.zeros(n, dtype=np.int64), np.ones((n, 1)), None, 0.0
+        return _BFit(np.array([lo]))
     m, o = _B_MARGIN_A2, _B_SNAP_OFFSET
     lo, hi = max(0.0, (math.floor(lo / m - o) - 1 + o) * m), (math.ceil(hi / m - o) + 1 + o) * m
     best = None
@@ -518,22 +517,62 @@ def _b_fit(z, b_values, band, tol, fft_cost_atoms, spread=False):
         if best is None or cost < best[0]:
             best = (cost, p, piv, err)
     _, p, piv, err = best
-    nodes, s0, left, right = _b_table(int(z), lo, hi, band, float(tol), p)
+    nodes, left, right = _b_table(int(z), lo, hi, band, float(tol), p)
     # the coefficients are read off a table over the range, linearly interpolated: O(n) for
     # millions of atoms, smooth in B, and their derivative is the table's slope exactly
     step = nodes[1] - nodes[0]
     u = (b_values - lo) / step
-    i = np.clip(np.floor(u).astype(np.int64), 0, len(nodes) - 2)
-    f = (u - i)[:, None]
-    slope = right[i] - left[i]
-    return piv, s0[i], left[i] + f * slope, slope / step, err
+    cell = np.clip(np.floor(u).astype(np.int64), 0, len(nodes) - 2)
+    return _BFit(piv, cell, u - cell, left, (right - left) / step, step, err)
+
+
+class _BFit:
+    """An element's B representation: pivots, and per atom its table cell and the fraction
+    across it; pivot k's coefficient of an atom in cell c at fraction f is
+    left[k, c] + f·step·slope[k, c], its dB derivative slope[k, c]. One pivot: every
+    coefficient is 1 (``cell`` None).
+
+    Each atom uses a window of at most ``width`` consecutive pivots from its first, ``k0``;
+    ``order`` sorts the atoms by ``k0`` (stable: file order, i.e. spatial coherence, within),
+    after which (:meth:`permute`) every pivot's atoms are one contiguous range.
+    """
+
+    def __init__(self, piv, cell=None, frac=None, left=None, slope=None, step=1.0, err=0.0):
+        self.piv, self.cell, self.frac, self.left, self.slope, self.step, self.err = (
+            piv, cell, frac, left, slope, step, err)
+        self.order = None
+        if cell is not None:
+            used = (left != 0) | (slope != 0)                    # (K, cells)
+            first = used.argmax(axis=0)                          # each cell's first pivot
+            self.width = int((used.shape[0] - used[::-1].argmax(axis=0) - first).max())
+            self.k0 = first.astype(np.int16)[cell]
+            order = np.argsort(self.k0, kind="stable")
+            self.order = None if (np.diff(order) > 0).all() else order
+            self.bounds = np.searchsorted(self.k0[order], np.arange(len(piv) + 1))
+
+    def permute(self, order):
+        """Reorder the atoms (``order`` from :attr:`order`)."""
+        self.cell, self.frac, self.k0 = self.cell[order], self.frac[order], self.k0[order]
+        self.order = None
+
+    def groups(self, b0):
+        """(pivot, atoms (a slice, offset by b0), coefficients, their dB derivatives) of each
+        pivot with atoms; the atoms must be in :attr:`order`."""
+        if self.order is not None:
+            raise RuntimeError("_BFit.groups needs the atoms sorted by their first pivot")
+        for k, bk in enumerate(self.piv):
+            a, b = int(self.bounds[max(k - self.width + 1, 0)]), int(self.bounds[k + 1])
+            if a == b:
+                continue
+            c = self.cell[a:b]
+            d = self.slope[k][c]
+            yield float(bk), slice(b0 + a, b0 + b), self.left[k][c] + (self.frac[a:b] * self.step) * d, d
 
 
 def _b_table(z, lo, hi, band, tol, p, n_nodes=1025):
-    """Coefficients of :func:`_window_fits` on ``n_nodes`` evenly spaced B of [lo, hi] (cached),
-    as per-cell windows: cell i (between nodes i and i+1) starts at pivot ``s0[i]`` and holds
-    p + 1 coefficients at its left and right node (a window change inside the cell needs one
-    more pivot; the coefficient of a pivot outside a node's window is 0)."""
+    """Coefficients of :func:`_window_fits` on ``n_nodes`` evenly spaced B of [lo, hi] (cached):
+    (nodes, left (K, cells), right (K, cells)), the coefficients of every pivot at each cell's
+    left and right node (0 outside the node's window)."""
     key = (z, lo, hi, tol, p, n_nodes, band[0].tobytes(), band[1].tobytes())
     hit = _BASES.get(key)
     if hit is not None:
@@ -541,14 +580,9 @@ def _b_table(z, lo, hi, band, tol, p, n_nodes=1025):
     piv, _ = _b_pivots(z, lo, hi, band, tol, p)
     nodes = np.linspace(lo, hi, n_nodes)
     start, coef, _, _, _ = _window_fits(z, piv, p, band, nodes)
-    width = min(p + 1, len(piv))
-    dense = np.zeros((n_nodes, len(piv) + 1))
+    dense = np.zeros((n_nodes, len(piv)))
     np.put_along_axis(dense, start[:, None] + np.arange(p)[None, :], coef, axis=1)
-    s0 = np.minimum(np.minimum(start[:-1], start[1:]), len(piv) - width)
-    cols = s0[:, None] + np.arange(width)[None, :]
-    left = np.take_along_axis(dense[:-1], cols, axis=1)
-    right = np.take_along_axis(dense[1:], cols, axis=1)
-    out = _BASES[key] = (nodes, s0, left, right)
+    out = _BASES[key] = (nodes, np.ascontiguousarray(dense[:-1].T), np.ascontiguousarray(dense[1:].T))
     return out
 
 
@@ -575,24 +609,32 @@ class _Groups:
             if b1 > b0:
                 self.fits[e] = _b_fit(z, self.b_total[b0:b1], band, tol, self.fft_cost)
 
+    def order(self):
+        """The permutation that sorts each element's atoms by first pivot (None: sorted), applied
+        to the fits (the caller applies it to its own arrays)."""
+        parts, moved = [], False
+        for e in range(len(self.species)):
+            b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
+            fit = self.fits.get(e)
+            if fit is not None and fit.order is not None:
+                parts.append(b0 + fit.order)
+                fit.permute(fit.order)
+                moved = True
+            else:
+                parts.append(np.arange(b0, b1))
+        if not moved:
+            return None
+        perm = np.concatenate(parts)
+        self.b_total = self.b_total[perm]
+        return perm
+
     @property
     def n_groups(self) -> int:
-        return sum(len(f[0]) for f in self.fits.values())
+        return sum(len(f.piv) for f in self.fits.values())
 
     @property
     def worst_error(self) -> float:
-        return max((f[4] for f in self.fits.values()), default=0.0)
-
-    @staticmethod
-    def _groups_of(fit, b0):
-        piv, start, coef, dcoef, _ = fit
-        w = coef.shape[1]
-        for k, bk in enumerate(piv):
-            j = k - start
-            sel = np.flatnonzero((j >= 0) & (j < w))
-            sel = sel[coef[sel, j[sel]] != 0]   # outside the atom's window: not scattered
-            if len(sel):
-                yield float(bk), b0 + sel, coef[sel, j[sel]], dcoef[sel, j[sel]]
+        return max((f.err for f in self.fits.values()), default=0.0)
 
     def entries(self, derivative=False):
         """Yield (z, pivot B̃, atoms, coefficients) per group. The elements must be sorted;
@@ -612,19 +654,19 @@ class _Groups:
         for e, fit in self.fits.items():
             b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
             z = self.species[e]
-            if len(fit[0]) > 1:
-                for bk, idx, wl, dwl in self._groups_of(fit, b0):
+            if len(fit.piv) > 1:
+                for bk, idx, wl, dwl in fit.groups(b0):
                     yield (z, bk, idx, wl, dwl, True) if derivative else (z, bk, idx, wl)
                 continue
             sl = slice(b0, b1)
             if not derivative:
-                yield z, float(fit[0][0]), sl, None
+                yield z, float(fit.piv[0]), sl, None
                 continue
-            yield z, float(fit[0][0]), sl, None, ("exact" if b1 - b0 == 1 else None), True
+            yield z, float(fit.piv[0]), sl, None, ("exact" if b1 - b0 == 1 else None), True
             if b1 - b0 == 1:
                 continue
             spread = _b_fit(z, self.b_total[b0:b1], self.band, self.tol, self.fft_cost, spread=True)
-            for bk, idx, _, dwl in self._groups_of(spread, b0):
+            for bk, idx, _, dwl in spread.groups(b0):
                 yield z, bk, idx, None, dwl, False
 
 
@@ -684,9 +726,10 @@ def _as_atoms(atoms):
 class _SliceAtoms:
     """The atoms of one slice, ready to scatter: device arrays plus host-side grouping.
 
-    The atoms are reordered by element (a stable radix sort: within an element they keep their
-    file order, which is spatially coherent), so that each element is a contiguous range and
-    its arrays are views, not copies; ``perm`` maps back to the caller's order.
+    The atoms are reordered by element and, within an element, by their first B pivot (stable
+    radix sorts: otherwise they keep their file order, which is spatially coherent), so that
+    each group is a contiguous range and its arrays are views, not copies; ``perm`` maps back
+    to the caller's order.
     """
 
     def __init__(self, plan, xy, elements, species, weights, b_total, b_tolerance, xp):
@@ -701,6 +744,11 @@ class _SliceAtoms:
         self.elements = elements
         self.groups = (_Groups(self.elements, species, b_total, plan.band, b_tolerance, plan.ny * plan.nx)
                        if self.n else None)
+        # then by first B pivot within each element, so that each group's atoms are one range
+        sub = self.groups.order() if self.n else None
+        if sub is not None:
+            xy, weights = xy[sub], np.asarray(weights)[sub]
+            self.perm = sub if self.perm is None else self.perm[sub]
         if self.n:
             self.iy, self.ix, self.ty, self.tx, self.inside = _corners(plan, xp.asarray(xy), xp, plan.dtype)
             self.w = xp.asarray(np.asarray(weights, dtype=plan.dtype))
@@ -1175,6 +1223,9 @@ def potential_volume(atoms, shape_zyx, voxel_size_A, *, b_factor_A2=0.0, b_toler
              1 / np.sinc(np.arange(nx // 2 + 1) / nx) ** 2]
     acc = np.zeros((nz, ny, nx // 2 + 1), dtype=np.complex128 if np.dtype(dtype) == np.float64 else np.complex64)
     groups = _Groups(el, a.species, b_total, _band(vs), b_tolerance, nz * ny * nx)
+    sub = groups.order()
+    if sub is not None:
+        i0, t, w = i0[sub], t[sub], w[sub]
     for z, b_level, idx, wl in groups.entries():
         grid = np.zeros(nz * ny * nx)
         ii, tt, ww = i0[idx], t[idx], (w[idx] if wl is None else w[idx] * wl)
