@@ -362,31 +362,12 @@ def cryojax_gradients(rows, python, repeats=3):
 
 
 def write_grad_results(rows, extra_lines, argv, csv_path=None, load_start=None):
-    RESULTS.mkdir(exist_ok=True)
-    csv_path = Path(csv_path or RESULTS / "bench_grad.csv")
-    txt_path = csv_path.with_suffix(".txt")
-    from cutem import io
-
-    with io.atomic_path(csv_path, suffix=".csv") as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=GRAD_COLUMNS)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: r.get(k) for k in GRAD_COLUMNS})
-    head = [f"command: {' '.join(argv)}",
-            f"machine: {device_name(rows[0]['device'].split()[0] if rows else None)}, {platform.platform()}, "
-            f"python {platform.python_version()}, numpy {np.__version__}",
-            f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at the start "
-            f"{load_start if load_start is not None else float('nan'):.1f}, at the end {os.getloadavg()[0]:.1f} on "
-            f"{os.cpu_count()} cores",
-            "forward s = one cutem.simulate micrograph (scene built once); each family: "
+    note = ("forward s = one cutem.simulate micrograph (scene built once); each family: "
             "value_and_grad_image(mean squared difference to that micrograph) / forward of the same round, "
             "median [min, max] over the rounds; families: " +
-            "; ".join(f"{k} = {', '.join(v)}" for k, v in GRAD_WRT.items()), ""]
-    text = "\n".join(head) + format_grad_table(rows) + ("\n\n" + "\n".join(extra_lines) if extra_lines else "") + "\n"
-    with io.atomic_path(txt_path, suffix=".txt") as tmp:
-        Path(tmp).write_text(text)
-    return text
+            "; ".join(f"{k} = {', '.join(v)}" for k, v in GRAD_WRT.items()))
+    return write_results(rows, extra_lines, argv, csv_path or RESULTS / "bench_grad.csv", columns=GRAD_COLUMNS,
+                         table=format_grad_table, note=note, load_start=load_start)
 
 
 COLUMNS = ["case", "atoms", "grid", "method", "slices", "scene_s", "cold_s", "warm_s", *[f"{s}_s" for s in STAGES],
@@ -404,7 +385,13 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def write_results(rows, extra_lines, argv, csv_path=None, txt_path=None):
+NOTE = ("times in seconds (warm = sum of the stages on the second call; cold = first call in the process); "
+        "atoms/s = atoms / potential time; peak = tracemalloc peak of a whole simulate() in a fresh process "
+        "(rss = its max RSS minus the RSS after imports); est. = cutem.memory estimate")
+
+
+def write_results(rows, extra_lines, argv, csv_path=None, txt_path=None, *, columns=COLUMNS, table=format_table,
+                  note=NOTE, load_start=None):
     RESULTS.mkdir(exist_ok=True)
     csv_path = Path(csv_path or RESULTS / "bench.csv")
     txt_path = Path(txt_path or csv_path.with_suffix(".txt"))
@@ -412,20 +399,18 @@ def write_results(rows, extra_lines, argv, csv_path=None, txt_path=None):
 
     with io.atomic_path(csv_path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w = csv.DictWriter(fh, fieldnames=columns)
             w.writeheader()
             for r in rows:
-                w.writerow({k: r.get(k) for k in COLUMNS})
+                w.writerow({k: r.get(k) for k in columns})
+    start = "" if load_start is None else f"at the start {load_start:.1f}, "
     head = [f"command: {' '.join(argv)}",
             f"machine: {device_name(rows[0]['device'].split()[0] if rows else None)}, {platform.platform()}, "
             f"python {platform.python_version()}, numpy {np.__version__}",
-            f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at the end "
+            f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {start}at the end "
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs on a shared machine slow every number)",
-            "times in seconds (warm = sum of the stages on the second call; cold = first call in the process); "
-            "atoms/s = atoms / potential time; peak = tracemalloc peak of a whole simulate() in a fresh process "
-            "(rss = its max RSS minus the RSS after imports); "
-            "est. = cutem.memory estimate", ""]
-    text = "\n".join(head) + format_table(rows) + ("\n\n" + "\n".join(extra_lines) if extra_lines else "") + "\n"
+            note, ""]
+    text = "\n".join(head) + table(rows) + ("\n\n" + "\n".join(extra_lines) if extra_lines else "") + "\n"
     with io.atomic_path(txt_path, suffix=".txt") as tmp:
         Path(tmp).write_text(text)
     return text
