@@ -654,9 +654,10 @@ class _Groups:
         point where the representation switches (moving one atom's B spreads them over
         pivots): their B cotangent is the derivative of the spread representation there (the
         limit of the cotangents of nearby B values, and what finite differences in a generic
-        direction see), from the groups of that representation, with coefficients 0. A single
-        atom stays exact whatever its B: d coefficients/dB is the string ``"exact"``, the
-        cotangent of the exact dB kernel.
+        direction see); as they share dcₖ/dB, that is one derivative-only group whose pivot is
+        the combination ((B̃ₖ, c′ₖ), ...) (one transform of Σₖ c′ₖ·kernelₖ). A single atom stays
+        exact whatever its B: d coefficients/dB is the string ``"exact"``, the cotangent of the
+        exact dB kernel.
         """
         for e, fit in self.fits.items():
             b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
@@ -672,9 +673,10 @@ class _Groups:
             yield z, float(fit.piv[0]), sl, None, ("exact" if b1 - b0 == 1 else None), True
             if b1 - b0 == 1:
                 continue
-            spread = _b_fit(z, self.b_total[b0:b1], self.band, self.tol, self.fft_cost, spread=True)
-            for bk, idx, _, dwl in spread.groups(b0):
-                yield z, bk, idx, None, dwl, False
+            # every atom has the same B, hence the same dcₖ/dB: one combined kernel Σₖ c′ₖ·kernelₖ
+            spread = _b_fit(z, self.b_total[b0:b0 + 1], self.band, self.tol, self.fft_cost, spread=True)
+            combo = tuple((bk, float(dwl[0])) for bk, _, _, dwl in spread.groups(0))
+            yield z, combo, sl, None, np.ones(b1 - b0), False
 
 
 def group_count(species, elements, b_total, pixel_size_A, shape, tol=B_TOLERANCE) -> int:
@@ -825,25 +827,27 @@ def _backward_slice(plan, sa, g, solvent_V, xp, need_xy=True, need_b=True):
     Gaussian at that B: its B cotangent gathers with the exact dB kernel, one more irfft2).
     ``need_xy``/``need_b``: which of the two to compute.
 
-    Returns (d_xy (n, 2) or None, d_b (n,) or None, d_w (n,)) as host float64 arrays (d_w: per
-    unit weight).
+    Returns (d_xy (n, 2) or None, d_b (n,) or None) as host float64 arrays.
     """
     n = sa.n
     d_xy = np.zeros((n, 2)) if need_xy else None
     d_b = np.zeros(n) if need_b else None
-    d_w = np.zeros(n)
     if n == 0:
-        return d_xy, d_b, d_w
+        return d_xy, d_b
     dtype = plan.dtype
     G = B.rfft2(xp.asarray(g, dtype=dtype))
     inside = B.to_numpy(sa.inside)
 
     def adjoint(z, b_level, d_b=False):
-        kern = plan.kernel(z, b_level, solvent_V, d_b)
+        if isinstance(b_level, tuple):   # a combination of pivots ((B̃, weight), ...)
+            kern = sum(c * plan.kernel(z, bk, solvent_V) for bk, c in b_level)
+        else:
+            kern = plan.kernel(z, b_level, solvent_V, d_b)
         return B.irfft2(G * kern, s=(plan.ny, plan.nx)).astype(dtype, copy=False).ravel()
 
     for z, b_level, idx, wl, dwl, value in sa.groups.entries(derivative=True):
-        if not (value or need_b):
+        multi = dwl is not None and not isinstance(dwl, str)   # its own B derivative
+        if not ((value and need_xy) or (need_b and dwl is not None)):
             continue
         sel = inside[idx]
         if not sel.all():  # atoms outside the field were not scattered
@@ -851,24 +855,22 @@ def _backward_slice(plan, sa, g, solvent_V, xp, need_xy=True, need_b=True):
             if not len(idx):
                 continue
         iy, ix, ty, tx, _, _ = _gather_select(sa, idx, xp)
-        p, py, pxx = _gather(plan, adjoint(z, b_level), iy, ix, ty, tx, need_xy and value, xp)
-        if value:
+        if value and need_xy or multi:
+            p, py, pxx = _gather(plan, adjoint(z, b_level), iy, ix, ty, tx, need_xy and value, xp)
+        if value and need_xy:
             lw = 1.0 if wl is None else wl[sel]
-            d_w[idx] += lw * p
-            if need_xy:
-                d_xy[idx, 0] += lw * pxx
-                d_xy[idx, 1] += lw * py
+            d_xy[idx, 0] += lw * pxx
+            d_xy[idx, 1] += lw * py
         if need_b and isinstance(dwl, str):   # one atom: the exact dB kernel
             d_b[idx] += _gather(plan, adjoint(z, b_level, True), iy, ix, ty, tx, False, xp)[0]
-        elif need_b and dwl is not None:
+        elif need_b and multi:
             d_b[idx] += dwl[sel] * p
     wn = B.to_numpy(sa.w).astype(np.float64)
     if need_xy:
         d_xy *= (wn / plan.px)[:, None]
     if need_b:
         d_b *= wn
-    return (None if d_xy is None else sa.unpermute(d_xy), None if d_b is None else sa.unpermute(d_b),
-            sa.unpermute(d_w))
+    return None if d_xy is None else sa.unpermute(d_xy), None if d_b is None else sa.unpermute(d_b)
 
 
 def _prepare(atoms, b_factor_A2, scale):
@@ -998,7 +1000,7 @@ class ProjectedPotentialStage(Stage):
         if need_xy or need_b:
             s = float(B.to_numpy(ctx.scale))
             for k, (idx, sa) in enumerate(ctx.slices):
-                dxy, db, _ = _backward_slice(plan, sa, g[k], self.solvent_V, xp, need_xy, need_b)
+                dxy, db = _backward_slice(plan, sa, g[k], self.solvent_V, xp, need_xy, need_b)
                 if need_xy:
                     d_pos[idx, :2] = dxy * s
                 if need_b:
