@@ -57,7 +57,7 @@ from .imaging import slice_count
 #: bytes per atom at the start of the atom potential (positions, sorting, per-atom scatter
 #: arrays of every atom at once; the taps are made per block of atoms, not for all) ...
 ATOM_BYTES = 150
-#: ... and while the (element, B level) groups are scattered one by one (the cache of Fourier
+#: ... and while the (element, B pivot) groups are scattered one by one (the cache of Fourier
 #: kernels grows meanwhile)
 ATOM_LOOP_BYTES = 46
 #: bytes per atom alive after the potential (the tilt's positions and what is left of them)
@@ -67,7 +67,7 @@ SCENE_ATOM_BYTES = 12
 #: bytes per pixel of the Fourier accumulation of the atom potential (float32 run)
 POTENTIAL_GRID_BYTES = 25
 #: bytes per pixel of one cached Fourier kernel (real half spectrum, float32) and the cache's cap
-#: (cutem.potential._Plan.KERNEL_CACHE_BYTES); one kernel per (element, B level) group
+#: (cutem.potential._Plan.KERNEL_CACHE_BYTES); one kernel per (element, B pivot) group
 KERNEL_BYTES = 2
 KERNEL_CACHE_CAP = 512 * 2 ** 20
 #: bytes per pixel that the first image of a grid leaves in caches (plans, frequency grids)

@@ -34,7 +34,7 @@ def config(method):
                    mtf_alpha=10.0, mtf_beta=40.0, gain=2.0)
     part = ParticleSpec(name="cp", structure=SUBUNIT, placement="list", positions_A=((0.0, 0.0, 0.0),),
                         orientations_deg=((0.0, 30.0, 0.0),))
-    # B = 90 Å² (the file's) + 0: on every B lattice, so the forward is exact whatever the grouping
+    # B = 90 Å² (the file's) for every atom: exact under the old 5 Å² lattice and the new single Gaussian alike
     return RunConfig(optics=Optics(voltage_kV=300, defocus_u_A=15000, defocus_v_A=13000, astigmatism_angle_deg=20,
                                    cs_mm=2.7, illumination_angle_mrad=0.05, energy_spread_eV=0.8),
                      detector=det, sample=Sample(thickness_center_A=200, thickness_edge_A=300, ice=True),

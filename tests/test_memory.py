@@ -126,7 +126,7 @@ def test_free_memory_and_sizes(monkeypatch):
     with pytest.raises(InputError):
         M.parse_bytes("lots")
     scene = P.build_scene(_cfg())
-    # TMV: every atom has B = 90 Å² (a lattice level): one group per element
+    # TMV: every atom has B = 90 Å²: one exact Gaussian, one group per element
     assert M.kernel_groups(scene, _cfg()) == len(scene._static_arrays()[0])
 
 
