@@ -820,12 +820,12 @@ def _backward_slice(plan, sa, g, solvent_V, xp, need_xy=True, need_b=True):
 
     The forward is V = Σ_groups C_g(scatter_g) with C_g a circular convolution by a real,
     symmetric kernel (self-adjoint), so C_gᵀ g = irfft2(rfft2(g)·kernel_g): one rfft2 per slice
-    and one irfft2 per (element, B Gaussian) group, as many transforms as the forward. The
+    and one irfft2 per (element, B pivot) group, as many transforms as the forward. The
     scatter's adjoint is a gather with the same B-spline weights (:func:`_gather`, blocked over
-    the threads); differentiating the weights gives the position cotangent, the B Gaussians'
-    coefficients' dB derivatives the B cotangent (an element whose atoms share one B has one
-    Gaussian at that B: its B cotangent gathers with the exact dB kernel, one more irfft2).
-    ``need_xy``/``need_b``: which of the two to compute.
+    the threads); differentiating the weights gives the position cotangent, the pivots'
+    coefficients' dB derivatives the B cotangent (an element whose atoms share one B: one
+    transform of the combined derivative kernel, :meth:`_Groups.entries`). ``need_xy``/``need_b``:
+    which of the two to compute; the groups only the other one needs are skipped.
 
     Returns (d_xy (n, 2) or None, d_b (n,) or None) as host float64 arrays.
     """

@@ -103,6 +103,34 @@ def test_threaded_block_scatter_equals_one_block_including_wrapped_edges(order, 
     assert np.linalg.norm(many - ref) / np.linalg.norm(ref) < (4e-2 if order == 1 else 2e-2)
 
 
+@pytest.mark.parametrize("order", [1, 3])
+def test_threaded_block_gather_equals_one_block_including_wrapped_edges(order, monkeypatch, engine_threads):
+    # the VJP's gather (positions and B cotangents) split over threads in blocks, edge atoms too
+    rng = np.random.default_rng(12)
+    n = 3000
+    pos = np.column_stack([rng.uniform(-16, 16, n), rng.uniform(-12, 12, n), np.zeros(n)])
+    pos[:200, 0] = rng.choice([-16.0, -15.4, 14.2, 15.9], 200)
+    b = rng.uniform(10.0, 60.0, n)
+    atoms = Atoms(pos, rng.integers(0, 3, n), (6, 7, 8), b, np.ones(n))
+    st = P.ProjectedPotentialStage(atoms, (24, 32), 1.0, spread_order=order)
+    g = rng.standard_normal((1, 24, 32))
+    inputs = (pos, b, np.asarray(1.0))
+
+    def cotangents():
+        out, ctx = st.apply(*inputs)
+        return st.cotangents(ctx, g, inputs)[:2]
+
+    engine_threads(1)
+    monkeypatch.setattr(P, "_SPREAD_BLOCK", 10 ** 9)
+    one = cotangents()
+    engine_threads(2)
+    monkeypatch.setattr(P, "_SPREAD_BLOCK", 97)
+    many = cotangents()
+    for a, c in zip(many, one):
+        assert np.abs(c).max() > 0
+        np.testing.assert_allclose(a, c, rtol=0, atol=1e-12 * np.abs(c).max())
+
+
 def test_slices_add_up_to_the_projection_and_hold_their_atoms():
     rng = np.random.default_rng(3)
     pos = rng.uniform(-8, 8, (40, 3))
