@@ -82,14 +82,18 @@ def test_tmv_fragment_matches_exact_fourier_sum():
     assert cubic.mean() == pytest.approx(ref.mean(), rel=1e-9)
 
 
-@pytest.mark.parametrize("order", [1, 3])
-def test_threaded_block_scatter_equals_one_block_including_wrapped_edges(order, monkeypatch, engine_threads):
-    # atoms everywhere, many within two pixels of the edges where the cubic taps wrap around
-    rng = np.random.default_rng(11)
-    n = 3000
+def _edge_atoms(rng, b):
+    """Atoms everywhere on a 24×32 field at 1 Å, many within two pixels of the edges where the
+    cubic taps wrap around."""
+    n = len(b)
     pos = np.column_stack([rng.uniform(-16, 16, n), rng.uniform(-12, 12, n), np.zeros(n)])
     pos[:200, 0] = rng.choice([-16.0, -15.4, 14.2, 15.9], 200)
-    atoms = Atoms(pos, rng.integers(0, 3, n), (6, 7, 8), np.full(n, 30.0), np.ones(n))
+    return Atoms(pos, rng.integers(0, 3, n), (6, 7, 8), b, np.ones(n))
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_threaded_block_scatter_equals_one_block_including_wrapped_edges(order, monkeypatch, engine_threads):
+    atoms = _edge_atoms(np.random.default_rng(11), np.full(3000, 30.0))
     kw = dict(dtype=np.float64, spread_order=order)
     engine_threads(1)
     monkeypatch.setattr(P, "_SPREAD_BLOCK", 10 ** 9)
@@ -107,14 +111,10 @@ def test_threaded_block_scatter_equals_one_block_including_wrapped_edges(order, 
 def test_threaded_block_gather_equals_one_block_including_wrapped_edges(order, monkeypatch, engine_threads):
     # the VJP's gather (positions and B cotangents) split over threads in blocks, edge atoms too
     rng = np.random.default_rng(12)
-    n = 3000
-    pos = np.column_stack([rng.uniform(-16, 16, n), rng.uniform(-12, 12, n), np.zeros(n)])
-    pos[:200, 0] = rng.choice([-16.0, -15.4, 14.2, 15.9], 200)
-    b = rng.uniform(10.0, 60.0, n)
-    atoms = Atoms(pos, rng.integers(0, 3, n), (6, 7, 8), b, np.ones(n))
+    atoms = _edge_atoms(rng, rng.uniform(10.0, 60.0, 3000))
     st = P.ProjectedPotentialStage(atoms, (24, 32), 1.0, spread_order=order)
     g = rng.standard_normal((1, 24, 32))
-    inputs = (pos, b, np.asarray(1.0))
+    inputs = (atoms.positions, atoms.b_factors, np.asarray(1.0))
 
     def cotangents():
         out, ctx = st.apply(*inputs)
