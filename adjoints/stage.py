@@ -4,7 +4,11 @@ A :class:`Stage` is one differentiable step. Its configuration (grid shape, pixe
 size, anything not differentiated) is given to the constructor; its array inputs go
 to ``forward(ctx, *inputs)``, which returns one array and may save what the backward
 pass needs on ``ctx``. ``vjp(ctx, g)`` returns one cotangent per input (``None`` where
-an input is not differentiable). Linear stages (linear in their first input, the
+an input is not differentiable). Before ``vjp`` runs, ``ctx.needs`` holds one bool per
+input: whether anybody asked for that cotangent (the tape sets it from the inputs that lead
+to the watched values; outside a tape every input is needed). A stage may skip the work of
+a cotangent that is not needed and return ``None`` for it; an unneeded cotangent it does
+return is dropped. Linear stages (linear in their first input, the
 others held fixed) implement ``adjoint(ctx, y)`` instead and inherit a ``vjp`` built
 from it, so the dot test and the gradient use the same code.
 
@@ -119,7 +123,7 @@ class Stage:
 
     def vjp(self, ctx, g):
         if self.linear:
-            return (self.adjoint(ctx, g),) + (None,) * (ctx.n_inputs - 1)
+            return (self.adjoint(ctx, g) if ctx.needs[0] else None,) + (None,) * (ctx.n_inputs - 1)
         raise NotImplementedError
 
     def adjoint(self, ctx, y):
@@ -134,18 +138,24 @@ class Stage:
     # -- application -----------------------------------------------------------------
     def apply(self, *inputs):
         """Run the forward on plain arrays; returns ``(output, ctx)``."""
-        ctx = Context(n_inputs=len(inputs))
+        ctx = Context(n_inputs=len(inputs), needs=(True,) * len(inputs))
         out = self.forward(ctx, *inputs)
         return out, ctx
 
-    def cotangents(self, ctx, g, inputs):
-        """``vjp`` fitted to the inputs' shapes and fields."""
+    def cotangents(self, ctx, g, inputs, needs=None):
+        """``vjp`` fitted to the inputs' shapes and fields.
+
+        ``needs``: one bool per input, the cotangents wanted (default all); the stage sees it
+        as ``ctx.needs`` and the others come back as None.
+        """
+        needs = tuple(bool(n) for n in needs) if needs is not None else (True,) * len(inputs)
+        ctx.needs = tuple(n and i not in self.nondiff and is_differentiable(x)
+                          for i, (n, x) in enumerate(zip(needs, inputs)))
         gs = self.vjp(ctx, g)
         if len(gs) != len(inputs):
             raise RuntimeError(f"{type(self).__name__}.vjp returned {len(gs)} cotangents "
                                f"for {len(inputs)} inputs")
-        return tuple(None if (i in self.nondiff or not is_differentiable(x)) else fit_cotangent(gi, x)
-                     for i, (gi, x) in enumerate(zip(gs, inputs)))
+        return tuple(fit_cotangent(gi, x) if need else None for need, gi, x in zip(ctx.needs, gs, inputs))
 
     def __call__(self, *inputs):
         values = tuple(unwrap(x) for x in inputs)
@@ -229,7 +239,9 @@ class Tape:
     def gradient(self, y, wrt, seed=None):
         """Cotangents of ``wrt`` (a list of Vars) for output ``y`` (seed defaults to ones).
 
-        A Var that does not influence ``y`` gets zeros.
+        A Var that does not influence ``y`` gets zeros. Only the nodes on a path from ``wrt``
+        to ``y`` run their VJP, and each is told (``ctx.needs``) which of its inputs lie on
+        such a path: the cotangents of constants are never computed.
         """
         if not isinstance(y, Var) or y.tape is not self:
             raise ValueError("gradient: y was not computed on this tape")
@@ -239,12 +251,20 @@ class Tape:
         grads = {id(y): seed}
         keep = {id(y): y}  # holds the Vars alive so their ids stay unique
         wanted = {id(v) for v in wrt}
+        # the values that depend on a watched one (recording order is a topological order)
+        live = set(wanted)
+        for node in self.nodes:
+            if any(id(x) in live for x in node.inputs if isinstance(x, Var)):
+                live.add(id(node.output))
         for node in reversed(self.nodes):
             k_out = id(node.output)
             g = grads.get(k_out) if k_out in wanted else grads.pop(k_out, None)
             if g is None:
                 continue
-            cts = node.stage.cotangents(node.ctx, g, node.values)
+            needs = tuple(isinstance(x, Var) and x.tape is self and id(x) in live for x in node.inputs)
+            if not any(needs):
+                continue
+            cts = node.stage.cotangents(node.ctx, g, node.values, needs)
             for x, gx in zip(node.inputs, cts):
                 if gx is None or not isinstance(x, Var) or x.tape is not self:
                     continue

@@ -21,11 +21,13 @@ from .common import device_option
 @click.option("--repeats", type=int, default=1, show_default=True, help="Warm calls per case (best kept).")
 @click.option("--process", is_flag=True, help="Also time a cold `cutem simulate` of the 30-fragment 4096² scene.")
 @click.option("--peers", is_flag=True, help="Also run abTEM and cryoJAX (environment of validation/peers/setup.sh).")
+@click.option("--grad", is_flag=True, help="Loss+gradient time over one forward micrograph per parameter family "
+                                           "(defocus; MTF a, b, gain, dqe; positions; B-factors).")
 @click.option("--peers-python", default=None, help="Python of the peers environment (default /tmp/peers-venv).")
 @click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False),
               help="Output CSV (default ./cutem_bench.csv; a .txt is written beside it).")
 @device_option
-def bench(cases, quick, repeats, process, peers, peers_python, csv_path, device):
+def bench(cases, quick, repeats, process, peers, grad, peers_python, csv_path, device):
     """Time every stage and the whole pipeline on TMV and RYMV scenes; print and write the table."""
     script = Path(__file__).resolve().parents[1] / "validation" / "bench.py"
     if not script.is_file():
@@ -42,10 +44,12 @@ def bench(cases, quick, repeats, process, peers, peers_python, csv_path, device)
         argv.append("--process")
     if peers:
         argv.append("--peers")
+    if grad:
+        argv.append("--grad")
     if peers_python:
         argv += ["--peers-python", peers_python]
     # the working directory, not the checkout's validation/results (the recorded results)
-    argv += ["--csv", str(Path(csv_path or "cutem_bench.csv").resolve())]
+    argv += ["--csv", str(Path(csv_path or ("cutem_bench_grad.csv" if grad else "cutem_bench.csv")).resolve())]
     rc = subprocess.run([sys.executable, str(script), *argv]).returncode
     if rc:
         raise click.exceptions.Exit(rc)  # the suite has printed why (an unknown case, a failure)

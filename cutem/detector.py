@@ -126,27 +126,33 @@ def _t_term(p, y, derivs):
 
 
 def _mtf_core(x2, prm, derivs=False):
-    """MTF (gain included) on the grid x² and, optionally, its 8 parameter derivatives."""
+    """MTF (gain included) on the grid x² and, optionally, its parameter derivatives.
+
+    ``derivs``: False, True (all 8) or one bool per parameter (the derivatives wanted; the
+    others come back None and cost nothing).
+    """
     a, b, c, al, be, p, q, gain = prm
+    want = (False,) * 8 if derivs is False else (True,) * 8 if derivs is True else tuple(derivs)
     y1 = 1 + al * x2
     y2 = 1 + be * x2
-    t1, t1y, t1p = _t_term(p, y1, derivs)
-    t2, t2y, t2q = _t_term(q, y2, derivs)
+    # dT/dy, dT/dp are needed only for alpha, beta, p, q
+    t1, t1y, t1p = _t_term(p, y1, want[3] or want[5])
+    t2, t2y, t2q = _t_term(q, y2, want[4] or want[6])
     s = a + b + c
     inner = c + a * t1 + b * t2
     m = gain / s * inner
-    if not derivs:
+    if not any(want):
         return m, None
     k = gain / s
-    d = [k * t1 - m / s,              # a
-         k * t2 - m / s,              # b
-         k - m / s,                   # c
-         k * a * t1y * x2,            # alpha
-         k * b * t2y * x2,            # beta
-         k * a * t1p,                 # p
-         k * b * t2q,                 # q
-         inner / s]                   # gain
-    return m, d
+    make = (lambda: k * t1 - m / s,              # a
+            lambda: k * t2 - m / s,              # b
+            lambda: k - m / s,                   # c
+            lambda: k * a * t1y * x2,            # alpha
+            lambda: k * b * t2y * x2,            # beta
+            lambda: k * a * t1p,                 # p
+            lambda: k * b * t2q,                 # q
+            lambda: inner / s)                   # gain
+    return m, [f() if w else None for f, w in zip(make, want)]
 
 
 def _mtf_params(params, xp, dtype):
@@ -204,7 +210,8 @@ class ExpectedCounts(Stage):
         return intensity * (dose * self.pixel_area)
 
     def vjp(self, ctx, g):
-        return g * (ctx.dose * self.pixel_area), (g * ctx.i).sum() * self.pixel_area
+        return (g * (ctx.dose * self.pixel_area) if ctx.needs[0] else None,
+                (g * ctx.i).sum() * self.pixel_area if ctx.needs[1] else None)
 
     @classmethod
     def cases(cls, xp, dtype, rng):
@@ -241,10 +248,13 @@ class PathwiseNoise(Stage):
     def vjp(self, ctx, g):
         xp = B.array_module(g)
         gz = g if self.noise_filter is None else _fourier_filter(g, self.noise_filter)
-        # dz/dN̄ = ε/(2 sqrt(N̄ dqe)) = root·ε / (2 N̄)... written without dividing by 0:
-        safe = xp.where(ctx.pos, ctx.root * ctx.dqe, 1)
-        g_nbar = g + xp.where(ctx.pos, gz * self.eps / (2 * safe), 0)
-        g_dqe = -(gz * ctx.z).sum() / (2 * ctx.dqe)
+        g_nbar = g_dqe = None
+        if ctx.needs[0]:
+            # dz/dN̄ = ε/(2 sqrt(N̄ dqe)) = root·ε / (2 N̄)... written without dividing by 0:
+            safe = xp.where(ctx.pos, ctx.root * ctx.dqe, 1)
+            g_nbar = g + xp.where(ctx.pos, gz * self.eps / (2 * safe), 0)
+        if ctx.needs[1]:
+            g_dqe = -(gz * ctx.z).sum() / (2 * ctx.dqe)
         return g_nbar, g_dqe
 
     @classmethod
@@ -361,13 +371,15 @@ class MTF(Stage):
     def vjp(self, ctx, g):
         xp = B.array_module(g)
         G = B.rfft2(g)
-        g_counts = B.irfft2(G * ctx.m, s=ctx.shape)
+        g_counts = B.irfft2(G * ctx.m, s=ctx.shape) if ctx.needs[0] else None
+        if not any(ctx.needs[1:]):
+            return (g_counts,) + (None,) * 8
         n = ctx.shape[0] * ctx.shape[1]
         cross = (xp.conj(G) * ctx.spec).real
         cross = cross.reshape((-1,) + cross.shape[-2:]).sum(axis=0)
         cross = cross * _half_weights(ctx.shape[1], xp, ctx.rdt) / n
-        _, d = _mtf_core(_freq2_cycles(ctx.shape, xp, ctx.rdt), ctx.prm, derivs=True)
-        return (g_counts,) + tuple(xp.asarray((cross * di).sum(), dtype=ctx.rdt) for di in d)
+        _, d = _mtf_core(_freq2_cycles(ctx.shape, xp, ctx.rdt), ctx.prm, derivs=ctx.needs[1:])
+        return (g_counts,) + tuple(None if di is None else xp.asarray((cross * di).sum(), dtype=ctx.rdt) for di in d)
 
     @classmethod
     def cases(cls, xp, dtype, rng):
@@ -390,7 +402,7 @@ class ReadoutNoise(Stage):
         return image + sigma * self.eps
 
     def vjp(self, ctx, g):
-        return g, (g * self.eps).sum()
+        return g, (g * self.eps).sum() if ctx.needs[1] else None
 
     @classmethod
     def cases(cls, xp, dtype, rng):

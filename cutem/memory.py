@@ -22,6 +22,16 @@ count ``P`` (padded, oversampled), with ``S`` slices (1 for the phase object):
 
 plus the scene (``SCENE_ATOM_BYTES`` per atom: static element/B/occupancy arrays) and the
 result stack (8 bytes per detector pixel and tilt). float64 doubles every array term.
+
+A gradient (:func:`cutem.pipeline.value_and_grad_image`, ``gradient=`` the parameters) adds a
+fourth phase, 4. *backward*: the tape holds every stage's context (spectra, transfer, waves,
+counts) while the backward's cotangents and spectra are alive: ``GRAD_GRID_BYTES`` per pixel,
+plus, when an atom parameter (positions, B-factors, scale) is watched, the potential stage's
+per-atom arrays and the gathers (``GRAD_ATOM_BYTES`` per atom) and per slice its saved slices
+and the multislice's saved waves (``GRAD_SLICE_BYTES`` per pixel and slice). Atoms are not
+chunked in a gradient (the stage needs them all), so a gradient that does not fit is refused.
+The coefficients are tracemalloc peaks of value_and_grad_image on TMV scenes (512², 1024²,
+projection and multislice), rounded up (tests/test_memory.py checks a run against them).
 The coefficients were read off the code and checked against tracemalloc peaks
 (validation/bench.py writes estimate vs measured for every benchmark scene).
 
@@ -47,7 +57,7 @@ from .imaging import slice_count
 #: bytes per atom at the start of the atom potential (positions, sorting, per-atom scatter
 #: arrays of every atom at once; the taps are made per block of atoms, not for all) ...
 ATOM_BYTES = 150
-#: ... and while the (element, B level) groups are scattered one by one (the cache of Fourier
+#: ... and while the (element, B pivot) groups are scattered one by one (the cache of Fourier
 #: kernels grows meanwhile)
 ATOM_LOOP_BYTES = 46
 #: bytes per atom alive after the potential (the tilt's positions and what is left of them)
@@ -57,7 +67,7 @@ SCENE_ATOM_BYTES = 12
 #: bytes per pixel of the Fourier accumulation of the atom potential (float32 run)
 POTENTIAL_GRID_BYTES = 25
 #: bytes per pixel of one cached Fourier kernel (real half spectrum, float32) and the cache's cap
-#: (cutem.potential._Plan.KERNEL_CACHE_BYTES); one kernel per (element, B level) group
+#: (cutem.potential._Plan.KERNEL_CACHE_BYTES); one kernel per (element, B pivot) group
 KERNEL_BYTES = 2
 KERNEL_CACHE_CAP = 512 * 2 ** 20
 #: bytes per pixel that the first image of a grid leaves in caches (plans, frequency grids)
@@ -68,10 +78,17 @@ ICE_SLICE_BYTES = 30
 #: bytes per pixel of exit wave + optics + detector, and per pixel and slice in multislice
 IMAGE_GRID_BYTES = 72
 MULTISLICE_SLICE_BYTES = 1
+#: bytes per pixel of a gradient's backward phase (float32 run; measured 138–140 for a defocus
+#: gradient at 512² and 1024²) ...
+GRAD_GRID_BYTES = 150
+#: ... per atom when an atom parameter is watched (measured ≈ 100) ...
+GRAD_ATOM_BYTES = 120
+#: ... and per pixel and slice then (measured ≈ 11–17)
+GRAD_SLICE_BYTES = 16
+#: the parameters whose gradient puts the atoms on the tape (cutem.imaging)
+ATOM_PARAMS = ("positions", "b_factors", "potential_scale")
 #: what the model leaves out (Python objects, small arrays)
 FIXED_BYTES = 4 * 2 ** 20
-#: B lattice spacing of the potential's groups (cutem.potential.projected_potential's default)
-B_STEP_A2 = 5.0
 
 LIMIT_ENV = "CUTEM_MEMORY_LIMIT"
 
@@ -156,17 +173,16 @@ def _device_name(device) -> str:
     return B.resolve_device(device)
 
 
-def kernel_groups(scene, cfg, b_step_A2=B_STEP_A2) -> int:
-    """(element, B level) groups of a scene's atoms: one Fourier kernel each in the potential."""
+def kernel_groups(scene, cfg) -> int:
+    """(element, B pivot) groups of a scene's atoms (:func:`cutem.potential.group_count` on the
+    run's simulation grid): one Fourier kernel each in the potential."""
+    from .potential import group_count
+
     species, el, b, _ = scene._static_arrays()
     if len(el) == 0:
         return 0
-    bt = b.astype(np.float64) + cfg.simulation.b_factor_A2
-    lev = np.floor(bt / b_step_A2).astype(np.int64)
-    frac = bt / b_step_A2 - lev > 0
-    key = el.astype(np.int64) * (1 << 32)
-    pairs = np.unique(np.concatenate([key + lev, key[frac] + lev[frac] + 1]))
-    return int(len(pairs))
+    g = Grid.from_config(cfg)
+    return group_count(species, el, b.astype(np.float64) + cfg.simulation.b_factor_A2, g.pixel_size_A, g.shape)
 
 
 def _counts(n_atoms):
@@ -176,11 +192,12 @@ def _counts(n_atoms):
     return int(n_atoms), None
 
 
-def estimate(cfg, n_atoms, device=None, *, z_extent_A=None, atom_chunk=None, groups=None) -> Estimate:
-    """Peak memory of simulating ``cfg`` (module docstring).
+def estimate(cfg, n_atoms, device=None, *, z_extent_A=None, atom_chunk=None, groups=None, gradient=None) -> Estimate:
+    """Peak memory of simulating ``cfg`` (module docstring), or with ``gradient`` (the names of
+    the parameters differentiated) of one loss-and-gradient of an image.
 
     ``n_atoms``: the atom count, or the run's :class:`cutem.specimen.Scene` (which also
-    gives the number of (element, B level) groups, i.e. cached Fourier kernels; default 6).
+    gives the number of (element, B pivot) groups, i.e. cached Fourier kernels; default 6).
     """
     dev = device if device in ("cpu", "gpu") else _device_name(device)
     n, scene = _counts(n_atoms)
@@ -210,6 +227,11 @@ def estimate(cfg, n_atoms, device=None, *, z_extent_A=None, atom_chunk=None, gro
     if cfg.simulation.method == "multislice":
         img += k * MULTISLICE_SLICE_BYTES * S * P
     phases["image"] = retained + img
+    if gradient:
+        back = k * GRAD_GRID_BYTES * P
+        if any(p in ATOM_PARAMS for p in gradient):
+            back += GRAD_ATOM_BYTES * n + k * GRAD_SLICE_BYTES * S * P
+        phases["backward"] = retained + back
     return Estimate(int(max(phases.values())), {p: int(v) for p, v in phases.items()}, n, tuple(g.shape), S,
                     dev, chunk)
 
@@ -247,32 +269,39 @@ def _alternatives(cfg):
     return out
 
 
-def check(cfg, n_atoms, device=None, *, z_extent_A=None, available=None) -> Estimate:
+def check(cfg, n_atoms, device=None, *, z_extent_A=None, available=None, gradient=None) -> Estimate:
     """Estimate the peak and refuse (InputError, one line) when it cannot fit.
 
     Atoms are chunked as needed (the returned estimate's ``atom_chunk``); if the smallest
     chunk still does not fit, the message names the first setting of
-    :func:`_alternatives` whose estimate does.
+    :func:`_alternatives` whose estimate does. ``gradient``: the parameters of a
+    loss-and-gradient (no chunking when the atoms are on the tape).
     """
     dev = device if device in ("cpu", "gpu") else _device_name(device)
     avail = available_bytes(dev) if available is None else int(available)
-    est = estimate(cfg, n_atoms, dev, z_extent_A=z_extent_A)
+    gradient = tuple(gradient or ())
+    whole = any(p in ATOM_PARAMS for p in gradient)   # the potential stage takes every atom
+    est = estimate(cfg, n_atoms, dev, z_extent_A=z_extent_A, gradient=gradient)
     if est.peak <= avail:
         return est
-    chunk = atom_chunk(cfg, n_atoms, avail, dev, z_extent_A)
-    est = estimate(cfg, n_atoms, dev, z_extent_A=z_extent_A, atom_chunk=chunk)
+
+    def fitted(c):
+        ch = None if whole else atom_chunk(c, n_atoms, avail, dev, z_extent_A)
+        return estimate(c, n_atoms, dev, z_extent_A=z_extent_A, atom_chunk=ch, gradient=gradient)
+
+    est = fitted(cfg)
     if est.peak <= avail:
         return est
     hint = "a smaller detector or fewer atoms"
     for text, alt in _alternatives(cfg):
-        c = atom_chunk(alt, n_atoms, avail, dev, z_extent_A)
-        e = estimate(alt, n_atoms, dev, z_extent_A=z_extent_A, atom_chunk=c)
+        e = fitted(alt)
         if e.peak <= avail:
             hint = f"{text} would fit ({e.peak / 1e9:.2f} GB)"
             break
-    raise InputError(f"estimated peak memory {est.peak / 1e9:.2f} GB ({est.n_atoms} atoms, grid {est.grid_shape[0]}x"
-                     f"{est.grid_shape[1]}, {est.n_slices} slice(s)) exceeds the {avail / 1e9:.2f} GB free on "
-                     f"{dev}; {hint}")
+    what = f"a gradient for {', '.join(gradient)}" if gradient else "the run"
+    raise InputError(f"estimated peak memory of {what} {est.peak / 1e9:.2f} GB ({est.n_atoms} atoms, grid "
+                     f"{est.grid_shape[0]}x{est.grid_shape[1]}, {est.n_slices} slice(s)) exceeds the "
+                     f"{avail / 1e9:.2f} GB free on {dev}; {hint}")
 
 
 # ------------------------------------------------------------------------------ measuring

@@ -14,11 +14,12 @@ Public API (names are stable; other modules depend on them)
     0-d arrays of those parameters from a :class:`cutem.params.Optics` (mm/deg
     converted to Å/rad). Pass them (or Vars made from them) to the stages below.
 
-``TransferFunction(shape, pixel_size_A, voltage_kV, aperture_q_max=None, nyquist_cut=True, defocus_offset_A=0.0, param_grads=True)``
+``TransferFunction(shape, pixel_size_A, voltage_kV, aperture_q_max=None, nyquist_cut=True, defocus_offset_A=0.0)``
     Stage. ``forward(wave, *params)`` with ``wave`` complex (..., ny, nx) in real space
     (the exit wave, plane-wave amplitude 1) and the nine 0-d parameters in ``PARAM_NAMES``
-    order; returns the image wave in real space. VJPs for the wave and every parameter.
-    ``TransferFunction.from_optics(optics, shape, pixel_size_A, defocus_offset_A=0.0, nyquist_cut=True, param_grads=True)``.
+    order; returns the image wave in real space. VJPs for the wave and every parameter
+    (only those the tape asks for are computed).
+    ``TransferFunction.from_optics(optics, shape, pixel_size_A, defocus_offset_A=0.0, nyquist_cut=True)``.
 
 ``CTF2D(shape, pixel_size_A, voltage_kV, aperture_q_max=None, nyquist_cut=True, rfft=False, envelope=True)``
     Stage. ``forward(*params)`` returns the real CTF sin-form on the FFT grid (DC at [0, 0];
@@ -152,53 +153,60 @@ class _Geometry:
         self.q_nyq = 0.5 / pixel_size_A
 
 
-def _transfer(geom, p, lam, k, kappa, offset, derivs=False, eta_everywhere=False, xp=np):
+def _transfer(geom, p, lam, k, kappa, offset, derivs=False, eta_everywhere=False, xp=np, values=True):
     """Phase χ̃ = χ + η s, log-envelope, and (optionally) their parameter derivatives.
 
-    ``p`` are the nine parameters (0-d arrays). Returns ``(phase, logE, pairs)`` with
-    ``pairs`` (when ``derivs``) an iterator over the parameters in :data:`PARAM_NAMES`
-    order giving ``(∂phase/∂p, ∂logE/∂p)``, None where identically zero.
+    ``p`` are the nine parameters (0-d arrays). Returns ``(phase, logE, pair)`` with
+    ``pair(i)`` (when ``derivs``) giving ``(∂phase/∂p_i, ∂logE/∂p_i)`` for parameter ``i`` in
+    :data:`PARAM_NAMES` order, None where identically zero; each pair is computed when asked,
+    so a backward pass builds only the grids of the parameters it needs. ``values=False``
+    skips phase and logE (a backward pass that holds H already).
     """
     u, v, ta, cs, al_mrad, de, cc, w, ph = p
     al = al_mrad * 1e-3  # the input is in mrad (keeps it O(1) for optimisers and checks)
     c2a, s2a = xp.cos(2 * ta), xp.sin(2 * ta)
     cos_d = geom.cos2t * c2a + geom.sin2t * s2a          # cos 2(θ − θa)
-    sin_d = geom.sin2t * c2a - geom.cos2t * s2a          # sin 2(θ − θa)
     df = 0.5 * (u + v) + 0.5 * (u - v) * cos_d + offset
     q2 = geom.q2
-    q4 = q2 * q2
     s = 1 if eta_everywhere else geom.nonzero
-    eta = xp.arcsin(w) + ph
-    phase = math.pi * lam * df * q2 - 0.5 * math.pi * cs * lam ** 3 * q4 + eta * s
-
     xi2 = (4 * math.pi ** 2) * q2
-    xi4, xi6 = xi2 * xi2, xi2 * xi2 * xi2
     a2 = al * al
-    temporal = (de * de) * (cc * cc) * (kappa * kappa) / 16.0
-    loge = (-0.25 * a2 * df * df * xi2 + (0.5 * df * cs * a2 - temporal) * xi4 / k ** 2
-            - 0.25 * cs * cs * a2 * xi6 / k ** 4)
+    phase = loge = None
+    if values:
+        q4 = q2 * q2
+        eta = xp.arcsin(w) + ph
+        phase = math.pi * lam * df * q2 - 0.5 * math.pi * cs * lam ** 3 * q4 + eta * s
+        xi4, xi6 = xi2 * xi2, xi2 * xi2 * xi2
+        temporal = (de * de) * (cc * cc) * (kappa * kappa) / 16.0
+        loge = (-0.25 * a2 * df * df * xi2 + (0.5 * df * cs * a2 - temporal) * xi4 / k ** 2
+                - 0.25 * cs * cs * a2 * xi6 / k ** 4)
     if not derivs:
         return phase, loge, None
 
-    def pairs():
-        # one (∂χ̃/∂p, ∂log E/∂p) pair at a time, so the backward holds one extra grid,
-        # not nine (None where a derivative is identically zero)
-        dchi_ddf = math.pi * lam * q2
-        dloge_ddf = -0.5 * a2 * df * xi2 + 0.5 * cs * a2 * xi4 / k ** 2
-        for d in (0.5 * (1 + cos_d), 0.5 * (1 - cos_d), None):          # u, v, θa
-            d = (u - v) * sin_d if d is None else d
-            yield dchi_ddf * d, dloge_ddf * d
-        yield (-0.5 * math.pi * lam ** 3 * q4,                           # Cs
-               0.5 * df * a2 * xi4 / k ** 2 - 0.5 * cs * a2 * xi6 / k ** 4)
-        yield None, 2e-3 * al * (-0.25 * df * df * xi2 + 0.5 * df * cs * xi4 / k ** 2   # α (mrad)
-                                 - 0.25 * cs * cs * xi6 / k ** 4)
+    def pair(i):
+        xi4 = xi2 * xi2
+        if i < 3:                                                        # u, v, θa
+            if i == 2:
+                d = (u - v) * (geom.sin2t * c2a - geom.cos2t * s2a)      # (Δf_u − Δf_v) sin 2(θ − θa)
+            else:
+                d = 0.5 * (1 + cos_d) if i == 0 else 0.5 * (1 - cos_d)
+            return (math.pi * lam) * q2 * d, (-0.5 * a2 * df * xi2 + 0.5 * cs * a2 * xi4 / k ** 2) * d
+        if i == 3:                                                       # Cs
+            return (-0.5 * math.pi * lam ** 3 * q2 * q2,
+                    0.5 * df * a2 * xi4 / k ** 2 - 0.5 * cs * a2 * xi4 * xi2 / k ** 4)
+        if i == 4:                                                       # α (mrad)
+            return None, 2e-3 * al * (-0.25 * df * df * xi2 + 0.5 * df * cs * xi4 / k ** 2
+                                      - 0.25 * cs * cs * xi4 * xi2 / k ** 4)
         kk = (kappa * kappa) / 16.0 * xi4 / k ** 2
-        yield None, -2 * de * (cc * cc) * kk                             # ΔE
-        yield None, -2 * cc * (de * de) * kk                             # Cc
-        yield s / xp.sqrt(1 - w * w), None                               # w
-        yield s * 1.0 + 0 * q2, None                                     # φ
+        if i == 5:                                                       # ΔE
+            return None, -2 * de * (cc * cc) * kk
+        if i == 6:                                                       # Cc
+            return None, -2 * cc * (de * de) * kk
+        if i == 7:                                                       # w
+            return s / xp.sqrt(1 - w * w), None
+        return s * 1.0 + 0 * q2, None                                    # φ
 
-    return phase, loge, pairs()
+    return phase, loge, pair
 
 
 def _aperture(shape, pixel_size_A, q_max, nyquist_cut, xp, dtype, rfft):
@@ -271,42 +279,36 @@ class TransferFunction(_OpticsBase):
         *below* (down-beam of) the specimen centre plane; 0 for the phase object and the
         centre-referenced multislice, +T/2 for a wave at the exit surface of a box of
         thickness T (module docstring).
-    param_grads : when False the backward returns only the wave's cotangent (saves nine
-        grid-sized reductions when only the potential is differentiated).
+
+    The backward reuses the forward's spectrum and H; of the parameter derivatives it builds
+    only those of the parameters in ``ctx.needs`` (one grid at a time), and the wave's
+    cotangent only when the wave needs one.
     """
 
     def __init__(self, shape, pixel_size_A, voltage_kV, aperture_q_max=None, nyquist_cut=True,
-                 defocus_offset_A=0.0, param_grads=True):
+                 defocus_offset_A=0.0):
         super().__init__(shape, pixel_size_A, voltage_kV, aperture_q_max, nyquist_cut)
         self.defocus_offset_A = float(defocus_offset_A)
-        self.param_grads = bool(param_grads)
 
     @classmethod
-    def from_optics(cls, optics, shape, pixel_size_A, defocus_offset_A=0.0, nyquist_cut=True,
-                    param_grads=True):
+    def from_optics(cls, optics, shape, pixel_size_A, defocus_offset_A=0.0, nyquist_cut=True):
         return cls(shape, pixel_size_A, optics.voltage_kV, aperture_cutoff_per_A(optics),
-                   nyquist_cut, defocus_offset_A, param_grads)
+                   nyquist_cut, defocus_offset_A)
 
-    def transfer(self, params, xp, dtype, derivs=False):
-        """H(q) on the full FFT grid (and the derivative pieces).
+    def transfer(self, params, xp, dtype):
+        """H(q) on the full FFT grid, memoised on the parameter values, so the tilts and
+        micrographs that share optics reuse it (:class:`adjoints.backend.GridCache`)."""
+        key = (self.shape, self.pixel_size_A, self.voltage_kV, self.aperture_q_max, self.nyquist_cut,
+               self.defocus_offset_A, xp.__name__, np.dtype(dtype).name, B.scalars_key(params))
+        return _H_CACHE.get(key, lambda: self._transfer_h(params, xp, dtype))
 
-        Without derivatives H is memoised on the parameter values, so the tilts and
-        micrographs that share optics reuse it (:class:`adjoints.backend.GridCache`).
-        """
-        if not derivs:
-            key = (self.shape, self.pixel_size_A, self.voltage_kV, self.aperture_q_max, self.nyquist_cut,
-                   self.defocus_offset_A, xp.__name__, np.dtype(dtype).name, B.scalars_key(params))
-            return _H_CACHE.get(key, lambda: self._transfer_h(params, xp, dtype, False)[0]), None
-        return self._transfer_h(params, xp, dtype, True)
-
-    def _transfer_h(self, params, xp, dtype, derivs):
+    def _transfer_h(self, params, xp, dtype):
         g = self.geometry(xp, dtype)
-        phase, loge, pairs = _transfer(g, params, self.lam, self.k, self.kappa,
-                                          self.defocus_offset_A, derivs, False, xp)
+        phase, loge, _ = _transfer(g, params, self.lam, self.k, self.kappa, self.defocus_offset_A, False, False, xp)
         amp = xp.exp(loge) * g.aperture
         h = xp.empty(amp.shape, dtype=B.complex_dtype(dtype))  # cos/sin: faster than complex exp
         h.real, h.imag = xp.cos(phase) * amp, xp.sin(phase) * amp
-        return h, pairs
+        return h
 
     def forward(self, ctx, wave, *params):
         if len(params) != N_PARAMS:
@@ -315,7 +317,7 @@ class TransferFunction(_OpticsBase):
             raise ValueError(f"wave shape {wave.shape} does not match the stage's {self.shape}")
         xp = B.array_module(wave)
         rdt = B.real_dtype(wave.dtype)
-        h, _ = self.transfer(params, xp, rdt)
+        h = self.transfer(params, xp, rdt)
         spec = B.fft2(wave)
         ctx.spec, ctx.h, ctx.params = spec, h, params
         return B.ifft2(spec * h)
@@ -323,23 +325,27 @@ class TransferFunction(_OpticsBase):
     def vjp(self, ctx, g):
         xp = B.array_module(g)
         G = B.fft2(g)
-        g_wave = B.ifft2(xp.conj(ctx.h) * G)
+        g_wave = B.ifft2(xp.conj(ctx.h) * G) if ctx.needs[0] else None
+        out = [g_wave] + [None] * N_PARAMS
+        if not any(ctx.needs[1:]):
+            return tuple(out)
         rdt = B.real_dtype(ctx.h.dtype)
-        if not self.param_grads:
-            return (g_wave,) + (None,) * N_PARAMS
-        _, pairs = self.transfer(ctx.params, xp, rdt, derivs=True)
+        _, _, pair = _transfer(self.geometry(xp, rdt), ctx.params, self.lam, self.k, self.kappa,
+                               self.defocus_offset_A, True, False, xp, values=False)
         n = self.shape[0] * self.shape[1]
         kk = xp.conj(G) * ctx.spec * ctx.h / n
         kk = kk.reshape((-1,) + self.shape).sum(axis=0)
         re, im = kk.real, kk.imag
-        out = [g_wave]
-        for a, b in pairs:
+        for i in range(N_PARAMS):
+            if not ctx.needs[i + 1]:
+                continue
+            a, b = pair(i)
             tot = 0.0
             if a is not None:
                 tot = tot - (im * a).sum()
             if b is not None:
                 tot = tot + (re * b).sum()
-            out.append(xp.asarray(tot, dtype=rdt))
+            out[i + 1] = xp.asarray(tot, dtype=rdt)
         return tuple(out)
 
     @classmethod
@@ -391,11 +397,15 @@ class CTF2D(_OpticsBase):
     def vjp(self, ctx, g):
         xp = B.array_module(g)
         geom = self.geometry(xp, ctx.rdt, self.rfft)
-        _, _, pairs = _transfer(geom, ctx.params, self.lam, self.k, self.kappa, 0.0, True, True, xp)
+        _, _, pair = _transfer(geom, ctx.params, self.lam, self.k, self.kappa, 0.0, True, True, xp, values=False)
         a = -xp.cos(ctx.phase) * ctx.env * g
         b = -xp.sin(ctx.phase) * ctx.env * g
         out = []
-        for dp, dl in pairs:
+        for i in range(N_PARAMS):
+            if not ctx.needs[i]:
+                out.append(None)
+                continue
+            dp, dl = pair(i)
             tot = 0.0
             if dp is not None:
                 tot = tot + (a * dp).sum()

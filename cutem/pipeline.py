@@ -101,8 +101,11 @@ def value_and_grad_image(cfg: RunConfig, loss, wrt, *, tilt=0, scene=None, estim
     Returns ``(loss value, {name: gradient}, detection)``.
     """
     xp = B.get_xp(device)
+    ImageModel.check_names(wrt)
+    scene = scene if scene is not None else build_scene(cfg)
+    # refuse before any work when the forward and backward cannot fit
+    memory_check(cfg, scene, "gpu" if xp is not np else "cpu", gradient=tuple(wrt))
     model = ImageModel.from_config(cfg, tilt, scene=scene, xp=xp)
-    model.check_names(wrt)
     rng = B.default_rng(tilt_seed(cfg.seed if seed is None else seed, tilt), xp)
     with Tape() as tape:
         watched = model.watch(tape, wrt)

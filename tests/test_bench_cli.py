@@ -19,3 +19,15 @@ def test_bench_writes_to_the_working_directory_and_leaves_recorded_results(tmp_p
     assert int(rows[0]["atoms"]) == 62671 and float(rows[0]["peak_GB"]) > 0
     assert (tmp_path / "cutem_bench.txt").is_file()
     assert (RECORDED.read_bytes() if RECORDED.exists() else None) == before
+
+
+def test_bench_grad_writes_the_ratio_table_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(bench, ["--grad", "--cases", "tmv1_64_projection", "--repeats", "1", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(tmp_path / "cutem_bench_grad.csv")))
+    assert [row["case"] for row in rows] == ["tmv1_64_projection"]
+    for k in ("defocus", "mtf", "positions", "b_factors"):
+        # a loss and its gradient cost at least a fraction of a forward, and not a hundred
+        assert 0.1 < float(rows[0][f"{k}_median"]) < 100, (k, rows[0])
+    assert "value_and_grad_image" in (tmp_path / "cutem_bench_grad.txt").read_text()

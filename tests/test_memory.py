@@ -126,5 +126,52 @@ def test_free_memory_and_sizes(monkeypatch):
     with pytest.raises(InputError):
         M.parse_bytes("lots")
     scene = P.build_scene(_cfg())
-    # TMV: every atom has B = 90 Å² (a lattice level): one group per element
+    # TMV: every atom has B = 90 Å²: one exact Gaussian, one group per element
     assert M.kernel_groups(scene, _cfg()) == len(scene._static_arrays()[0])
+
+
+GRAD_CHILD = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from tests.test_memory import _cfg
+from adjoints import ops
+from cutem import memory as M, pipeline as P
+kw, wrt = json.loads(sys.argv[2]), sys.argv[3].split(",")
+cfg = _cfg(**kw)
+scene = P.build_scene(cfg)
+loss = lambda im: ops.mean(ops.square(im - 1.0))
+_, peak = M.measure_peak(lambda: P.value_and_grad_image(cfg, loss, wrt, scene=scene))
+est = M.estimate(cfg, scene, "cpu", gradient=wrt)
+print(json.dumps({"peak": peak, "estimate": est.peak}))
+"""
+
+
+@pytest.mark.parametrize("kw,wrt", [({"n": 512, "px": 1.0, "ice": False}, "positions"),
+                                    ({"n": 512, "px": 1.0, "ice": False}, "defocus_u_A,mtf_a"),
+                                    ({"n": 256, "px": 1.0, "method": "multislice", "ice": True}, "positions,b_factors")])
+def test_gradient_peak_is_within_the_estimate(kw, wrt):
+    # a fresh interpreter (cold caches: the first gradient of a process is its largest)
+    r = subprocess.run([sys.executable, "-c", GRAD_CHILD, str(Path(__file__).resolve().parents[1]), json.dumps(kw),
+                        wrt], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert d["peak"] > 10e6
+    assert d["peak"] <= d["estimate"] < 1.6 * d["peak"], d
+
+
+def test_a_4096_positions_gradient_that_cannot_fit_is_refused_before_it_starts(monkeypatch):
+    cfg = _cfg(n=4096, px=1.0, ice=False, count=30)
+    scene = P.build_scene(cfg)
+    est = M.estimate(cfg, scene, "cpu", gradient=("positions",))
+    fwd = M.estimate(cfg, scene, "cpu")
+    assert est.phases["backward"] > fwd.peak          # the backward is the gradient's peak
+    # room for the simulation but not for the gradient
+    monkeypatch.setenv(M.LIMIT_ENV, str(int(fwd.peak * 1.05)))
+    assert M.check(cfg, scene, "cpu").peak <= fwd.peak * 1.05
+    calls = []
+    monkeypatch.setattr(P.ImageModel, "from_config", classmethod(lambda *a, **k: calls.append(1)))
+    with pytest.raises(InputError) as e:
+        P.value_and_grad_image(cfg, lambda im: im, ["positions"], scene=scene)
+    msg = str(e.value)
+    assert "\n" not in msg and "gradient for positions" in msg and "exceeds" in msg
+    assert not calls                                   # refused before the model was built

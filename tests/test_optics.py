@@ -106,7 +106,7 @@ def test_envelope_matches_spatial_and_temporal_coherence_forms():
     o = Optics(voltage_kV=kv, defocus_u_A=15000, defocus_v_A=15000, cs_mm=2.0, cc_mm=2.2,
                energy_spread_eV=1.2, illumination_angle_mrad=0.08)
     st = TransferFunction.from_optics(o, (n, n), px, nyquist_cut=False)
-    h, _ = st.transfer(tuple(optics_inputs(o).values()), np, np.float64)
+    h = st.transfer(tuple(optics_inputs(o).values()), np, np.float64)
     q = np.abs(np.fft.fftfreq(n, px))
     lam = el.wavelength_A(kv)
     alpha, cs, df = 0.08e-3, 2.0e7, 15000.0
@@ -211,15 +211,17 @@ def test_ctf2d_from_optics_matches_function():
     assert np.array_equal(out, ctf_2d((20, 20), 1.3, o))
 
 
-def test_param_grads_off_gives_the_same_wave_cotangent():
+def test_unneeded_cotangents_are_skipped_and_the_needed_ones_unchanged():
     o = Optics(defocus_u_A=8000, defocus_v_A=7000, energy_spread_eV=0.8)
     rng = np.random.default_rng(5)
     w = np.exp(1j * rng.standard_normal((16, 16)))
     g = rng.standard_normal((16, 16)) + 1j * rng.standard_normal((16, 16))
     p = tuple(optics_inputs(o).values())
-    full = TransferFunction.from_optics(o, (16, 16), 1.0)
-    lean = TransferFunction.from_optics(o, (16, 16), 1.0, param_grads=False)
-    a = full.vjp(full.apply(w, *p)[1], g)
-    b = lean.vjp(lean.apply(w, *p)[1], g)
-    assert np.array_equal(a[0], b[0]) and all(x is None for x in b[1:])
-    assert all(x is not None for x in a[1:])
+    st = TransferFunction.from_optics(o, (16, 16), 1.0)
+    full = st.cotangents(st.apply(w, *p)[1], g, (w,) + p)
+    only_wave = st.cotangents(st.apply(w, *p)[1], g, (w,) + p, needs=(True,) + (False,) * 9)
+    assert np.array_equal(full[0], only_wave[0]) and all(x is None for x in only_wave[1:])
+    # the defocus alone: no wave cotangent, the same number as with every input asked for
+    only_df = st.cotangents(st.apply(w, *p)[1], g, (w,) + p, needs=(False, True) + (False,) * 8)
+    assert only_df[0] is None and only_df[1] == full[1] and all(x is None for x in only_df[2:])
+    assert all(x is not None for x in full)

@@ -28,8 +28,19 @@ fresh process (cold start: interpreter, imports, reading the PDB, writing the fi
 its maximum resident set size. ``--peers`` runs abTEM and cryoJAX on the same atoms and grid
 from the separate environment made by validation/peers/setup.sh (cutem never imports them).
 
+``--grad`` times gradients instead (issue 18): per case, the scene built once (as a fitting
+loop does), one forward micrograph (:func:`cutem.pipeline.simulate`) and
+:func:`cutem.pipeline.value_and_grad_image` of the mean squared difference to that micrograph
+for each parameter family of ``GRAD_WRT`` (defocus; detector MTF a, b, gain and dqe; atom
+positions; B-factors), alternated over ``--repeats`` rounds; the table gives each
+loss-and-gradient time over the forward time of the same round (min, median, max). With
+``--peers`` cryoJAX's gradients (defocus, positions) of the same atoms run in the same
+invocation (validation/peers/cryojax_peer.py ``gradients``).
+
 Run:  python validation/bench.py [--cases tmv30_4096_projection,...] [--quick] [--process] [--peers]
-Writes validation/results/bench.csv and bench.txt (the command, the machine, the table).
+      python validation/bench.py --grad [--cases ...] [--repeats 3] [--peers]
+Writes validation/results/bench.csv and bench.txt (the command, the machine, the table), with
+``--grad`` bench_grad.csv and bench_grad.txt.
 """
 from __future__ import annotations
 
@@ -70,6 +81,10 @@ DEFAULT_CASES += REALISM_CASES
 QUICK_CASES = ["tmv1_512_projection", "tmv1_512_multislice"]
 OPTIONS = ("ice", "efilter", "damage", "frames10", "tilt60")
 STAGES = ("atoms", "potential", "exit_wave", "optics", "detector")
+#: the gradient table's parameter families (issue 18)
+GRAD_WRT = {"defocus": ("defocus_u_A",), "mtf": ("mtf_a", "mtf_b", "gain", "dqe"), "positions": ("positions",),
+            "b_factors": ("b_factors",)}
+GRAD_CASES = ["tmv1_1024_projection", "tmv30_4096_projection", "rymv20_4096_projection", "tmv30_4096_multislice"]
 
 
 def particle_toml(kind, count, base="."):
@@ -297,6 +312,96 @@ def process_run(case="tmv30_4096_projection", device=None):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def grad_case(case, device=None, repeats=3):
+    """One row of the gradient table: forward seconds and loss+gradient / forward per family."""
+    import adjoints.backend as B
+    from adjoints import ops
+    from cutem import pipeline as P
+
+    cfg = config_of(case)
+    xp = B.get_xp(device)
+    scene = P.build_scene(cfg)
+
+    def forward():
+        return P.simulate(cfg, scene=scene, device=device).images[0]
+
+    target = xp.asarray(forward())
+
+    def loss(im):
+        return ops.mean(ops.square(im - target))
+
+    def grad(wrt):
+        val, g, _ = P.value_and_grad_image(cfg, loss, list(wrt), scene=scene, device=device)
+        for v in g.values():
+            B.to_numpy(v)   # the gradient on the host: the GPU has finished
+        return val
+
+    for wrt in GRAD_WRT.values():   # first calls: plans, caches, kernels
+        grad(wrt)
+    fwd, ratios = [], {k: [] for k in GRAD_WRT}
+    for _ in range(max(1, repeats)):
+        gc.collect()
+        t0 = time.perf_counter()
+        forward()
+        f = time.perf_counter() - t0
+        fwd.append(f)
+        for k, wrt in GRAD_WRT.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            grad(wrt)
+            ratios[k].append((time.perf_counter() - t0) / f)
+    row = {"case": case, "atoms": int(scene.n_atoms), "grid": cfg.detector.nx, "method": cfg.simulation.method,
+           "repeats": len(fwd), "forward_s": round(float(np.median(fwd)), 3)}
+    for k, r in ratios.items():
+        row.update({f"{k}_min": round(min(r), 2), f"{k}_median": round(float(np.median(r)), 2),
+                    f"{k}_max": round(max(r), 2)})
+    row["device"] = device_name(device)
+    return row
+
+
+GRAD_COLUMNS = ["case", "atoms", "grid", "method", "repeats", "forward_s",
+                *[f"{k}_{s}" for k in GRAD_WRT for s in ("min", "median", "max")], "device"]
+
+
+def format_grad_table(rows):
+    head = ["case", "atoms", "forward s", *[f"{k} ×" for k in GRAD_WRT]]
+    lines = ["  ".join(f"{h:>18}" if i else f"{h:<24}" for i, h in enumerate(head))]
+    for r in rows:
+        vals = [r["case"], r["atoms"], r["forward_s"],
+                *[f"{r[f'{k}_median']} [{r[f'{k}_min']}, {r[f'{k}_max']}]" for k in GRAD_WRT]]
+        lines.append("  ".join(f"{v:>18}" if i else f"{v:<24}" for i, v in enumerate(vals)))
+    return "\n".join(lines)
+
+
+def cryojax_gradients(rows, python, repeats=3):
+    """cryoJAX's loss+gradient / forward for defocus and positions on the atoms of the largest
+    projection case of ``rows`` (the peers' environment, a separate process)."""
+    from validation.peers.compare import run_one, write_atoms
+
+    proj = [r for r in rows if r["method"] == "projection"]
+    if not proj:
+        return []
+    case = max(proj, key=lambda r: r["atoms"] * r["grid"] ** 2)["case"]
+    with tempfile.TemporaryDirectory() as d:
+        npz = Path(d) / "atoms.npz"
+        write_atoms(case, npz)
+        info = run_one(python, "cryojax-grad", npz, Path(d) / "out.npz", repeats=repeats)
+    if "error" in info:
+        return [f"{case} cryojax gradients: NOT RUN: {info['error']}"]
+    return [f"{case} cryojax {info.get('version', '')} ({info.get('model', '')}): forward {info['forward_s']:.2f} s; "
+            f"loss+gradient / forward: defocus {info['defocus']:.2f}, positions {info['positions']:.2f} "
+            f"(best of {info.get('repeats', repeats)})"]
+
+
+def write_grad_results(rows, extra_lines, argv, csv_path=None, load_start=None):
+    note = ("forward s = one cutem.simulate micrograph (scene built once); each family: "
+            "value_and_grad_image(mean squared difference to that micrograph) / forward of the same round, "
+            "median [min, max] over the rounds; families: " +
+            "; ".join(f"{k} = {', '.join(v)}" for k, v in GRAD_WRT.items()))
+    return write_results(rows, extra_lines, argv, csv_path or RESULTS / "bench_grad.csv", columns=GRAD_COLUMNS,
+                         table=format_grad_table, note=note, load_start=load_start)
+
+
 COLUMNS = ["case", "atoms", "grid", "method", "slices", "scene_s", "cold_s", "warm_s", *[f"{s}_s" for s in STAGES],
            "atoms_per_s", "peak_GB", "rss_growth_GB", "estimate_GB", "estimate_error", "device"]
 
@@ -312,7 +417,13 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def write_results(rows, extra_lines, argv, csv_path=None, txt_path=None):
+NOTE = ("times in seconds (warm = sum of the stages on the second call; cold = first call in the process); "
+        "atoms/s = atoms / potential time; peak = tracemalloc peak of a whole simulate() in a fresh process "
+        "(rss = its max RSS minus the RSS after imports); est. = cutem.memory estimate")
+
+
+def write_results(rows, extra_lines, argv, csv_path=None, txt_path=None, *, columns=COLUMNS, table=format_table,
+                  note=NOTE, load_start=None):
     RESULTS.mkdir(exist_ok=True)
     csv_path = Path(csv_path or RESULTS / "bench.csv")
     txt_path = Path(txt_path or csv_path.with_suffix(".txt"))
@@ -320,20 +431,18 @@ def write_results(rows, extra_lines, argv, csv_path=None, txt_path=None):
 
     with io.atomic_path(csv_path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w = csv.DictWriter(fh, fieldnames=columns)
             w.writeheader()
             for r in rows:
-                w.writerow({k: r.get(k) for k in COLUMNS})
+                w.writerow({k: r.get(k) for k in columns})
+    start = "" if load_start is None else f"at the start {load_start:.1f}, "
     head = [f"command: {' '.join(argv)}",
             f"machine: {device_name(rows[0]['device'].split()[0] if rows else None)}, {platform.platform()}, "
             f"python {platform.python_version()}, numpy {np.__version__}",
-            f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at the end "
+            f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {start}at the end "
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs on a shared machine slow every number)",
-            "times in seconds (warm = sum of the stages on the second call; cold = first call in the process); "
-            "atoms/s = atoms / potential time; peak = tracemalloc peak of a whole simulate() in a fresh process "
-            "(rss = its max RSS minus the RSS after imports); "
-            "est. = cutem.memory estimate", ""]
-    text = "\n".join(head) + format_table(rows) + ("\n\n" + "\n".join(extra_lines) if extra_lines else "") + "\n"
+            note, ""]
+    text = "\n".join(head) + table(rows) + ("\n\n" + "\n".join(extra_lines) if extra_lines else "") + "\n"
     with io.atomic_path(txt_path, suffix=".txt") as tmp:
         Path(tmp).write_text(text)
     return text
@@ -349,6 +458,8 @@ def main(argv=None):
     ap.add_argument("--peers", action="store_true", help="abTEM and cryoJAX from the peers environment")
     ap.add_argument("--peers-python", default=os.environ.get("CUTEM_PEERS_PYTHON", "/tmp/peers-venv/bin/python"))
     ap.add_argument("--csv", default=None, help="output CSV (default validation/results/bench.csv)")
+    ap.add_argument("--grad", action="store_true",
+                    help="loss+gradient / forward per parameter family (issue 18; default cases GRAD_CASES)")
     ap.add_argument("--peers-only", default=None,
                     help="comma-separated peers (abtem,cryojax) to run against the cases already in --csv; "
                          "their lines are appended to the .txt")
@@ -370,6 +481,18 @@ def main(argv=None):
                      f"(cutem times from the table above; load average {os.getloadavg()[0]:.1f}):\n")
             fh.write("\n".join(lines) + "\n")
         print("\n".join(lines))
+        return rows
+    argv_all = ["python", "validation/bench.py", *(argv if argv is not None else sys.argv[1:])]
+    if args.grad:
+        load0 = os.getloadavg()[0]
+        cases = args.cases.split(",") if args.cases else (QUICK_CASES[:1] if args.quick else GRAD_CASES)
+        rows = []
+        for c in cases:
+            parse_case(c)
+            rows.append(grad_case(c, args.device, args.repeats))
+            print(format_grad_table(rows[-1:]).splitlines()[1], flush=True)
+        extra = cryojax_gradients(rows, args.peers_python, args.repeats) if args.peers else []
+        print(write_grad_results(rows, extra, argv_all, args.csv, load0))
         return rows
     cases = args.cases.split(",") if args.cases else (QUICK_CASES if args.quick else DEFAULT_CASES)
     rows, extra = [], []

@@ -78,3 +78,56 @@ def render(d, repeats, version):
     return {"first_s": first, "warm_s": warm, "weak_phase_first_s": first_w, "weak_phase_warm_s": warm_w,
             "model": "phase object (Rytov exit wave + WaveTransferTheory, IntensityImageModel)",
             "version": version, "jax": jax.__version__, "n_spread": str(n_spread)}, proj, np.asarray(img)
+
+
+def gradients(d, repeats, version):
+    """cryoJAX's loss+gradient over its forward for defocus and positions (issue 18's table).
+
+    The phase-object image model of :func:`render` as a function of (positions, defocus); the
+    loss is the mean squared difference to the image at the given values; each of
+    ``jax.value_and_grad`` w.r.t. defocus and w.r.t. positions is jitted, and its best warm
+    time is divided by the best warm forward time.
+    """
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import cryojax.simulator as cs
+    from cryojax.constants import PengScatteringFactorParameters
+
+    n, px = int(d["n"]), float(d["px"])
+    pos0 = jnp.asarray(d["positions"], dtype=jnp.float32)
+    df0 = jnp.asarray(float(d["defocus_A"]), dtype=jnp.float32)
+    params = PengScatteringFactorParameters(np.asarray(d["numbers"], dtype=int))
+    config = cs.BasicImageConfig((n, n), px, float(d["voltage_kV"]))
+    integrator = cs.GaussianMixtureProjection(
+        n_spread=cs.suggest_n_spread(cs.GaussianMixtureVolume.from_tabulated_parameters(pos0, params), px))
+
+    def image(pos, df):
+        ctf = cs.AstigmaticCTF(defocus_in_angstroms=df, astigmatism_in_angstroms=0.0,
+                               spherical_aberration_in_mm=float(d["cs_A"]) * 1e-7)
+        theory = cs.RytovScatteringTheory(integrator, cs.WaveTransferTheory(ctf), amplitude_contrast_ratio=0.0)
+        vol = cs.GaussianMixtureVolume.from_tabulated_parameters(pos, params)
+        return cs.IntensityImageModel(vol, cs.EulerAnglePose(), config, theory).simulate()
+
+    forward = eqx.filter_jit(image)
+    target = jax.block_until_ready(forward(pos0, df0))
+
+    def loss(pos, df):
+        return jnp.mean((image(pos, df) - target) ** 2)
+
+    by_df = eqx.filter_jit(jax.value_and_grad(loss, argnums=1))
+    by_pos = eqx.filter_jit(jax.value_and_grad(loss, argnums=0))
+
+    def best(fn):
+        jax.block_until_ready(fn(pos0, df0))   # compile
+        out = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(pos0, df0))
+            out.append(time.perf_counter() - t0)
+        return min(out)
+
+    f = best(forward)
+    return {"forward_s": f, "defocus": best(by_df) / f, "positions": best(by_pos) / f, "repeats": repeats,
+            "version": version, "jax": jax.__version__,
+            "model": "phase object (Rytov + WaveTransferTheory), jax.value_and_grad, jitted"}

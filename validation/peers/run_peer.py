@@ -7,7 +7,7 @@ with the timings (``first_s``: the first call in this process, compilation/plans
 ``warm_s``: the best later call) and an .npz with the projected potential (V·Å, summed over
 slices) on the same grid and the noise-free CTF image.
 
-    python run_peer.py abtem|cryojax IN.npz OUT.npz [--repeats 2]
+    python run_peer.py abtem|cryojax|cryojax-grad IN.npz OUT.npz [--repeats 2]
 
 The simulated micrograph: plane wave, projected potential (phase object: one slice through
 the whole specimen; multislice: ``slice_thickness_A`` slices), lens with defocus (underfocus
@@ -88,6 +88,16 @@ def main():
     elif code == "cryojax":
         sys.path.insert(0, __file__.rsplit("/", 1)[0])
         info, proj, img = cryojax_run(d, repeats)
+    elif code == "cryojax-grad":   # gradient timings only (validation/bench.py --grad)
+        import cryojax
+
+        sys.path.insert(0, __file__.rsplit("/", 1)[0])
+        from cryojax_peer import gradients
+
+        info = gradients(d, repeats, cryojax.__version__)
+        info["code"] = code
+        print(json.dumps(info))
+        return
     else:
         raise SystemExit(f"unknown peer {code!r}")
     np.savez(out, potential=np.asarray(proj, np.float32), image=np.asarray(img, np.float32))
