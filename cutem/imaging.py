@@ -170,10 +170,10 @@ class ImageModel:
         atoms = scene.atoms(angle, axis)
         if cfg.simulation.b_factor_floor_A2 > 0:  # TEM-simulator's map blur (Simulation.b_factor_floor_A2)
             atoms = dataclasses.replace(atoms, b_factors=np.maximum(atoms.b_factors, cfg.simulation.b_factor_floor_A2))
-        if z_range_A is None:
+        if cfg.simulation.method != "multislice":
+            z_range_A = None   # one slice, unbounded along the beam (the particles' extent is not needed)
+        elif z_range_A is None:
             z_range_A = stack_z_range(cfg, grid, angle, scene.z_extent(angle, axis) if len(scene) else None)
-        elif cfg.simulation.method != "multislice":
-            z_range_A = None
         dtype = np.dtype(dtype or cfg.simulation.dtype)
         return cls(cfg, int(tilt), grid, angle, optics, detector, atoms, z_range_A, xp, dtype, atom_chunk)
 
