@@ -11,18 +11,18 @@ from pathlib import Path
 
 import click
 
-from .common import device_option
+from .common import Number, OutPath, device_option
 
 
 @click.command()
 @click.option("--cases", default=None, help="Comma-separated SCENE_N_METHOD, e.g. tmv30_4096_projection "
                                             "(scenes tmv1 tmv3 tmv30 rymv1 rymv20; methods projection, multislice).")
 @click.option("--quick", is_flag=True, help="Two small cases.")
-@click.option("--repeats", type=int, default=1, show_default=True, help="Warm calls per case (best kept).")
+@click.option("--repeats", type=Number(1, 1000, integer=True), default=1, show_default=True, help="Warm calls per case (best kept).")
 @click.option("--process", is_flag=True, help="Also time a cold `cutem simulate` of the 30-fragment 4096² scene.")
 @click.option("--peers", is_flag=True, help="Also run abTEM and cryoJAX (environment of validation/peers/setup.sh).")
 @click.option("--peers-python", default=None, help="Python of the peers environment (default /tmp/peers-venv).")
-@click.option("--csv", "csv_path", default=None, type=click.Path(dir_okay=False),
+@click.option("--csv", "csv_path", default=None, type=OutPath(suffixes=(".txt",)),
               help="Output CSV (default ./cutem_bench.csv; a .txt is written beside it).")
 @device_option
 def bench(cases, quick, repeats, process, peers, peers_python, csv_path, device):

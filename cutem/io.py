@@ -56,6 +56,7 @@ def atomic_path(path, suffix=None, immediate=False):
     try:
         yield tmp
         if tx is None:
+            check_not_inputs([path])
             os.replace(tmp, path)
         else:
             tx._add(tmp, path)
@@ -172,6 +173,7 @@ class Transaction:
         removals = [p for p in self.removals if p not in finals]
         if not self.pending and not removals:
             return
+        check_not_inputs([f for _, f in self.pending] + removals)
         folders = {f.parent for _, f in self.pending} | {p.parent for p in removals}
         with _locked(folders):
             for d in folders:  # a killed commit on these folders is finished first
@@ -197,6 +199,32 @@ class Transaction:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         self.pending = []
+
+
+#: input files of the running command (:func:`protected`): no output may be renamed over one
+_PROTECTED = []
+
+
+@contextlib.contextmanager
+def protected(paths):
+    """While the block runs, a commit that would rename an output over one of ``paths`` (the
+    command's input files) is refused with an :class:`InputError` before any rename."""
+    added = [Path(p).resolve() for p in paths]
+    _PROTECTED.extend(added)
+    try:
+        yield
+    finally:
+        for p in added:
+            _PROTECTED.remove(p)
+
+
+def check_not_inputs(paths):
+    """InputError when one of ``paths`` (outputs about to be written) is a protected input."""
+    for p in paths:
+        rp = Path(p).resolve()
+        for i in _PROTECTED:
+            if rp == i or (rp.exists() and i.exists() and os.path.samefile(rp, i)):
+                raise InputError(f"output {p} would overwrite the input {i}; choose another output name")
 
 
 @contextlib.contextmanager

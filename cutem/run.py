@@ -115,6 +115,7 @@ def run_simulation(cfg: RunConfig, out_dir, device=None, progress=True, resume=T
         if log is not None:
             log(w)
     paths = output_paths(out_dir, cfg.output, n > 1)
+    io.check_not_inputs([*paths.values(), *_previous_set(out_dir, cfg.output)])  # before any work
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     io.recover(out_dir)  # a commit killed half-way is finished before anything else
     # temporaries of this name left by a killed run (SIGKILL, power loss): never renamed, remove
