@@ -244,8 +244,8 @@ class InFile(click.ParamType):
 
     name = "file"
 
-    def __init__(self, kind="any"):
-        self.kind = kind
+    def __init__(self, kind="any", min_side=1):
+        self.kind, self.min_side = kind, min_side  #: MRC: fewest pixels along x and y the command can use
 
     def get_metavar(self, param, *args, **kwargs):
         return "FILE"
@@ -319,6 +319,9 @@ class InFile(click.ParamType):
         else:
             raise BadInput(f"{label} {path}: not an MRC file with a real image mode (header sizes "
                            f"{nx}x{ny}x{nz}, mode {mode})")
+        if min(nx, ny) < self.min_side:
+            raise BadInput(f"{label} {path}: {nx}x{ny} pixels; this command needs at least "
+                           f"{self.min_side}x{self.min_side}")
         voxels = nx * ny * nz
         need = 1024 + ext + int(math.ceil(voxels * MRC_MODES[mode]))
         if need > size:
@@ -363,6 +366,14 @@ class OutPath(click.ParamType):
         if not text.strip() or "\0" in text:
             raise BadInput(f"{label}: empty or invalid path {text!r}")
         p = Path(text)
+        # name lengths first: a too long name makes every later look-up fail
+        limit = _name_max(_existing_ancestor(p.parent)) - TEMP_NAME_EXTRA
+        longest = max([len(p.with_suffix(s).name.encode()) for s in self.suffixes if p.suffix or p.name], default=0)
+        for part in p.parts:
+            n = max(len(part.encode()), longest if part == p.name else 0)
+            if n > limit:
+                raise BadInput(f"{label}: the name {part[:24]}... is {n} bytes; this filesystem takes {limit} "
+                               f"for an output")
         if self.kind == "dir":
             if os.path.lexists(p) and not p.is_dir():
                 raise BadInput(f"{label} {p}: exists and is not a folder")
@@ -373,12 +384,6 @@ class OutPath(click.ParamType):
             raise BadInput(f"{label} {p}: {base} is a file, not a folder")
         if not os.access(base, os.W_OK | os.X_OK):
             raise BadInput(f"{label} {p}: folder {base} is not writable")
-        longest = max((len(p.with_suffix(s).name.encode()) for s in self.suffixes), default=0)
-        for part in [*p.parts[len(base.parts):], p.name]:
-            n = max(len(part.encode()), longest if part == p.name and self.kind != "dir" else 0)
-            if n + (TEMP_NAME_EXTRA if part == p.name else 0) > _name_max(base):
-                raise BadInput(f"{label}: the name {part[:40]}... is {n} bytes; this filesystem allows "
-                               f"{_name_max(base) - TEMP_NAME_EXTRA} for an output")
         return p
 
     def convert(self, value, param, ctx):

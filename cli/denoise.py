@@ -12,21 +12,6 @@ from .common import InFile, Number, NumberList, OutPath, device_option, fail, qu
 _COUNT = Number(1, 10 ** 7, integer=True)
 
 
-def _range(text, name, lo=None, hi=None):
-    """'a,b' or 'a' -> (a, b) floats."""
-    try:
-        parts = [float(v) for v in str(text).split(",")]
-    except ValueError:
-        fail(f"--{name} {text!r}: expected one number or two separated by a comma")
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or parts[0] > parts[1]:
-        fail(f"--{name} {text!r}: expected LOW,HIGH with LOW <= HIGH")
-    if (lo is not None and parts[0] < lo) or (hi is not None and parts[1] > hi):
-        fail(f"--{name} {text!r}: must lie in [{lo}, {hi}]")
-    return tuple(parts)
-
-
 @click.command("train-denoiser")
 @click.argument("config", required=False, type=InFile("config"))
 @click.option("-o", "--out", "out", default="denoiser.h5", show_default=True, type=OutPath(),
@@ -94,20 +79,25 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
 
         base = load_config(config)
     detector = detector_from_toml(mtf_file, base.detector if base else None) if mtf_file else None
-    n_lo, n_hi = _range(particles, "particles", 0, 1000)
+    from cutem import memory
+    from cutem.config import default_config
+
+    memory.check_bytes(memory.train_bytes(base or default_config(), image_size, cfg.pool, cfg.batch, cfg.patch, width,
+                                          depth, convs, device=device),
+                       f"training on {image_size}x{image_size} images (pool {cfg.pool}, batch {cfg.batch} of "
+                       f"{cfg.patch}x{cfg.patch})", "a smaller --image-size, --pool, --batch or --patch", device)
+    n_lo, n_hi = particles
     from cutem.denoise import default_structures
 
     structs = []
     for s in structures:
         if s.lower() == "tmv":
             structs += default_structures()
-        elif not Path(s).is_file():
-            fail(f"--structure {s}: no such file")
         else:
-            structs.append((s, None))
+            structs.append((str(InFile("config").check(s, "--structure")), None))
     source = SimulatorPairs(base=base, image_size=image_size, pixel_size_A=pixel_size,
-                            dose_range=_range(dose, "dose", 0, 1e5), defocus_range=_range(defocus, "defocus", -2e5, 2e5),
-                            ice_range=_range(ice, "ice", 0, 1e5), particles_range=(int(n_lo), int(n_hi)),
+                            dose_range=dose, defocus_range=defocus,
+                            ice_range=ice, particles_range=(int(n_lo), int(n_hi)),
                             structures=structs or None, detector=detector, noise2noise=noise2noise, xp=xp)
     if resume and Path(out).is_file():
         import json
@@ -163,22 +153,24 @@ def denoise(input, out, method, model_path, tile, overlap, det_file, gain, beta,
     from cutem.denoise import denoise_stack, detector_from_toml, load_denoiser, model_denoise
     from cutem.io import read_mrc, write_mrc, write_png
 
+    from cutem import memory
+
+    if overlap >= tile:
+        fail(f"--tile {tile} / --overlap {overlap}: need overlap < tile")
     data, px = read_mrc(input, ndim=(2, 3), name="input")
+    need = (memory.denoise_bytes(data.shape, tile, overlap) if method == "learned"
+            else 8 * data.size + 96 * draws * data.shape[-1] * data.shape[-2])
+    memory.check_bytes(need, f"denoising {'x'.join(map(str, data.shape))}", "a smaller --tile or --draws, or "
+                       "fewer sections", device)
     xp = B.get_xp(device)
-    if tile < 8 or overlap < 0 or overlap >= tile:
-        fail(f"--tile {tile} / --overlap {overlap}: need tile >= 8 and 0 <= overlap < tile")
     if method == "learned":
         if not model_path:
             fail("--method learned needs --model MODEL.h5 (train one with `cutem train-denoiser`)")
         net, params, info = load_denoiser(model_path, xp)
         result = denoise_stack(net, params, data, tile=tile, overlap=overlap, progress=not quiet)
     else:
-        if iterations < 1 or draws < 1 or beta < 0:
-            fail("--iterations and --draws must be >= 1 and --beta >= 0")
         det = detector_from_toml(det_file) if det_file else None
         if gain is not None:
-            if gain <= 0:
-                fail(f"--gain {gain} must be > 0")
             det = det.replace(gain=gain) if det is not None else None
         secs = data[None] if data.ndim == 2 else data
         res = []

@@ -200,7 +200,7 @@ def fit_mtf(inputs, config_path, kind, dc, free, ps_objective, tilt, method, max
 
 
 @click.command("fit-ctf")
-@click.argument("inputs", nargs=-1, required=True, type=InFile("mrc"))
+@click.argument("inputs", nargs=-1, required=True, type=InFile("mrc", min_side=32))
 @click.option("--kind", type=click.Choice(["spectrum", "micrograph"]), default="spectrum", show_default=True,
               help="Inputs are power spectra or micrographs (a micrograph's spectrum is the mean periodogram "
                    "of 512-pixel tiles).")

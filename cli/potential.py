@@ -99,7 +99,12 @@ def potential(source, out_path, volume, no_ice, pixel_size, shape, tilt_deg, til
                       geometry=cfg.geometry.replace(tilt_angles_deg=(tilt_deg,), tilt_axis_deg=tilt_axis_deg,
                                                     dose_weights=None, defocus_offsets_A=None))
     scene = scene if scene is not None else scene_from_config(cfg)
-    model = ImageModel.from_config(cfg, 0, scene=scene, device=device)
+    from cutem import memory
+    from cutem.validate import check_grid
+
+    check_grid(cfg)
+    plan = memory.check(cfg, scene, device)  # refused here, before anything is allocated
+    model = ImageModel.from_config(cfg, 0, scene=scene, device=device, atom_chunk=plan.atom_chunk)
     g = model.grid
     px = g.pixel_size_A
     label = source or "TMV example"
@@ -107,6 +112,8 @@ def potential(source, out_path, volume, no_ice, pixel_size, shape, tilt_deg, til
         ny, nx = g.field_shape
         z0, z1 = specimen_z_extent(cfg, g, tilt_deg, scene.z_extent(tilt_deg, tilt_axis_deg) if len(scene) else None)
         nz = int(math.ceil(max(abs(z0), abs(z1)) / px)) * 2 + 2
+        memory.check_bytes(memory.volume_bytes(nz, ny, nx), f"the potential volume {nz}x{ny}x{nx}",
+                           "a larger --pixel-size or a smaller --shape", device)
         with_ice = cfg.sample.ice
         vol = B.to_numpy(potential_volume(model.atoms, (nz, ny, nx), px, b_factor_A2=sim.b_factor_A2,
                                           solvent_V=ice_potential_V() if with_ice else 0.0))

@@ -9,11 +9,20 @@ import click
 from .common import InFile, Number, OutPath, device_option, fail, ordered, quiet_option
 
 
+def _tf_spec(ctx, param, value):
+    """A preset name, else a text file of control points."""
+    from cutem.render import PRESETS
+
+    if value in PRESETS:
+        return value
+    return InFile("text").convert(value, param, ctx)
+
+
 @click.command()
 @click.argument("volume", type=InFile("mrc"))
 @click.option("--mode", type=click.Choice(["dvr", "mip", "slices"]), default="dvr", show_default=True,
               help="Emission-absorption ray casting, maximum-intensity projection or orthogonal slices.")
-@click.option("--tf", "tf_spec", default="cryo", show_default=True,
+@click.option("--tf", "tf_spec", default="cryo", show_default=True, callback=_tf_spec,
               help="Transfer function: a preset (grey, bone, cryo) or a file of 'value r g b alpha' lines.")
 @click.option("--azimuth", type=Number(-360.0, 360.0, "deg"), default=30.0, show_default=True, help="Degrees about the vertical axis.")
 @click.option("--elevation", type=Number(-90.0, 90.0, "deg"), default=20.0, show_default=True, help="Degrees of tip towards the viewer.")
@@ -41,7 +50,13 @@ def render(volume, mode, tf_spec, azimuth, elevation, n_orbit, invert, window, o
     if window[0] == window[1]:
         fail(f"--window {window[0]} {window[1]}: need low < high")
     tf = R.TransferFunction.load(tf_spec) if mode == "dvr" else None
+    from cutem import memory
+
     data, px = io.read_mrc(volume, ndim=3, name="volume")
+    side = max(data.shape) if not max_size else min(max(data.shape), max_size)
+    memory.check_bytes(memory.render_bytes(data.shape, mode, max_size) + 4 * side * side * max(1, n_orbit),
+                       f"rendering a {'x'.join(map(str, data.shape))} volume", "a smaller --max-size or fewer "
+                       "--orbit views", device)
     xp = B.get_xp(device)
     vol = xp.asarray(data)
     if max_size:

@@ -170,14 +170,14 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, rel
     import adjoints.backend as B
     from cutem import ctfcorrect, imod, io, tomo
 
+    from cutem import memory
+
     stack, px = io.read_mrc(tilts, ndim=3, name="tilt stack")
     angles, axis_deg, xf, mdoc_dose, source = resolve_geometry(tilts, stack.shape[0], tlt_path, axis_deg)
-    if thickness is not None and thickness < 1:
-        fail(f"--thickness = {thickness} must be a positive number of voxels")
-    if wiener_snr <= 0:
-        fail(f"--wiener-snr = {wiener_snr} must be positive")
-    if dose_per_tilt is not None and dose_per_tilt < 0:
-        fail(f"--dose-per-tilt = {dose_per_tilt} must be non-negative")
+    n, ny, nx = stack.shape
+    nz = thickness or max(ny, nx)
+    memory.check_bytes(memory.reconstruct_bytes(n, ny, nx, nz, method), f"reconstructing {nz}x{ny}x{nx} voxels "
+                       f"from {n} tilts", "a smaller --thickness or a binned stack", device)
     if xf is not None:
         stack = imod.apply_xf(stack, xf)
     t0 = time.perf_counter()

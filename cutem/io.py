@@ -336,10 +336,22 @@ def write_tlt(path, angles_deg):
 
 
 def read_tlt(path):
+    """Tilt angles of a .tlt/.rawtlt file (first number of each line), each finite."""
     try:
-        vals = [float(line.split()[0]) for line in Path(path).read_text().splitlines() if line.strip()]
-    except (OSError, ValueError) as exc:
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"tilt file {path}: unreadable ({exc})") from None
+    vals = []
+    for i, line in enumerate(lines, 1):
+        try:
+            v = float(line.split()[0])
+        except ValueError:
+            raise InputError(f"tilt file {path}:{i}: {line.strip()[:40]!r} is not an angle") from None
+        if not np.isfinite(v):
+            raise InputError(f"tilt file {path}:{i}: angle {v} is not finite")
+        vals.append(v)
+    if not vals:
+        raise InputError(f"tilt file {path}: no angles")
     return np.array(vals)
 
 
