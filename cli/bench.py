@@ -28,9 +28,10 @@ from .common import BadInput, Number, OutPath, device_option
 @device_option
 def bench(cases, quick, repeats, process, peers, peers_python, csv_path, device):
     """Time every stage and the whole pipeline on TMV and RYMV scenes; print and write the table."""
+    if cases is not None and not cases.strip(",").strip():
+        raise BadInput("--cases: empty; give SCENE_N_METHOD names (or leave the option out for the default suite)")
     for case in (cases or "").split(","):
-        if case:
-            _check_case(case.strip(), device)
+        _check_case(case.strip(), device) if cases else None
     script = Path(__file__).resolve().parents[1] / "validation" / "bench.py"
     if not script.is_file():
         raise click.ClickException("validation/bench.py is not beside this cutem (run from a source checkout)")

@@ -467,6 +467,11 @@ def run_guarded(group) -> int:
 
         if cutem.ENVIRONMENT_ERROR is not None:
             raise cutem.ENVIRONMENT_ERROR
+        if os.environ.get("CUTEM_MEMORY_LIMIT", "").strip():  # checked by every command, not only the planned
+            from cutem.memory import parse_bytes
+
+            if parse_bytes(os.environ["CUTEM_MEMORY_LIMIT"]) <= 0:
+                raise BadInput(f"CUTEM_MEMORY_LIMIT={os.environ['CUTEM_MEMORY_LIMIT']!r} must be a positive size")
         rc = group.main(standalone_mode=False)
         return rc if isinstance(rc, int) else 0
     except click.exceptions.Exit as exc:
