@@ -8,6 +8,13 @@ from cutem.params import SEED_RANGE
 from .common import BaseName, InFile, Number, OutPath, device_option, quiet_option
 
 
+def _scheduler(ctx, param, value):
+    if value in ("processes", "threads", "sync") or value.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+        return value
+    raise click.BadParameter(f"{value!r}: processes, threads, sync or a scheduler address (tcp://host:8786)",
+                             param_hint="--scheduler")
+
+
 @click.command("simulate-batch")
 @click.argument("config", required=False, type=InFile("config"))
 @click.option("--out", "out_dir", default="batch", show_default=True, type=OutPath("dir"),
@@ -22,7 +29,7 @@ from .common import BaseName, InFile, Number, OutPath, device_option, quiet_opti
 @click.option("--defocus", default=None, help="Defocus range in Å, LO:HI.")
 @click.option("--dose", default=None, help="Dose range in e-/Å², LO:HI.")
 @click.option("--ice", default=None, help="Ice thickness range (centre) in Å, LO:HI.")
-@click.option("--scheduler", default="processes", show_default=True,
+@click.option("--scheduler", default="processes", show_default=True, callback=_scheduler,
               help="processes | threads | sync, or a dask.distributed scheduler address (tcp://host:8786).")
 @click.option("--workers", type=Number(1, 4096, integer=True), default=None, help="Local workers (default: all cores).")
 @click.option("--name", type=BaseName(), default=None, help="Base name of the items' files (default: the config's output).")

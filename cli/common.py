@@ -239,7 +239,7 @@ def _registry(ctx, key):
 class InFile(click.ParamType):
     """An input file of ``kind``: ``"text"`` (decodes as UTF-8, no NUL; ``.gz`` is opened as
     gzip), ``"toml"`` (text that parses as TOML), ``"config"`` (a TOML, TEM-simulator or structure
-    file: text), ``"mrc"`` (header sane, data fit the file and the free memory), ``"h5"``
+    file: text), ``"data"`` (MRC, or text for a ``.star``), ``"mrc"`` (header sane, data fit the file and the free memory), ``"h5"``
     (HDF5 signature) or ``"any"``."""
 
     name = "file"
@@ -284,7 +284,7 @@ class InFile(click.ParamType):
             except (OSError, EOFError) as exc:
                 raise BadInput(f"{label} {path}: not a readable gzip file ({exc})") from None
         if b"\0" in head:
-            raise BadInput(f"{label} {path}: a binary file, expected text")
+            raise BadInput(f"{label} {path}: not a text file (binary content)")
         try:
             head.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -301,6 +301,13 @@ class InFile(click.ParamType):
             tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise BadInput(f"{label} {path}: not valid TOML ({' '.join(str(exc).split())})") from None
+
+    def _sniff_data(self, path, head, size, label):
+        """An MRC image, or a STAR table (by its name)."""
+        if path.name.lower().endswith(".star"):
+            self._sniff_text(path, head, size, label)
+        else:
+            self._sniff_mrc(path, head, size, label)
 
     def _sniff_h5(self, path, head, size, label):
         if not head.startswith(b"\x89HDF\r\n\x1a\n"):

@@ -41,7 +41,7 @@ def _report_lines(title, params, errors, extra=()):
 
 
 @click.command("fit-mtf")
-@click.argument("inputs", nargs=-1, required=True, type=InFile("any"))
+@click.argument("inputs", nargs=-1, required=True, type=InFile("data"))
 @click.option("--config", "config_path", type=InFile("config"),
               help="TOML or TEM-simulator file: the fixed detector values (pixel size, dose, DQE) "
                    "and the start; its [detector] is what the output replaces.")

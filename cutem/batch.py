@@ -265,7 +265,8 @@ def _row(item: Item, status, seconds=""):
 
 def write_manifest(out_dir, items, rows):
     cols = _columns(items)
-    with io.atomic_path(Path(out_dir) / MANIFEST, suffix=".csv") as tmp:
+    # a progress record: renamed at once, also inside a command's output transaction
+    with io.atomic_path(Path(out_dir) / MANIFEST, suffix=".csv", immediate=True) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
             w.writeheader()
@@ -453,6 +454,8 @@ def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    for stale in io.stale_temporaries(out_dir / MANIFEST):  # of a killed batch
+        stale.unlink(missing_ok=True)
     old = read_manifest(out_dir)
     rows, todo = {}, []
     for it in items:
