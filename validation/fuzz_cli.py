@@ -16,7 +16,7 @@ console script in a subprocess with a timeout and ``CUTEM_MEMORY_LIMIT``; it is
 
 ``python -m validation.fuzz_cli`` runs every case and rewrites the fuzz section of
 ``docs/bad_inputs.md`` and the counts in ``README.md``; ``--per-command N`` keeps the first N
-cases per command (tests/test_fuzz_cli.py runs two).
+cases per command, spread over its list (tests/test_fuzz_cli.py runs two).
 """
 from __future__ import annotations
 
@@ -208,7 +208,8 @@ def cases(d: Path, per_command=None):
                 val = [v, v] if isinstance(p, click.Option) and p.nargs == 2 else v
                 label = max(p.opts, key=len) if isinstance(p, click.Option) else p.human_readable_name
                 mine.append(Case(name, label, str(v)[:60], _replace(base, p, val), {}))
-        out += mine[:per_command] if per_command else mine
+        # a subset spread over the list: environment, arguments and options alike
+        out += mine[::max(1, len(mine) // per_command)][:per_command] if per_command else mine
     return out
 
 
