@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .common import BadInput, run_guarded
+from .common import BadInput, guard, run_guarded
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +24,7 @@ for _mod in pkgutil.iter_modules(__path__):
     if _mod.name in ("common",) or _mod.name.startswith("_"):
         continue
     for _cmd in getattr(importlib.import_module(f"{__name__}.{_mod.name}"), "COMMANDS", []):
-        main.add_command(_cmd)
+        main.add_command(guard(_cmd))  # inputs vs outputs checked, outputs one transaction
 
 
 def entry():

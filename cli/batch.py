@@ -3,27 +3,36 @@ from __future__ import annotations
 
 import click
 
-from .common import device_option, quiet_option
+from cutem.params import SEED_RANGE
+
+from .common import BaseName, InFile, Number, OutPath, device_option, quiet_option
+
+
+def _scheduler(ctx, param, value):
+    if value in ("processes", "threads", "sync") or value.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+        return value
+    raise click.BadParameter(f"{value!r}: processes, threads, sync or a scheduler address (tcp://host:8786)",
+                             param_hint="--scheduler")
 
 
 @click.command("simulate-batch")
-@click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", default="batch", show_default=True, type=click.Path(file_okay=False),
+@click.argument("config", required=False, type=InFile("config"))
+@click.option("--out", "out_dir", default="batch", show_default=True, type=OutPath("dir"),
               help="Output folder (holds manifest.csv).")
-@click.option("--table", type=click.Path(dir_okay=False), default=None,
+@click.option("--table", type=InFile("text"), default=None,
               help="CSV parameter table: one item per row; columns particles, defocus_A, dose_e_per_A2, "
                    "ice_thickness_A, seed or section.field.")
-@click.option("--count", "-n", type=int, default=None, help="Number of items drawn from the ranges.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Batch seed (item seeds derive from it).")
+@click.option("--count", "-n", type=Number(1, 10 ** 6, integer=True), default=None, help="Number of items drawn from the ranges.")
+@click.option("--seed", type=Number(*SEED_RANGE, integer=True), default=0, show_default=True, help="Batch seed (item seeds derive from it).")
 @click.option("--particles", default=None, help="Particles per item, LO:HI (integers, random placement "
                                                 "and orientations).")
 @click.option("--defocus", default=None, help="Defocus range in Å, LO:HI.")
 @click.option("--dose", default=None, help="Dose range in e-/Å², LO:HI.")
 @click.option("--ice", default=None, help="Ice thickness range (centre) in Å, LO:HI.")
-@click.option("--scheduler", default="processes", show_default=True,
+@click.option("--scheduler", default="processes", show_default=True, callback=_scheduler,
               help="processes | threads | sync, or a dask.distributed scheduler address (tcp://host:8786).")
-@click.option("--workers", type=int, default=None, help="Local workers (default: all cores).")
-@click.option("--name", default=None, help="Base name of the items' files (default: the config's output).")
+@click.option("--workers", type=Number(1, 4096, integer=True), default=None, help="Local workers (default: all cores).")
+@click.option("--name", type=BaseName(), default=None, help="Base name of the items' files (default: the config's output).")
 @device_option
 @quiet_option
 def simulate_batch(config, out_dir, table, count, seed, particles, defocus, dose, ice, scheduler, workers, name,
@@ -37,10 +46,6 @@ def simulate_batch(config, out_dir, table, count, seed, particles, defocus, dose
     from cutem.config import load_config
     from cutem.errors import InputError
 
-    if seed < 0:
-        raise click.BadParameter("must be >= 0", param_hint="--seed")
-    if workers is not None and workers < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--workers")
     cfg = load_config(config)
     ranges = {}
     for opt, key, integer in (("particles", "particles", True), ("defocus", "defocus_A", False),

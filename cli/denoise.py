@@ -5,59 +5,49 @@ from pathlib import Path
 
 import click
 
-from .common import device_option, fail, quiet_option
+from cutem.params import Detector, Optics, Sample
 
+from .common import InFile, Number, NumberList, OutPath, device_option, fail, quiet_option
 
-def _range(text, name, lo=None, hi=None):
-    """'a,b' or 'a' -> (a, b) floats."""
-    try:
-        parts = [float(v) for v in str(text).split(",")]
-    except ValueError:
-        fail(f"--{name} {text!r}: expected one number or two separated by a comma")
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or parts[0] > parts[1]:
-        fail(f"--{name} {text!r}: expected LOW,HIGH with LOW <= HIGH")
-    if (lo is not None and parts[0] < lo) or (hi is not None and parts[1] > hi):
-        fail(f"--{name} {text!r}: must lie in [{lo}, {hi}]")
-    return tuple(parts)
+_COUNT = Number(1, 10 ** 7, integer=True)
 
 
 @click.command("train-denoiser")
-@click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", default="denoiser.h5", show_default=True,
+@click.argument("config", required=False, type=InFile("config"))
+@click.option("-o", "--out", "out", default="denoiser.h5", show_default=True, type=OutPath(),
               help="Checkpoint / model file (HDF5); written every --checkpoint-every steps.")
-@click.option("--steps", type=int, default=None, help="Adam steps [default 1200].")
-@click.option("--batch", type=int, default=None, help="Patches per step [default 4].")
-@click.option("--patch", type=int, default=None, help="Patch side in pixels [default 96].")
-@click.option("--lr", type=float, default=None, help="Initial learning rate [default 2e-3].")
+@click.option("--steps", type=_COUNT, default=None, help="Adam steps [default 1200].")
+@click.option("--batch", type=Number(1, 4096, integer=True), default=None, help="Patches per step [default 4].")
+@click.option("--patch", type=Number(8, 4096, "px", integer=True), default=None, help="Patch side in pixels [default 96].")
+@click.option("--lr", type=Number(0.0, 10.0, open="lo"), default=None, help="Initial learning rate [default 2e-3].")
 @click.option("--loss", type=click.Choice(["l2", "l1"]), default=None, help="Training loss [default l2].")
-@click.option("--depth", type=int, default=3, show_default=True, help="U-Net levels below the top.")
-@click.option("--width", type=int, default=16, show_default=True, help="U-Net channels at the top level.")
-@click.option("--convs", type=int, default=1, show_default=True, help="3x3 convolutions per level and side.")
+@click.option("--depth", type=Number(1, 8, integer=True), default=3, show_default=True, help="U-Net levels below the top.")
+@click.option("--width", type=Number(1, 1024, integer=True), default=16, show_default=True, help="U-Net channels at the top level.")
+@click.option("--convs", type=Number(1, 8, integer=True), default=1, show_default=True, help="3x3 convolutions per level and side.")
 @click.option("--residual/--no-residual", default=False, show_default=True,
               help="Predict a correction added to the input instead of the image itself.")
 @click.option("--noise2noise", is_flag=True, help="Targets are a second independent noisy draw.")
-@click.option("--image-size", type=int, default=192, show_default=True, help="Side of each simulated image (pixels).")
-@click.option("--pixel-size", type=float, default=None, help="Pixel size in Å [default: config or 2.0].")
-@click.option("--dose", default="5,60", show_default=True, help="Dose range, e-/Å² per image.")
-@click.option("--defocus", default="5000,30000", show_default=True, help="Defocus range, Å (underfocus +).")
-@click.option("--ice", default="150,500", show_default=True, help="Ice thickness range, Å.")
-@click.option("--particles", default="40,80", show_default=True,
+@click.option("--image-size", type=Number(16, 65536, "px", integer=True), default=192, show_default=True, help="Side of each simulated image (pixels).")
+@click.option("--pixel-size", type=Number.of(Detector, "pixel_size_A"), default=None,
+              help="Pixel size in Å [default: config or 2.0].")
+@click.option("--dose", type=NumberList(Number.of(Detector, "dose_e_per_A2")), default="5,60", show_default=True, help="Dose range, e-/Å² per image.")
+@click.option("--defocus", type=NumberList(Number.of(Optics, "defocus_u_A")), default="5000,30000", show_default=True, help="Defocus range, Å (underfocus +).")
+@click.option("--ice", type=NumberList(Number.of(Sample, "thickness_center_A")), default="150,500", show_default=True, help="Ice thickness range, Å.")
+@click.option("--particles", type=NumberList(Number(0, 1000, integer=True)), default="40,80", show_default=True,
               help="Particles per image (range; a crowded field: fewer when the field is full).")
 @click.option("--structure", "structures", multiple=True,
               help="PDB/mmCIF file to draw particles from, or 'tmv' for the packaged TMV fragment "
                    "(repeatable; default: tmv).")
-@click.option("--mtf", "mtf_file", type=click.Path(exists=True, dir_okay=False),
+@click.option("--mtf", "mtf_file", type=InFile("toml"),
               help="Detector parameters from a `cutem fit-mtf` result (TOML).")
-@click.option("--pool", type=int, default=None, help="Simulated images kept for patch sampling [default 16].")
-@click.option("--refresh-every", type=int, default=None, help="Steps between new simulations [default 10].")
-@click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints [default 250].")
+@click.option("--pool", type=Number(1, 10 ** 5, integer=True), default=None, help="Simulated images kept for patch sampling [default 16].")
+@click.option("--refresh-every", type=_COUNT, default=None, help="Steps between new simulations [default 10].")
+@click.option("--checkpoint-every", type=_COUNT, default=None, help="Steps between checkpoints [default 250].")
 @click.option("--resume", is_flag=True, help="Continue from --out if it exists.")
-@click.option("--export", "export_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--export", "export_path", type=OutPath(), default=None,
               help="Also write a small inference-only model file (weights and settings, no optimiser "
                    "state or image pool) here at the end.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=Number(0, 2 ** 63 - 1, integer=True), default=0, show_default=True)
 @device_option
 @quiet_option
 def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, convs, residual, noise2noise, image_size,
@@ -89,20 +79,25 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
 
         base = load_config(config)
     detector = detector_from_toml(mtf_file, base.detector if base else None) if mtf_file else None
-    n_lo, n_hi = _range(particles, "particles", 0, 1000)
+    from cutem import memory
+    from cutem.config import default_config
+
+    memory.check_bytes(memory.train_bytes(base or default_config(), image_size, cfg.pool, cfg.batch, cfg.patch, width,
+                                          depth, convs, device=device),
+                       f"training on {image_size}x{image_size} images (pool {cfg.pool}, batch {cfg.batch} of "
+                       f"{cfg.patch}x{cfg.patch})", "a smaller --image-size, --pool, --batch or --patch", device)
+    n_lo, n_hi = particles
     from cutem.denoise import default_structures
 
     structs = []
     for s in structures:
         if s.lower() == "tmv":
             structs += default_structures()
-        elif not Path(s).is_file():
-            fail(f"--structure {s}: no such file")
         else:
-            structs.append((s, None))
+            structs.append((str(InFile("config").check(s, "--structure")), None))
     source = SimulatorPairs(base=base, image_size=image_size, pixel_size_A=pixel_size,
-                            dose_range=_range(dose, "dose", 0, 1e5), defocus_range=_range(defocus, "defocus", -2e5, 2e5),
-                            ice_range=_range(ice, "ice", 0, 1e5), particles_range=(int(n_lo), int(n_hi)),
+                            dose_range=dose, defocus_range=defocus,
+                            ice_range=ice, particles_range=(int(n_lo), int(n_hi)),
                             structures=structs or None, detector=detector, noise2noise=noise2noise, xp=xp)
     if resume and Path(out).is_file():
         import json
@@ -132,18 +127,18 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
 
 
 @click.command()
-@click.argument("input", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", default=None, help="Output MRC [default: INPUT_denoised.mrc]; a PNG preview is written beside it.")
+@click.argument("input", type=InFile("mrc"))
+@click.option("-o", "--out", default=None, type=OutPath(suffixes=(".png",)), help="Output MRC [default: INPUT_denoised.mrc]; a PNG preview is written beside it.")
 @click.option("--method", type=click.Choice(["learned", "model"]), default="learned", show_default=True)
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Trained network (learned method).")
-@click.option("--tile", type=int, default=256, show_default=True, help="Tile side for the network.")
-@click.option("--overlap", type=int, default=64, show_default=True, help="Tile overlap in pixels.")
-@click.option("--detector", "det_file", type=click.Path(dir_okay=False),
+@click.option("--model", "model_path", type=InFile("h5"), help="Trained network (learned method).")
+@click.option("--tile", type=Number(8, 8192, "px", integer=True), default=256, show_default=True, help="Tile side for the network.")
+@click.option("--overlap", type=Number(0, 8192, "px", integer=True), default=64, show_default=True, help="Tile overlap in pixels.")
+@click.option("--detector", "det_file", type=InFile("toml"),
               help="Model method: detector parameters (fit-mtf result or run config TOML).")
-@click.option("--gain", type=float, default=None, help="Model method: counts per electron (overrides --detector).")
-@click.option("--beta", type=float, default=16.0, show_default=True, help="Model method: smoothness weight.")
-@click.option("--iterations", type=int, default=300, show_default=True, help="Model method: Adam iterations.")
-@click.option("--draws", type=int, default=4, show_default=True, help="Model method: noisy simulations per iteration.")
+@click.option("--gain", type=Number.of(Detector, "gain"), default=None, help="Model method: counts per electron (overrides --detector).")
+@click.option("--beta", type=Number(0.0, 1e6), default=16.0, show_default=True, help="Model method: smoothness weight.")
+@click.option("--iterations", type=_COUNT, default=300, show_default=True, help="Model method: Adam iterations.")
+@click.option("--draws", type=Number(1, 1000, integer=True), default=4, show_default=True, help="Model method: noisy simulations per iteration.")
 @click.option("--estimator", type=click.Choice(["pathwise", "score"]), default="pathwise", show_default=True)
 @click.option("--no-png", is_flag=True, help="Do not write the PNG preview.")
 @device_option
@@ -158,22 +153,24 @@ def denoise(input, out, method, model_path, tile, overlap, det_file, gain, beta,
     from cutem.denoise import denoise_stack, detector_from_toml, load_denoiser, model_denoise
     from cutem.io import read_mrc, write_mrc, write_png
 
+    from cutem import memory
+
+    if overlap >= tile:
+        fail(f"--tile {tile} / --overlap {overlap}: need overlap < tile")
     data, px = read_mrc(input, ndim=(2, 3), name="input")
+    need = (memory.denoise_bytes(data.shape, tile, overlap) if method == "learned"
+            else 8 * data.size + 96 * draws * data.shape[-1] * data.shape[-2])
+    memory.check_bytes(need, f"denoising {'x'.join(map(str, data.shape))}", "a smaller --tile or --draws, or "
+                       "fewer sections", device)
     xp = B.get_xp(device)
-    if tile < 8 or overlap < 0 or overlap >= tile:
-        fail(f"--tile {tile} / --overlap {overlap}: need tile >= 8 and 0 <= overlap < tile")
     if method == "learned":
         if not model_path:
             fail("--method learned needs --model MODEL.h5 (train one with `cutem train-denoiser`)")
         net, params, info = load_denoiser(model_path, xp)
         result = denoise_stack(net, params, data, tile=tile, overlap=overlap, progress=not quiet)
     else:
-        if iterations < 1 or draws < 1 or beta < 0:
-            fail("--iterations and --draws must be >= 1 and --beta >= 0")
         det = detector_from_toml(det_file) if det_file else None
         if gain is not None:
-            if gain <= 0:
-                fail(f"--gain {gain} must be > 0")
             det = det.replace(gain=gain) if det is not None else None
         secs = data[None] if data.ndim == 2 else data
         res = []

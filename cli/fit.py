@@ -11,7 +11,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .common import fail, quiet_option
+from cutem.params import Detector, Optics
+
+from .common import InFile, Number, OutPath, fail, ordered, quiet_option
 
 _MTF_FREE = "mtf_a,mtf_b,mtf_c,mtf_alpha,mtf_beta,gain"
 _CURVE_FREE = "mtf_a,mtf_b,mtf_c,mtf_alpha,mtf_beta,mtf_p,mtf_q"
@@ -39,8 +41,8 @@ def _report_lines(title, params, errors, extra=()):
 
 
 @click.command("fit-mtf")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+@click.argument("inputs", nargs=-1, required=True, type=InFile("data"))
+@click.option("--config", "config_path", type=InFile("config"),
               help="TOML or TEM-simulator file: the fixed detector values (pixel size, dose, DQE) "
                    "and the start; its [detector] is what the output replaces.")
 @click.option("--kind", type=click.Choice(["auto", "micrographs", "specimen", "spectrum", "curve"]), default="auto",
@@ -55,12 +57,13 @@ def _report_lines(title, params, errors, extra=()):
 @click.option("--ps-objective", type=click.Choice(["log_radial", "whittle"]), default="log_radial",
               show_default=True, help="Micrographs (blank or with a specimen): log radial power-spectrum loss or "
                                       "the 2D Whittle likelihood of the periodogram.")
-@click.option("--tilt", type=int, default=0, show_default=True, help="Specimen: which tilt of the config the "
+@click.option("--tilt", type=Number(0, 10 ** 6, integer=True), default=0, show_default=True, help="Specimen: which tilt of the config the "
                                                                       "micrographs show.")
 @click.option("--method", type=click.Choice(["lbfgsb", "adam"]), default="lbfgsb", show_default=True)
-@click.option("--maxiter", type=int, default=300, show_default=True)
-@click.option("--lr", type=float, default=0.05, show_default=True, help="Adam step (internal units).")
-@click.option("--pixel-size", "pixel_size", type=float, default=None, help="Å per pixel (default: config, then header).")
+@click.option("--maxiter", type=Number(1, 10 ** 6, integer=True), default=300, show_default=True)
+@click.option("--lr", type=Number(0.0, 10.0, open="lo"), default=0.05, show_default=True, help="Adam step (internal units).")
+@click.option("--pixel-size", "pixel_size", type=Number.of(Detector, "pixel_size_A"), default=None,
+              help="Å per pixel (default: config, then header).")
 @click.option("--objective", type=click.Choice(["expected", "simulated"]), default="expected", show_default=True,
               help="Micrographs: fit the expected spectrum (deterministic), or compare with simulated "
                    "micrographs (stochastic; see --loss, --estimator, --crn).")
@@ -70,8 +73,9 @@ def _report_lines(title, params, errors, extra=()):
               help="Gradient estimator of the random stages (simulated objective).")
 @click.option("--crn/--fresh-noise", default=True, show_default=True,
               help="Common random numbers: the same noise draw at every iteration.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=Number(0, 2 ** 63 - 1, integer=True), default=0, show_default=True)
 @click.option("-o", "--out", "out", default="mtf_fit", show_default=True,
+              type=OutPath("prefix", (".toml", ".png", ".txt")),
               help="Output prefix: PREFIX.toml, PREFIX.png, PREFIX.txt.")
 def fit_mtf(inputs, config_path, kind, dc, free, ps_objective, tilt, method, maxiter, lr, pixel_size, objective,
             loss_name, estimator, crn, seed, out):
@@ -196,24 +200,24 @@ def fit_mtf(inputs, config_path, kind, dc, free, ps_objective, tilt, method, max
 
 
 @click.command("fit-ctf")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=InFile("mrc", min_side=32))
 @click.option("--kind", type=click.Choice(["spectrum", "micrograph"]), default="spectrum", show_default=True,
               help="Inputs are power spectra or micrographs (a micrograph's spectrum is the mean periodogram "
                    "of 512-pixel tiles).")
 @click.option("--dc", type=click.Choice(["centre", "corner"]), default="centre", show_default=True,
               help="Where DC sits in an input power spectrum.")
-@click.option("--pixel-size", "pixel_size", type=float, default=None,
+@click.option("--pixel-size", "pixel_size", type=Number.of(Detector, "pixel_size_A"), default=None,
               help="Å per pixel of the image (spectrum sampling); default: the MRC header.")
-@click.option("--voltage", "voltage_kV", type=float, default=300.0, show_default=True, help="kV")
-@click.option("--cs", "cs_mm", type=float, default=2.7, show_default=True, help="mm")
-@click.option("--amplitude-contrast", type=float, default=0.1, show_default=True, help="start (or fixed) value")
+@click.option("--voltage", "voltage_kV", type=Number.of(Optics, "voltage_kV"), default=300.0, show_default=True, help="kV")
+@click.option("--cs", "cs_mm", type=Number.of(Optics, "cs_mm"), default=2.7, show_default=True, help="mm")
+@click.option("--amplitude-contrast", type=Number.of(Optics, "amplitude_contrast"), default=0.1, show_default=True, help="start (or fixed) value")
 @click.option("--fix-amplitude-contrast", is_flag=True, help="Do not fit the amplitude contrast.")
-@click.option("--resolution-range", nargs=2, type=float, default=(30.0, 5.0), show_default=True,
+@click.option("--resolution-range", nargs=2, type=Number(0.0, 1e4, "Å", open="lo"), callback=ordered(descending=True), default=(30.0, 5.0), show_default=True,
               help="Fit range: lowest and highest resolution in Å.")
-@click.option("--defocus-range", nargs=2, type=float, default=(2000.0, 50000.0), show_default=True,
+@click.option("--defocus-range", nargs=2, type=Number.of(Optics, "defocus_u_A"), callback=ordered(), default=(2000.0, 50000.0), show_default=True,
               help="Defocus search range in Å.")
-@click.option("--max-astigmatism", type=float, default=1500.0, show_default=True, help="Å, for the 2D grid")
-@click.option("-o", "--out", "out", default="ctf_fit.star", show_default=True,
+@click.option("--max-astigmatism", type=Number(0.0, 1e5, "Å"), default=1500.0, show_default=True, help="Å, for the 2D grid")
+@click.option("-o", "--out", "out", default="ctf_fit.star", show_default=True, type=OutPath(),
               help="STAR file; one PNG per input beside it (<out stem>_<input stem>.png).")
 @quiet_option
 def fit_ctf(inputs, kind, dc, pixel_size, voltage_kV, cs_mm, amplitude_contrast, fix_amplitude_contrast,

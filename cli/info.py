@@ -55,6 +55,12 @@ def gradcheck(backends, dtypes, names):
     cutem.load_all()
     if not backends:
         backends = ("numpy", "cupy") if B.cuda_available() else ("numpy",)
+    from adjoints.stage import REGISTRY
+
+    for n in names:  # a name that matches nothing would check nothing and pass
+        if not any(n in s for s in REGISTRY):
+            raise click.BadParameter(f"{n!r} matches no registered stage (known: {', '.join(sorted(REGISTRY))})",
+                                     param_hint="--stage")
     rows = run(backends, tuple(np.dtype(d) for d in (dtypes or ("float64",))), names)
     click.echo(format_table(rows))
     if not all(r.passed for r in rows):

@@ -6,7 +6,9 @@ import time
 
 import click
 
-from .common import device_option, quiet_option
+from cutem.params import SEED_RANGE, Detector, Geometry, Simulation
+
+from .common import InFile, Number, OutPath, device_option, quiet_option
 
 _STRUCTURE_EXT = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".ent.gz", ".cif.gz", ".mmcif.gz")
 
@@ -27,31 +29,31 @@ def _parse_shape(text):
 
 
 @click.command()
-@click.argument("source", required=False, type=click.Path(dir_okay=False))
-@click.option("--out", "out_path", default="potential.mrc", show_default=True, type=click.Path(dir_okay=False),
+@click.argument("source", required=False, type=InFile("config"))
+@click.option("--out", "out_path", default="potential.mrc", show_default=True, type=OutPath(),
               help="Output MRC file.")
 @click.option("--volume", is_flag=True, help="Write the 3D potential map in V (voxel = pixel size) "
                                               "instead of the projected potential in V·Å.")
 @click.option("--no-ice", is_flag=True, help="Leave the solvent (and support film) out.")
-@click.option("--pixel-size", type=float, default=None,
+@click.option("--pixel-size", type=Number.of(Detector, "pixel_size_A"), default=None,
               help="Pixel size in Å (default: the config's detector pixel, 1 Å for a structure).")
 @click.option("--shape", default=None, help="Grid NYxNX or N (default: the detector, or one that holds the particle).")
-@click.option("--tilt", "tilt_deg", type=float, default=0.0, show_default=True, help="Tilt angle (degrees).")
-@click.option("--tilt-axis", "tilt_axis_deg", type=float, default=0.0, show_default=True,
+@click.option("--tilt", "tilt_deg", type=Number(-90.0, 90.0, "deg"), default=0.0, show_default=True, help="Tilt angle (degrees).")
+@click.option("--tilt-axis", "tilt_axis_deg", type=Number.of(Geometry, "tilt_axis_deg"), default=0.0, show_default=True,
               help="In-plane angle of the tilt axis from x (degrees).")
-@click.option("--slice-thickness", type=float, default=None,
+@click.option("--slice-thickness", type=Number.of(Simulation, "slice_thickness_A"), default=None,
               help="Multislice: write one projected-potential slice per this many Å (a stack; default: "
                    "the config's slicing, one slice for a structure).")
-@click.option("--transforms", type=click.Path(dir_okay=False), default=None,
+@click.option("--transforms", type=InFile("text"), default=None,
               help="STRUCTURE only: a TEM-simulator transform file (pdb_transf_file_in).")
 @click.option("--assembly", is_flag=True, help="STRUCTURE only: expand the biological assembly (BIOMT).")
 @click.option("--infer-elements", is_flag=True, help="Take missing/unknown elements from atom names.")
 @click.option("--no-hydrogens", is_flag=True, help="Drop hydrogen atoms of the file.")
 @click.option("--implicit-hydrogens", is_flag=True,
               help="STRUCTURE without hydrogens: add each residue's bonded hydrogens at their heavy atoms.")
-@click.option("--b-factor", type=float, default=None,
+@click.option("--b-factor", type=Number.of(Simulation, "b_factor_A2"), default=None,
               help="Global B added to every atom (Å²; default: the config's simulation.b_factor_A2, 0 for a structure).")
-@click.option("--seed", type=int, default=None, help="Seed for random particle placement (default: the config's).")
+@click.option("--seed", type=Number(*SEED_RANGE, integer=True), default=None, help="Seed for random particle placement (default: the config's).")
 @device_option
 @quiet_option
 def potential(source, out_path, volume, no_ice, pixel_size, shape, tilt_deg, tilt_axis_deg, slice_thickness,
@@ -71,12 +73,6 @@ def potential(source, out_path, volume, no_ice, pixel_size, shape, tilt_deg, til
 
     t0 = time.perf_counter()
     grid = _parse_shape(shape)
-    for name, v in (("--pixel-size", pixel_size), ("--slice-thickness", slice_thickness)):
-        if v is not None and not (v > 0 and math.isfinite(v)):
-            raise click.BadParameter("must be a positive number of Å", param_hint=name)
-    for name, v in (("--tilt", tilt_deg), ("--tilt-axis", tilt_axis_deg), ("--b-factor", b_factor)):
-        if v is not None and not math.isfinite(v):
-            raise click.BadParameter("must be a finite number", param_hint=name)
     is_structure = source is not None and source.lower().endswith(_STRUCTURE_EXT)
     if is_structure:
         atoms = load_particle(source, transforms, assembly=0 if assembly else None, hydrogens=not no_hydrogens,
@@ -103,7 +99,12 @@ def potential(source, out_path, volume, no_ice, pixel_size, shape, tilt_deg, til
                       geometry=cfg.geometry.replace(tilt_angles_deg=(tilt_deg,), tilt_axis_deg=tilt_axis_deg,
                                                     dose_weights=None, defocus_offsets_A=None))
     scene = scene if scene is not None else scene_from_config(cfg)
-    model = ImageModel.from_config(cfg, 0, scene=scene, device=device)
+    from cutem import memory
+    from cutem.validate import check_grid
+
+    check_grid(cfg)
+    plan = memory.check(cfg, scene, device)  # refused here, before anything is allocated
+    model = ImageModel.from_config(cfg, 0, scene=scene, device=device, atom_chunk=plan.atom_chunk)
     g = model.grid
     px = g.pixel_size_A
     label = source or "TMV example"
@@ -111,6 +112,8 @@ def potential(source, out_path, volume, no_ice, pixel_size, shape, tilt_deg, til
         ny, nx = g.field_shape
         z0, z1 = specimen_z_extent(cfg, g, tilt_deg, scene.z_extent(tilt_deg, tilt_axis_deg) if len(scene) else None)
         nz = int(math.ceil(max(abs(z0), abs(z1)) / px)) * 2 + 2
+        memory.check_bytes(memory.volume_bytes(nz, ny, nx), f"the potential volume {nz}x{ny}x{nx}",
+                           "a larger --pixel-size or a smaller --shape", device)
         with_ice = cfg.sample.ice
         vol = B.to_numpy(potential_volume(model.atoms, (nz, ny, nx), px, b_factor_A2=sim.b_factor_A2,
                                           solvent_V=ice_potential_V() if with_ice else 0.0))

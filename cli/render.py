@@ -6,27 +6,36 @@ from pathlib import Path
 
 import click
 
-from .common import device_option, fail, quiet_option
+from .common import InFile, Number, OutPath, device_option, fail, ordered, quiet_option
+
+
+def _tf_spec(ctx, param, value):
+    """A preset name, else a text file of control points."""
+    from cutem.render import PRESETS
+
+    if value in PRESETS:
+        return value
+    return InFile("text").convert(value, param, ctx)
 
 
 @click.command()
-@click.argument("volume", type=click.Path(dir_okay=False))
+@click.argument("volume", type=InFile("mrc"))
 @click.option("--mode", type=click.Choice(["dvr", "mip", "slices"]), default="dvr", show_default=True,
               help="Emission-absorption ray casting, maximum-intensity projection or orthogonal slices.")
-@click.option("--tf", "tf_spec", default="cryo", show_default=True,
+@click.option("--tf", "tf_spec", default="cryo", show_default=True, callback=_tf_spec,
               help="Transfer function: a preset (grey, bone, cryo) or a file of 'value r g b alpha' lines.")
-@click.option("--azimuth", type=float, default=30.0, show_default=True, help="Degrees about the vertical axis.")
-@click.option("--elevation", type=float, default=20.0, show_default=True, help="Degrees of tip towards the viewer.")
-@click.option("--orbit", "n_orbit", type=int, default=0,
+@click.option("--azimuth", type=Number(-360.0, 360.0, "deg"), default=30.0, show_default=True, help="Degrees about the vertical axis.")
+@click.option("--elevation", type=Number(-90.0, 90.0, "deg"), default=20.0, show_default=True, help="Degrees of tip towards the viewer.")
+@click.option("--orbit", "n_orbit", type=Number(0, 3600, integer=True), default=0,
               help="Render N views round the vertical axis (GIF when --out ends in .gif, else name_###.png).")
 @click.option("--invert", is_flag=True, help="Dark is dense (raw tomograms of phase contrast images).")
-@click.option("--window", nargs=2, type=float, default=(1.0, 99.9), show_default=True,
+@click.option("--window", nargs=2, type=Number(0.0, 100.0, "%"), callback=ordered(), default=(1.0, 99.9), show_default=True,
               help="Percentiles mapped to 0 and 1 before the transfer function.")
-@click.option("--opacity", type=float, default=1.0, show_default=True, help="Scale of the TF opacity.")
-@click.option("--step", type=float, default=0.5, show_default=True, help="Ray step in voxels.")
-@click.option("--max-size", type=int, default=256, show_default=True,
+@click.option("--opacity", type=Number(0.0, 1e3, open="lo"), default=1.0, show_default=True, help="Scale of the TF opacity.")
+@click.option("--step", type=Number(0.0, 4.0, "voxels", open="lo"), default=0.5, show_default=True, help="Ray step in voxels.")
+@click.option("--max-size", type=Number(0, 65536, integer=True), default=256, show_default=True,
               help="Bin the volume by an integer factor so no side exceeds this (0: never).")
-@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="x.png or x.gif")
+@click.option("--out", "out", type=OutPath(), required=True, help="x.png or x.gif")
 @device_option
 @quiet_option
 def render(volume, mode, tf_spec, azimuth, elevation, n_orbit, invert, window, opacity, step, max_size,
@@ -38,14 +47,16 @@ def render(volume, mode, tf_spec, azimuth, elevation, n_orbit, invert, window, o
     from cutem import io
     from cutem import render as R
 
-    if step <= 0 or step > 4:
-        fail(f"--step = {step} is outside the allowed range (0, 4] voxels")
-    if not 0 <= window[0] < window[1] <= 100:
-        fail(f"--window {window[0]} {window[1]}: need 0 <= low < high <= 100")
-    if n_orbit < 0:
-        fail(f"--orbit = {n_orbit} must be >= 0")
+    if window[0] == window[1]:
+        fail(f"--window {window[0]} {window[1]}: need low < high")
     tf = R.TransferFunction.load(tf_spec) if mode == "dvr" else None
+    from cutem import memory
+
     data, px = io.read_mrc(volume, ndim=3, name="volume")
+    side = max(data.shape) if not max_size else min(max(data.shape), max_size)
+    memory.check_bytes(memory.render_bytes(data.shape, mode, max_size) + 4 * side * side * max(1, n_orbit),
+                       f"rendering a {'x'.join(map(str, data.shape))} volume", "a smaller --max-size or fewer "
+                       "--orbit views", device)
     xp = B.get_xp(device)
     vol = xp.asarray(data)
     if max_size:

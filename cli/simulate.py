@@ -5,16 +5,18 @@ import time
 
 import click
 
-from .common import apply_settings, device_option, is_structure, quiet_option, set_option
+from .common import (BaseName, InFile, Number, OutPath, apply_settings, device_option, is_structure, quiet_option,
+                     set_option)
+from cutem.params import SEED_RANGE
 
 
 @click.command()
-@click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", default="out", show_default=True, type=click.Path(file_okay=False),
+@click.argument("config", required=False, type=InFile("config"))
+@click.option("--out", "out_dir", default="out", show_default=True, type=OutPath("dir"),
               help="Output folder.")
-@click.option("--seed", type=int, default=None, help="Random seed (default: the config's, else 0).")
-@click.option("--name", default=None, help="Base name of the output files (default: from the config).")
-@click.option("--count", type=click.IntRange(min=1), default=None,
+@click.option("--seed", type=Number(*SEED_RANGE, integer=True), default=None, help="Random seed (default: the config's, else 0).")
+@click.option("--name", type=BaseName(), default=None, help="Base name of the output files (default: from the config).")
+@click.option("--count", type=Number(1, 10 ** 6, integer=True), default=None,
               help="With a structure file: this many copies at random positions (default 1, at the centre).")
 @set_option
 @click.option("--labels", is_flag=True,
@@ -46,8 +48,6 @@ def simulate(config, out_dir, seed, name, count, settings, labels, no_resume, in
         cfg = load_config(config)
     cfg = apply_settings(cfg, settings)
     if seed is not None:
-        if seed < 0:
-            raise click.BadParameter("must be >= 0", param_hint="--seed")
         cfg = cfg.replace(seed=seed)
     if name:
         cfg = cfg.replace(output=name)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from .common import device_option, fail, quiet_option
+from cutem.params import Detector, Geometry, Optics
+
+from .common import InFile, Number, OutPath, device_option, fail, quiet_option
 
 
 CONVENTIONS = """\b
@@ -116,10 +118,10 @@ def resolve_geometry(tilts, n_images, tlt_path=None, axis_deg=None):
 
 
 @click.command(epilog=CONVENTIONS)
-@click.argument("tilts", type=click.Path(dir_okay=False))
-@click.option("--tlt", "tlt_path", type=click.Path(dir_okay=False), default=None,
+@click.argument("tilts", type=InFile("mrc"))
+@click.option("--tlt", "tlt_path", type=InFile("text"), default=None,
               help="Tilt angles, one per line in degrees (default: NAME.tlt, NAME.rawtlt or NAME.mdoc).")
-@click.option("--tilt-axis", "axis_deg", type=float, default=None,
+@click.option("--tilt-axis", "axis_deg", type=Number.of(Geometry, "tilt_axis_deg"), default=None,
               help="In-plane angle of the tilt axis from image x, degrees (default: see Conventions; "
                    "90, IMOD's, for a stack that is not cutem's).")
 @click.option("--method", type=click.Choice(["wbp", "sirt", "fit"]), default="wbp", show_default=True,
@@ -129,42 +131,44 @@ def resolve_geometry(tilts, n_images, tlt_path=None, axis_deg=None):
                    "with --mtf the detector MTF) under a smoothness prior, by L-BFGS with exact gradients.")
 @click.option("--filter", "filt", type=click.Choice(["ram-lak", "shepp-logan", "cosine", "hamming", "hann"]),
               default="shepp-logan", show_default=True, help="WBP ramp apodisation.")
-@click.option("--cutoff", type=float, default=1.0, show_default=True,
+@click.option("--cutoff", type=Number(0.0, 1.0, "of Nyquist", open="lo"), default=1.0, show_default=True,
               help="WBP filter cutoff as a fraction of Nyquist.")
-@click.option("--iterations", type=int, default=50, show_default=True, help="SIRT / fit: most iterations.")
+@click.option("--iterations", type=Number(1, 10000, integer=True), default=50, show_default=True,
+              help="SIRT / fit: most iterations.")
 @click.option("--prior", type=click.Choice(["tv", "laplacian"]), default="tv", show_default=True,
               help="fit: smoothness prior (Charbonnier total variation, or quadratic gradient).")
-@click.option("--prior-weight", type=float, default=None,
+@click.option("--prior-weight", type=Number(0.0, 1e6), default=None,
               help="fit: prior weight λ (dimensionless; default: chosen from 0.3, 1, 3, 10 where the odd "
                    "tilts are best predicted from a fit to the even ones).")
-@click.option("--mtf", "mtf_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--mtf", "mtf_path", type=InFile("text"), default=None,
               help="fit: detector parameters (a cutem fit-mtf result, TOML) whose MTF is in the model.")
-@click.option("--relaxation", type=float, default=1.0, show_default=True,
+@click.option("--relaxation", type=Number(0.0, 2.0, open="both"), default=1.0, show_default=True,
               help="SIRT with --positivity: step λ in (0, 2).")
 @click.option("--positivity", is_flag=True,
               help="SIRT: the classic projected iteration (clip negatives), --iterations steps; "
                    "fit: the volume is bounded below by 0.")
 @click.option("--invert", is_flag=True, help="Negate the images first (dark particles → positive density).")
-@click.option("--thickness", type=int, default=None, help="Volume depth nz in voxels (default: image rows).")
+@click.option("--thickness", type=Number(1, 65536, "voxels", integer=True), default=None,
+              help="Volume depth nz in voxels (default: image rows).")
 @click.option("--ctf", "ctf_mode", type=click.Choice(["none", "phaseflip", "wiener", "model"]), default="none",
               show_default=True, help="CTF correction per tilt, in strips parallel to the tilt axis "
                                       "(the defocus gradient of the tilted field); model (with --method "
                                       "fit): the CTF at each tilt's defocus is part of the forward model.")
-@click.option("--defocus", "defocus_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--defocus", "defocus_path", type=InFile("text"), default=None,
               help="IMOD ctfplotter .defocus file (default: NAME.defocus beside the stack).")
-@click.option("--defocus-A", "defocus_A", type=float, default=None,
+@click.option("--defocus-A", "defocus_A", type=Number.of(Optics, "defocus_u_A"), default=None,
               help="One defocus for every tilt at the axis, Å, + = underfocus (else .defocus, else "
                    "[optics] of NAME_params.toml, else fitted per tilt).")
-@click.option("--voltage", "voltage_kV", type=float, default=None, help="kV (default: params file, else 300).")
-@click.option("--cs", "cs_mm", type=float, default=None, help="Cs in mm (default: params file, else 2.7).")
-@click.option("--amplitude-contrast", type=float, default=None,
+@click.option("--voltage", "voltage_kV", type=Number.of(Optics, "voltage_kV"), default=None, help="kV (default: params file, else 300).")
+@click.option("--cs", "cs_mm", type=Number.of(Optics, "cs_mm"), default=None, help="Cs in mm (default: params file, else 2.7).")
+@click.option("--amplitude-contrast", type=Number.of(Optics, "amplitude_contrast"), default=None,
               help="Amplitude contrast fraction (default: params file, else 0.07).")
-@click.option("--wiener-snr", type=float, default=1.0, show_default=True,
+@click.option("--wiener-snr", type=Number(0.0, 1e6, open="lo"), default=1.0, show_default=True,
               help="Wiener: signal-to-noise ratio of the constant 1/SNR term.")
-@click.option("--dose-per-tilt", type=float, default=None,
+@click.option("--dose-per-tilt", type=Number.of(Detector, "dose_e_per_A2"), default=None,
               help="Exposure filter (Grant & Grigorieff 2015): e/Å² per image, accumulated in stack "
                    "order (default: ExposureDose of NAME.mdoc when present, else no filter).")
-@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="Output volume (.mrc).")
+@click.option("--out", "out", type=OutPath(), required=True, help="Output volume (.mrc).")
 @device_option
 @quiet_option
 def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, prior, prior_weight, mtf_path,
@@ -179,23 +183,19 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, pri
     import adjoints.backend as B
     from cutem import ctfcorrect, imod, io, tomo
 
+    from cutem import memory
+
     stack, px = io.read_mrc(tilts, ndim=3, name="tilt stack")
     angles, axis_deg, xf, mdoc_dose, source = resolve_geometry(tilts, stack.shape[0], tlt_path, axis_deg)
-    if thickness is not None and thickness < 1:
-        fail(f"--thickness = {thickness} must be a positive number of voxels")
-    if wiener_snr <= 0:
-        fail(f"--wiener-snr = {wiener_snr} must be positive")
-    if dose_per_tilt is not None and dose_per_tilt < 0:
-        fail(f"--dose-per-tilt = {dose_per_tilt} must be non-negative")
     if ctf_mode == "model" and method != "fit":
         fail("--ctf model puts the CTF into the forward model of --method fit; use phaseflip or wiener "
              f"with --method {method}")
     if mtf_path is not None and method != "fit":
         fail(f"--mtf puts the detector MTF into the forward model of --method fit, not --method {method}")
-    if prior_weight is not None and prior_weight < 0:
-        fail(f"--prior-weight = {prior_weight} must be non-negative")
-    if iterations < 1:
-        fail(f"--iterations = {iterations} must be at least 1")
+    n, ny, nx = stack.shape
+    nz = thickness or max(ny, nx)
+    memory.check_bytes(memory.reconstruct_bytes(n, ny, nx, nz, method), f"reconstructing {nz}x{ny}x{nx} voxels "
+                       f"from {n} tilts", "a smaller --thickness or a binned stack", device)
     detector = None
     if mtf_path is not None:
         from cutem.denoise import detector_from_toml

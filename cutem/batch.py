@@ -84,21 +84,29 @@ def _field_type(section, name, where):
     return field_type(cls, name)[0]
 
 
+def _cell_number(name, value, where):
+    """A table cell or range end as a finite float, or a one-line InputError naming it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {name} = {value!r} is not a number") from None
+    if not math.isfinite(v):
+        raise InputError(f"{where}: {name} = {value!r} must be a finite number")
+    return v
+
+
 def _coerce(name, value, where):
     """Value of a table cell or a range draw, typed like the field it sets."""
     if name == "particles":
-        v = float(value)
+        v = _cell_number(name, value, where)
         if v != int(v) or v < 1:
             raise InputError(f"{where}: particles = {value!r} must be an integer >= 1")
         return int(v)
     if name in SHORT:
-        v = float(value)
-        if not math.isfinite(v):
-            raise InputError(f"{where}: {name} = {value!r} must be a finite number")
-        return v
+        return _cell_number(name, value, where)
     if name == "seed":
-        v = float(value)
-        if v != int(v) or v < 0:
+        v = _cell_number(name, value, where)
+        if v != int(v) or not 0 <= v < 2 ** 63:
             raise InputError(f"{where}: seed = {value!r} must be a non-negative integer")
         return int(v)
     if "." not in name:
@@ -115,12 +123,12 @@ def _coerce(name, value, where):
                 raise ValueError
             return text in ("1", "true", "yes")
         if t is int:
-            f = float(value)
+            f = _cell_number(name, value, where)
             if f != int(f):
                 raise ValueError
             return int(f)
         if t is float:
-            return float(value)
+            return _cell_number(name, value, where)
         return str(value)
     except ValueError:
         raise InputError(f"{where}: {name} = {value!r} is not a {t.__name__}") from None
@@ -257,7 +265,8 @@ def _row(item: Item, status, seconds=""):
 
 def write_manifest(out_dir, items, rows):
     cols = _columns(items)
-    with io.atomic_path(Path(out_dir) / MANIFEST, suffix=".csv") as tmp:
+    # a progress record: renamed at once, also inside a command's output transaction
+    with io.atomic_path(Path(out_dir) / MANIFEST, suffix=".csv", immediate=True) as tmp:
         with open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
             w.writeheader()
@@ -445,6 +454,8 @@ def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    for stale in io.stale_temporaries(out_dir / MANIFEST):  # of a killed batch
+        stale.unlink(missing_ok=True)
     old = read_manifest(out_dir)
     rows, todo = {}, []
     for it in items:
@@ -456,6 +467,8 @@ def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=Non
             rows[it.index] = _row(it, "pending")
             todo.append(it)
     skipped = len(items) - len(todo)
+    if todo and "://" not in str(scheduler):
+        _check_memory(todo, 1 if scheduler == "sync" else min(len(todo), workers or _cores()), device)
     write_manifest(out_dir, items, rows)
     if log and skipped:
         log(f"{skipped} of {len(items)} items already complete in {out_dir}; skipping them")
@@ -497,6 +510,20 @@ def run_batch(items, out_dir, *, scheduler="processes", workers=None, device=Non
         if bar is not None:
             bar.close()
     return BatchResult(len(todo), skipped, len(items), time.perf_counter() - t0, out_dir / MANIFEST, tasks)
+
+
+def _check_memory(todo, concurrent, device):
+    """Refuse before any task when ``concurrent`` items at once would not fit: the item of the
+    largest simulation grid is planned (:func:`cutem.memory.estimate` with its scene) and
+    counted once per worker (each holds one item)."""
+    from . import memory
+    from .grid import Grid
+    from .validate import preflight
+
+    big = max(todo, key=lambda it: int(np.prod(Grid.from_config(it.config).shape)))
+    one = memory.check(big.config, preflight(big.config).scene, device)
+    memory.check_bytes(one.peak * concurrent, f"{concurrent} concurrent items of {one.describe()}",
+                       "fewer --workers" if concurrent > 1 else "a smaller item", device)
 
 
 def _run_local(get, todo, out_dir, device, threads, workers, finished, scheduler):

@@ -249,7 +249,8 @@ class Trainer:
 
         from .io import atomic_path
 
-        with atomic_path(path, suffix=".h5") as tmp:
+        # a checkpoint: renamed at once, also inside a command's output transaction (resume needs it)
+        with atomic_path(path, suffix=".h5", immediate=True) as tmp:
             with h5py.File(tmp, "w") as f:
                 save_unet(f, self.net, self.params)
                 f.attrs["kind"] = CHECKPOINT_KIND

@@ -2,13 +2,17 @@
 
 Every writer goes through :func:`atomic_path`: the data is written to a temporary
 name in the target folder and renamed over the final name only when complete, so an
-interrupted run never leaves a partial file under the final name.
+interrupted run never leaves a partial file under the final name; inside a
+:func:`transaction` the renames of a whole output set happen together at its end.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +20,238 @@ import numpy as np
 from .errors import InputError
 
 
-@contextlib.contextmanager
-def atomic_path(path, suffix=None):
-    """Yield a temporary path beside ``path``; rename it to ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+#: transactions open in this thread, innermost last (:func:`transaction`)
+_OPEN = threading.local()
+
+
+def _stack():
+    if not hasattr(_OPEN, "stack"):
+        _OPEN.stack = []
+    return _OPEN.stack
+
+
+def _temporary(path: Path, suffix):
+    """A new empty file beside ``path`` named ``.NAME.PID.RANDOMSUFFIX``: the writer's pid in
+    the name tells a later run whether the temporary is a live run's or a killed run's
+    (:func:`stale_temporaries`)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=None, immediate=False):
+    """Yield a temporary path beside ``path``; on success rename it to ``path`` -- at once, or,
+    inside a :func:`transaction`, together with the transaction's other outputs when it ends.
+
+    ``immediate``: rename at once even inside a transaction (checkpoints, progress records:
+    files that must survive the run's failure)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path, suffix)
+    tx = None if immediate or not _stack() else _stack()[-1]
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        yield tmp
+        if tx is None:
+            check_not_inputs([path])
+            os.replace(tmp, path)
+        else:
+            tx._add(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def stale_temporaries(final):
+    """Temporaries of ``final`` (``.NAME.PID.*``) whose writer is no longer running (killed):
+    never renamed, safe to remove. A live run's temporaries (another process writing the same
+    name right now) are not stale."""
+    final = Path(final)
+    out = []
+    for p in final.parent.glob(f".{final.name}.*"):
+        pid = p.name[len(final.name) + 2:].split(".", 1)[0]
+        if not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+            out.append(p)
+    return out
+
+
+@contextlib.contextmanager
+def _locked(folders):
+    """Exclusive ``flock`` on each folder (sorted: two commits never wait on each other in a
+    cycle). The lock is on the folder itself, so no lock file is left among the outputs."""
+    fds = []
+    try:
+        for d in sorted({str(Path(f).resolve()) for f in folders}):
+            fd = os.open(d, os.O_RDONLY)
+            fds.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)  # closing releases the lock
+
+
+JOURNAL_PREFIX = ".cutem-commit."
+
+
+def _fsync_dir(folder):
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _apply(journal: Path):
+    """Carry out a commit journal: rename every temporary still present to its final name,
+    remove the set's files the new set does not have, then the journal. Idempotent, so a
+    commit killed half-way is finished by whoever finds its journal (:func:`recover`)."""
+    try:
+        plan = json.loads(journal.read_text())
+    except (OSError, ValueError):  # never written whole (it is renamed into place): nothing began
+        journal.unlink(missing_ok=True)
+        return
+    for tmp, final in plan["rename"]:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(tmp, final)
+    for gone in plan["remove"]:
+        Path(gone).unlink(missing_ok=True)
+    for d in {str(Path(f).parent) for _, f in plan["rename"]}:
+        _fsync_dir(d)
+    journal.unlink(missing_ok=True)
+
+
+def recover(folder):
+    """Finish the commits that a killed run left half-done in ``folder`` (their journals)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    with _locked([folder]):
+        journals = sorted(folder.glob(JOURNAL_PREFIX + "*.json"))
+        for j in journals:
+            _apply(j)
+    return len(journals)
+
+
+class Transaction:
+    """An output set being written (:func:`transaction`)."""
+
+    def __init__(self):
+        self.pending = []   #: (temporary, final) pairs, in the order written
+        self.removals = []  #: finals of the previous set that the new set replaces by nothing
+
+    def _add(self, tmp, final):
+        final = Path(final)
+        for i, (old, f) in enumerate(self.pending):
+            if f == final:  # written twice in one run: the last version wins
+                Path(old).unlink(missing_ok=True)
+                del self.pending[i]
+                break
+        self.pending.append((Path(tmp), final))
+
+    def remove(self, path):
+        """Remove ``path`` (a member of the previous set) when the set is committed."""
+        self.removals.append(Path(path))
+
+    def _commit(self):
+        finals = {f for _, f in self.pending}
+        removals = [p for p in self.removals if p not in finals]
+        if not self.pending and not removals:
+            return
+        check_not_inputs([f for _, f in self.pending] + removals)
+        folders = {f.parent for _, f in self.pending} | {p.parent for p in removals}
+        with _locked(folders):
+            for d in folders:  # a killed commit on these folders is finished first
+                for j in sorted(Path(d).glob(JOURNAL_PREFIX + "*.json")):
+                    _apply(j)
+            for tmp, final in self.pending:
+                if not tmp.is_file():
+                    raise RuntimeError(f"the temporary of {final} disappeared before the commit")
+            first = sorted(folders)[0]
+            plan = {"rename": [[str(t), str(f)] for t, f in self.pending], "remove": [str(p) for p in removals]}
+            journal = Path(first) / f"{JOURNAL_PREFIX}{os.getpid()}.{os.urandom(4).hex()}.json"
+            part = journal.with_name("." + journal.name + ".part")
+            with open(part, "w") as fh:
+                json.dump(plan, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(part, journal)
+            _fsync_dir(first)
+            _apply(journal)
+
+    def _abort(self):
+        for tmp, _ in self.pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self.pending = []
+
+
+#: input files of the running command (:func:`protected`): no output may be renamed over one
+_PROTECTED = []
+
+
+@contextlib.contextmanager
+def protected(paths):
+    """While the block runs, a commit that would rename an output over one of ``paths`` (the
+    command's input files) is refused with an :class:`InputError` before any rename."""
+    added = [Path(p).resolve() for p in paths]
+    _PROTECTED.extend(added)
+    try:
+        yield
+    finally:
+        for p in added:
+            _PROTECTED.remove(p)
+
+
+def check_not_inputs(paths):
+    """InputError when one of ``paths`` (outputs about to be written) is a protected input."""
+    for p in paths:
+        rp = Path(p).resolve()
+        for i in _PROTECTED:
+            if rp == i or (rp.exists() and i.exists() and os.path.samefile(rp, i)):
+                raise InputError(f"output {p} would overwrite the input {i}; choose another output name")
+
+
+@contextlib.contextmanager
+def transaction():
+    """Write an output set all or nothing: every :func:`atomic_path` inside (any writer of this
+    module, :func:`cutem.config.write_resolved`, ...) keeps its temporary until the block ends;
+    then, under an ``flock`` of each output folder, a journal of the renames is written and
+    carried out, so the final names hold the whole new set or (on any error, Ctrl-C, a full
+    disk) the whole previous one. A SIGKILL during the renames leaves the journal, which the
+    next commit in that folder (or :func:`recover`) finishes. Concurrent runs on one name
+    commit one after the other: the final set is one run's, whole.
+
+    Nested transactions are independent: the inner one commits when it ends.
+    """
+    tx = Transaction()
+    _stack().append(tx)
+    try:
+        yield tx
+    except BaseException:
+        _stack().remove(tx)
+        tx._abort()
+        raise
+    _stack().remove(tx)
+    try:
+        tx._commit()
+    except BaseException:
+        tx._abort()
         raise
 
 
@@ -116,10 +336,22 @@ def write_tlt(path, angles_deg):
 
 
 def read_tlt(path):
+    """Tilt angles of a .tlt/.rawtlt file (first number of each line), each finite."""
     try:
-        vals = [float(line.split()[0]) for line in Path(path).read_text().splitlines() if line.strip()]
-    except (OSError, ValueError) as exc:
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"tilt file {path}: unreadable ({exc})") from None
+    vals = []
+    for i, line in enumerate(lines, 1):
+        try:
+            v = float(line.split()[0])
+        except ValueError:
+            raise InputError(f"tilt file {path}:{i}: {line.strip()[:40]!r} is not an angle") from None
+        if not np.isfinite(v):
+            raise InputError(f"tilt file {path}:{i}: angle {v} is not finite")
+        vals.append(v)
+    if not vals:
+        raise InputError(f"tilt file {path}: no angles")
     return np.array(vals)
 
 

@@ -45,6 +45,7 @@ device's free memory plus CuPy's pool), :func:`check` raises a one-line
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -293,7 +294,12 @@ def check(cfg, n_atoms, device=None, *, z_extent_A=None, available=None, gradien
     if est.peak <= avail:
         return est
     hint = "a smaller detector or fewer atoms"
-    for text, alt in _alternatives(cfg):
+    spare = 4 * (2 if cfg.simulation.dtype == "float64" else 1) * est.grid_shape[0] * est.grid_shape[1]
+    if dev == "cpu" and _threads() > 1 and est.peak - spare * (_threads() - 1) <= avail:
+        # the threads' own scatter grids are what does not fit (CUTEM_THREADS), not the detector
+        fit = 1 + int((avail - (est.peak - spare * (_threads() - 1))) // spare)
+        hint = f"CUTEM_THREADS = {max(1, min(fit, _threads() - 1))} would fit (now {_threads()})"
+    for text, alt in ([] if hint.startswith("CUTEM_THREADS") else _alternatives(cfg)):
         e = fitted(alt)
         if e.peak <= avail:
             hint = f"{text} would fit ({e.peak / 1e9:.2f} GB)"
@@ -302,6 +308,79 @@ def check(cfg, n_atoms, device=None, *, z_extent_A=None, available=None, gradien
     raise InputError(f"estimated peak memory of {what} {est.peak / 1e9:.2f} GB ({est.n_atoms} atoms, grid "
                      f"{est.grid_shape[0]}x{est.grid_shape[1]}, {est.n_slices} slice(s)) exceeds the "
                      f"{avail / 1e9:.2f} GB free on {dev}; {hint}")
+
+
+# ------------------------------------------------------------ the other commands' plans
+# Each is a sum of terms in the sizes that drive the command, with coefficients read off the
+# code's arrays and fitted to tracemalloc peaks (tests/test_memory_commands.py checks each
+# against a measured peak); the refusal names the option that drives the estimate.
+
+def check_bytes(need, what, setting, device="cpu", available=None):
+    """Refuse (InputError, one line) when ``need`` bytes exceed the free memory of ``device``;
+    ``what`` says what needs them and ``setting`` what to change."""
+    dev = device if device in ("cpu", "gpu") else _device_name(device)
+    avail = available_bytes(dev) if available is None else int(available)
+    if need > avail:
+        raise InputError(f"{what} needs an estimated {need / 1e9:.2f} GB, over the {avail / 1e9:.2f} GB free on "
+                         f"{dev}; {setting}")
+    return int(need)
+
+
+def reconstruct_bytes(n_tilts, ny, nx, nz, method="wbp") -> int:
+    """Peak of :func:`cutem.tomo.reconstruct` (float32 stack ``(n_tilts, ny, nx)`` into
+    ``(nz, ny, nx)``): the volume ``V`` (WBP: the float32 result and a slab; SIRT: the CG
+    vectors u, r, p, q in float32 and their float64 reductions; fit: L-BFGS's float64 history,
+    an estimate not yet checked against a measured peak), the sparse projector per slab
+    (``n_tilts·nx·nz`` entries of value and index) and the filtered/weighted stack
+    (``n_tilts·ny·nx`` in float64 and its copies)."""
+    v, a, st = nz * ny * nx, n_tilts * nx * nz, n_tilts * ny * nx
+    # fit: L-BFGS keeps 2 × 10 history vectors in float64, plus the tape's gradient and prior terms
+    per_v = {"sirt": 32, "fit": 220}.get(method, 8)
+    return int(2 * 2 ** 20 + per_v * v + 40 * a + 40 * st)
+
+
+def render_bytes(shape, mode="dvr", max_size=256) -> int:
+    """Peak of :func:`cutem.render.render` on a volume of ``shape`` binned so that no side
+    exceeds ``max_size`` (0: no binning): the normalised, padded volume (``V``) and the ray
+    marching of a frame of about ``side²`` pixels in chunks (sample positions, trilinear
+    weights and colours per ray and step)."""
+    f = 1 if not max_size else max(1, int(math.ceil(max(shape) / max_size)))
+    sh = [max(1, n // f) for n in shape]
+    v, frame = int(np.prod(sh)), max(sh) ** 2
+    return int(8 * 2 ** 20 + 60 * v + (2100 if mode == "dvr" else 1700) * frame)
+
+
+def unet_bytes(batch, side, width, depth, convs, train=False) -> int:
+    """U-Net activations of ``batch`` float32 tiles ``side²``: per level ``2·convs + 2`` maps
+    of ``width·2ˡ`` channels at ``(side/2ˡ)²`` (a geometric sum below 2× the top level);
+    training keeps them for the backward pass and their cotangents (×3)."""
+    top = batch * side * side * width * 4 * (2 * convs + 2)
+    return int(top * 2 * (3 if train else 1))
+
+
+def denoise_bytes(shape, tile, overlap, width=16, depth=3, convs=1, batch=4) -> int:
+    """Peak of :func:`cutem.denoise.denoise_stack` on a float32 ``shape`` (2D or a stack):
+    the input and result stacks (8 bytes per voxel), one section's float64 padded image,
+    accumulator and weights (24 bytes per pixel) and the network on ``batch`` tiles."""
+    ny, nx = shape[-2:]
+    return int(4 * 2 ** 20 + 8 * int(np.prod(shape)) + 24 * (ny + tile) * (nx + tile)
+               + unet_bytes(batch, tile, width, depth, convs))
+
+
+def train_bytes(cfg, image_size, pool, batch, patch, width, depth, convs, atoms=200_000, device=None) -> int:
+    """Peak of ``cutem train-denoiser``: one simulation of ``image_size²`` (:func:`estimate`
+    with ``atoms`` atoms), the image pool (noisy and target float32, ``pool`` of them) and the
+    training step on ``batch`` patches ``patch²``."""
+    det = cfg.detector.replace(nx=int(image_size), ny=int(image_size))
+    sim = estimate(cfg.replace(detector=det, geometry=cfg.geometry.replace(
+        tilt_angles_deg=(0.0,), dose_weights=None, defocus_offsets_A=None)), atoms, device).peak
+    return int(sim + 8 * pool * image_size ** 2 + unet_bytes(batch, patch, width, depth, convs, train=True))
+
+
+def volume_bytes(nz, ny, nx) -> int:
+    """``cutem potential --volume``: the float64 potential map, its float32 copy and the ice
+    slab (float64 slices), 24 bytes per voxel."""
+    return int(24 * nz * ny * nx)
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -367,5 +446,6 @@ def max_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-__all__ = ["Estimate", "estimate", "check", "atom_chunk", "available_bytes", "measure_peak", "max_rss_bytes",
+__all__ = ["check_bytes", "reconstruct_bytes", "render_bytes", "denoise_bytes", "train_bytes", "unet_bytes",
+           "volume_bytes", "Estimate", "estimate", "check", "atom_chunk", "available_bytes", "measure_peak", "max_rss_bytes",
            "n_slices", "parse_bytes"]

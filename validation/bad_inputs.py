@@ -227,7 +227,7 @@ def cases():
               "tiny.pdb": P}),
         Case("seed -1 on the command line", ["simulate", "c.toml", "--seed", "-1"], 2, "--seed",
              {"c.toml": config(), "tiny.pdb": P}),
-        Case("output name with a folder", ["simulate", "c.toml", "--name", "../x"], 2, "plain file name",
+        Case("output name with a folder", ["simulate", "c.toml", "--name", "../x"], 2, "not a file base name",
              {"c.toml": config(), "tiny.pdb": P}),
         Case("structure file missing", ["simulate", "c.toml"], 2, "structure file",
              {"c.toml": config(structure="nothere.pdb")}),
@@ -271,14 +271,14 @@ def cases():
         Case("reconstruct: 3 tilt angles for a 4-image stack", ["reconstruct", "s.mrc", "--out", "v.mrc"], 2,
              "3 angles for 4 images", {"s.mrc": _mrc_nan_free, "s.tlt": "0\n1\n2\n"}),
         Case("reconstruct: complex MRC (mode 4)", ["reconstruct", "s.mrc", "--out", "v.mrc"], 2,
-             "is not a real image mode", {"s.mrc": _mrc_complex, "s.tlt": "0\n1\n2\n3\n"}),
+             "real image mode", {"s.mrc": _mrc_complex, "s.tlt": "0\n1\n2\n3\n"}),
         Case("reconstruct: MRC with NaN", ["reconstruct", "s.mrc", "--out", "v.mrc"], 2, "NaN",
              {"s.mrc": _mrc_nan, "s.tlt": "0\n1\n2\n3\n"}),
-        Case("reconstruct: truncated MRC", ["reconstruct", "s.mrc", "--out", "v.mrc"], 2, "not a readable MRC",
+        Case("reconstruct: truncated MRC", ["reconstruct", "s.mrc", "--out", "v.mrc"], 2, "but the file has",
              {"s.mrc": _mrc_truncated, "s.tlt": "0\n1\n2\n3\n"}),
         Case("render: 2D MRC instead of a volume", ["render", "s.mrc", "--out", "r.png"], 2, "expected 3D",
              {"s.mrc": _mrc2d}),
-        Case("denoise: not an MRC at all", ["denoise", "s.mrc"], 2, "not a readable MRC",
+        Case("denoise: not an MRC at all", ["denoise", "s.mrc"], 2, "not an MRC file",
              {"s.mrc": b"this is not an MRC file" * 50}),
         Case("internal failure (a library function broken on purpose)", ["simulate", "c.toml", "-q"], 1,
              "internal error", {"c.toml": config(), "tiny.pdb": P, "hook/sitecustomize.py": _BREAK},
@@ -346,7 +346,12 @@ def main(argv=None):
         msg = msg.replace("|", "\\|")
         lines.append(f"| {what} | `cutem {cmd}` | {rc} | {msg or '(none)'} | {'yes' if ok else '**NO**'} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    fuzz = ""  # the fuzz section (validation/fuzz_cli.py) is that script's: kept as it is
+    if "<!-- fuzz:begin -->" in old:
+        fuzz = "\n" + old[old.index("<!-- fuzz:begin -->"):old.index("<!-- fuzz:end -->") + len("<!-- fuzz:end -->")] + "\n"
+    out.write_text("\n".join(lines) + "\n" + fuzz)
     print(f"{len(rows)} cases, {bad} not as expected -> {args.out}")
     return 1 if bad else 0
 
