@@ -72,10 +72,11 @@ class SpecimenModel:
         if self.thickness_free:
             if not s.ice:
                 raise InputError("fit: the ice thickness is free but [sample] ice = false")
-            if s.ice_absorption <= 0 and cfg.simulation.method == "projection":
+            if (s.ice_absorption <= 0 and cfg.simulation.method == "projection"
+                    and not cfg.simulation.inelastic_background):
                 raise InputError("fit: the ice thickness is not identifiable with [sample] ice_absorption = 0 "
                                  "(a uniform ice layer is then a pure phase: the image does not depend on it); "
-                                 "set ice_absorption > 0")
+                                 "set ice_absorption > 0 or inelastic_background")
             if cfg.simulation.method == "multislice":
                 # the slice stack must hold the thickest ice the fit may try
                 t = min(1e5, max(s.thickness_center_A, s.thickness_edge_A) * 3 + 1000)
