@@ -289,7 +289,7 @@ def fit_ctf(inputs, kind, dc, pixel_size, voltage_kV, cs_mm, amplitude_contrast,
               help="Ice thickness (Å) the fit starts from.")
 @click.option("--maxiter", type=int, default=80, show_default=True)
 @click.option("--out", "out", default="twin.toml", show_default=True,
-              help="The twin config; beside it OUT_particle.pdb, OUT.png (report), OUT.txt.")
+              help="The twin config; beside it OUT.png (report), OUT.txt.")
 @quiet_option
 def fit_twin(input_path, voltage_kV, cs_mm, pixel_size, kind, resolution_range, images, thickness_A, maxiter, out,
              quiet):
@@ -298,8 +298,8 @@ def fit_twin(input_path, voltage_kV, cs_mm, pixel_size, kind, resolution_range, 
 
     Fitted through the image model's exact gradients (cutem.fitting.twin): defocus and
     astigmatism (started by fit-ctf), amplitude contrast, energy spread and illumination
-    envelopes, ice thickness with its scattered-electron background, detector MTF and the
-    noise level (an effective dose). The PNG overlays the real and twin log radial profiles
+    envelopes, ice thickness (amorphous ice: its density fluctuations ring the spectrum) with its
+    scattered-electron background, detector MTF and the noise level (an effective dose). The PNG overlays the real and twin log radial profiles
     and shows the two spectra side by side.
     """
     from cutem.fitting.twin import fit_twin as fit, profile_agreement, write_report_png, write_twin

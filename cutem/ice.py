@@ -36,6 +36,7 @@ is the field at the pixel's centre, as :mod:`cutem.potential` samples the atoms)
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -81,6 +82,7 @@ def ice_power_spectrum(q, length_A=1.0, b_factor_A2=0.0):
     return ICE_DENSITY_PER_A3 * float(length_A) * molecule_transform(q, b_factor_A2) ** 2 * structure_factor(q)
 
 
+@functools.lru_cache(maxsize=8)
 def _amplitude(shape, pixel_size_A, b_factor_A2):
     """sqrt(P₁(q)/a) on the FFT grid (a = pixel area; DC zero): the field's Fourier amplitude
     per unit-variance white-noise coefficient. A white field w of unit variance per pixel has
@@ -91,6 +93,7 @@ def _amplitude(shape, pixel_size_A, b_factor_A2):
     qx = np.fft.fftfreq(nx, d=pixel_size_A)[None, :]
     amp = np.sqrt(ice_power_spectrum(np.hypot(qy, qx), 1.0, b_factor_A2) / pixel_size_A ** 2)
     amp[0, 0] = 0.0
+    amp.flags.writeable = False     # cached for the next tilt
     return amp
 
 
@@ -104,7 +107,7 @@ def unit_field(n_slices, shape, pixel_size_A, rng, b_factor_A2=0.0):
     """(n_slices, ny, nx) float64: independent draws of g, the fluctuation of a 1 Å slab (V·Å)."""
     if pixel_size_A <= 0 or n_slices < 1:
         raise InputError(f"amorphous ice: pixel size {pixel_size_A} Å and {n_slices} slices must be positive")
-    amp = _amplitude(shape, pixel_size_A, b_factor_A2)
+    amp = _amplitude(tuple(int(n) for n in shape), float(pixel_size_A), float(b_factor_A2))
     w = rng.standard_normal((int(n_slices),) + tuple(int(n) for n in shape))
     return np.fft.ifft2(np.fft.fft2(w) * amp).real
 
@@ -114,7 +117,8 @@ def spectral_kernel(shape, pixel_size_A, b_factor_A2=0.0):
     of g: through a shift-invariant linear map T, |FFT(T k)|² is E|FFT(T g)|² exactly (the
     closed form of :class:`cutem.fitting.specimen.SpecimenModel`)."""
     n = int(shape[0]) * int(shape[1])
-    return np.fft.ifft2(math.sqrt(n) * _amplitude(shape, pixel_size_A, b_factor_A2)).real
+    amp = _amplitude(tuple(int(n) for n in shape), float(pixel_size_A), float(b_factor_A2))
+    return np.fft.ifft2(math.sqrt(n) * amp).real
 
 
 @register

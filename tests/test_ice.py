@@ -56,3 +56,28 @@ def test_amorphous_ice_keeps_the_mean_potential_and_reproduces_per_seed():
     assert abs(v1.mean() - v0.mean()) < 1e-9 * v0.mean() and v1.std() > 0.01 * v0.mean()
     np.testing.assert_array_equal(v1, v2)
     assert not np.allclose(v1, v3)
+
+
+def test_closed_form_spectrum_matches_the_mean_periodogram_of_noise_free_amorphous_ice_images():
+    from adjoints import unwrap
+    from cutem.fitting.specimen import SpecimenModel
+    from cutem.params import Optics, Simulation
+
+    n, px = 96, 1.5
+    # thin ice: the weak-phase regime the closed form is exact in (first order in the ice's phase)
+    cfg = RunConfig(optics=Optics(defocus_u_A=15000.0, defocus_v_A=14000.0),
+                    detector=Detector(nx=n, ny=n, pixel_size_A=px, quantized=False, mtf_a=0.6, mtf_b=0.3,
+                                      mtf_c=0.1),
+                    sample=Sample(diameter_A=1e6, thickness_center_A=30.0, thickness_edge_A=30.0,
+                                  ice_model="amorphous", ice_absorption=0.02),
+                    simulation=Simulation(inelastic_background=True, dtype="float64"))
+    S = np.asarray(unwrap(SpecimenModel(cfg)({})[0]))
+    per = []
+    for s in range(40):
+        im = ImageModel.from_config(cfg.replace(seed=s), 0, xp=np, dtype=np.float64).render(estimator="none").image
+        per.append(np.abs(np.fft.fft2(im - im.mean())) ** 2 / n ** 2)
+    b = RadialBins((n, n), px)
+    sel = (b.q > 1 / 30) & (b.q < 1 / 4)
+    ratio = b.average(np.mean(per, 0))[sel] / b.average(S)[sel]
+    assert abs(ratio.mean() - 1) < 0.03 and abs(np.median(ratio) - 1) < 0.03
+    assert np.percentile(ratio, 90) < 1.1 and np.percentile(ratio, 10) > 0.95

@@ -9,16 +9,14 @@ closed-form expected spectrum of the twin's scene rendered through
 :class:`cutem.imaging.ImageModel` on the tape), and returns the config that
 ``cutem simulate`` runs as it is.
 
-The twin's scene. cutem's ice is a continuum (its potential is a smooth slab,
-:class:`cutem.potential.IcePotentialStage`): alone it gives no Thon rings. What rings a real
-spectrum is the specimen's disordered structure (the ice's molecules and the particles), whose
-projected potential is, at the resolutions of a CTF fit, that of randomly placed atoms: power
-n·|f(q)|²·e^{−Bq²/2} per unit area. The twin holds such a cloud (:func:`write_scatterers`:
-``SCATTERER_DENSITY`` oxygen atoms per Å² of field, uniform and independent, so the image of
-the field is periodic like the FFT's), in ice of the fitted thickness. With a fixed cloud the
-signal power relative to the shot noise scales as dose·n, so the spectrum measures that product
-only: the density is fixed and the dose is fitted as the noise level (the twin's dose is an
-effective one, not the real exposure). Likewise DQE(0) only rescales the noise and is fixed.
+The twin's scene: flat amorphous ice of the fitted thickness and nothing else
+(``Sample.ice_model = "amorphous"``, :mod:`cutem.ice`). What rings a real spectrum over
+1/30–1/5 Å⁻¹ is mostly the vitreous ice itself: its density fluctuations scatter at every q
+with the structure factor of water, and the CTF, envelopes and MTF shape that continuum into
+the Thon rings above the shot noise. Its expected spectrum is the closed form of
+:class:`cutem.fitting.specimen.SpecimenModel` (first order in the ice's phase). DQE(0) only
+rescales the noise relative to the dose and is fixed at 1: the fitted dose is an effective one
+(dose × DQE).
 
 The objective: the log ring-averaged spectrum over ``q_range``, model against data, each
 with its mean over the range removed (the absolute scale of a summed spectrum is arbitrary),
@@ -42,18 +40,18 @@ from adjoints.fit import FreeParam, Parametrisation, fit
 
 from ..config import RunConfig
 from ..errors import InputError
-from ..params import Detector, Geometry, Optics, ParticleSpec, Sample, Simulation
+from ..params import Detector, Geometry, Optics, Sample, Simulation
 from ..spectra import RadialBins, radial_average, to_centre, to_corner, welch_power_spectrum
 from .ctf import fit_ctf
 from .detector_model import detector_free_params, expand_ratios
 from .specimen import SpecimenModel
 
-#: copies of the twin's particle per Å² of field (module docstring)
-PARTICLE_DENSITY = 5e-4
 #: optics fields fitted (internal names of :data:`cutem.optics.PARAM_NAMES`) and their bounds/scales
-_OPTICS_FREE = {"defocus_u_A": (0.0, None, 100.0), "defocus_v_A": (0.0, None, 100.0),
-                "amplitude_contrast": (0.0, 0.5, 0.05), "energy_spread_eV": (0.0, 5.0, 0.5),
+_OPTICS_FREE = {"defocus_mean_A": (0.0, None, 100.0), "amplitude_contrast": (0.0, 0.5, 0.05),
+                "energy_spread_eV": (0.0, 5.0, 0.5),
                 "illumination_angle_mrad": (0.0, 1.0, 0.05)}
+#: weight of the rings against the whole profile in the fit's loss (:func:`fit_twin`)
+RING_WEIGHT = 4.0
 _DETECTOR_FREE = ("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "dose_e_per_A2")
 
 
@@ -61,7 +59,7 @@ _DETECTOR_FREE = ("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "dose_e_pe
 class TwinFit:
     """Result of :func:`fit_twin`."""
 
-    config: RunConfig            #: the twin (its copies' file named as :func:`write_twin` writes it)
+    config: RunConfig            #: the twin
     params: dict                 #: fitted values (physical units: Å, eV, mrad, e⁻/Å², MTF fields)
     ctf: object                  #: the :class:`cutem.fitting.ctf.CTFFit` that started the fit
     loss: float                  #: mean squared log-profile residual at the optimum
@@ -69,7 +67,6 @@ class TwinFit:
     iterations: int
     profile: dict = field(default_factory=dict)  #: q, data, model ring means (fit range)
     model_ps: np.ndarray | None = None           #: the twin's expected spectrum (DC at the centre)
-    scatterers: np.ndarray | None = None         #: (m, 6) the particle's copies the fit rendered
 
 
 def input_spectrum(data, centred=True, tile=512):
@@ -85,27 +82,7 @@ def input_spectrum(data, centred=True, tile=512):
     return to_centre(ps)
 
 
-def scatterer_transforms(n_pixels, pixel_size_A, thickness_A, seed=0):
-    """(m, 6) copies ``x y z phi theta psi`` (Å, degrees) of the twin's particle over an
-    ``n_pixels``² field: uniform positions in the ice, uniform random orientations."""
-    L = n_pixels * pixel_size_A
-    m = max(1, int(round(PARTICLE_DENSITY * L * L)))
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(-0.5 * L, 0.5 * L, (m, 2))
-    z = rng.uniform(-0.25, 0.25, m) * float(thickness_A)
-    phi, psi = rng.uniform(0.0, 360.0, (2, m))
-    theta = np.degrees(np.arccos(rng.uniform(-1.0, 1.0, m)))
-    return np.column_stack([xy, z, phi, theta, psi])
-
-
-def particle_structure():
-    """The twin's particle: the PDB file cutem ships (1HVR, HIV-1 protease, 22 kDa)."""
-    from importlib import resources
-
-    return str(resources.files("cutem.data").joinpath("pdb", "1hvr.pdb"))
-
-
-def twin_config(n, pixel_size_A, voltage_kV, cs_mm, structure, copies, params, images=1):
+def twin_config(n, pixel_size_A, voltage_kV, cs_mm, params, images=1):
     """The twin's :class:`cutem.config.RunConfig` (``images`` micrographs of the same field,
     each its own shot noise: a stack at 0° tilt) at the values of ``params``."""
     p = params
@@ -119,13 +96,10 @@ def twin_config(n, pixel_size_A, voltage_kV, cs_mm, structure, copies, params, i
     t = p["thickness_A"]
     # a hole far wider than the field: the ice is flat over it
     sample = Sample(diameter_A=1e6, thickness_center_A=t, thickness_edge_A=t, ice=True,
-                    ice_absorption=p.get("ice_absorption", 0.0))
+                    ice_absorption=p.get("ice_absorption", 0.0), ice_model="amorphous")
     sim = Simulation(method="projection", inelastic_background=True, dtype="float32")
-    part = ParticleSpec(name="specimen", structure=str(structure), placement="list",
-                        positions_A=tuple(tuple(float(v) for v in c[:3]) for c in copies),
-                        orientations_deg=tuple(tuple(float(v) for v in c[3:]) for c in copies))
     return RunConfig(optics=optics, detector=det, sample=sample, geometry=Geometry(tilt_angles_deg=(0.0,) * images),
-                     simulation=sim, particles=(part,), output="twin")
+                     simulation=sim, output="twin")
 
 
 def _ring_selection(shape, pixel_size_A, q_range):
@@ -135,13 +109,12 @@ def _ring_selection(shape, pixel_size_A, q_range):
 
 
 def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 / 30, 1 / 5), maxiter=80,
-             thickness_A=300.0, scatterer_path=None, seed=0, log=None):
+             thickness_A=300.0, log=None):
     """Fit the twin of a power spectrum or micrographs (module docstring); returns :class:`TwinFit`.
 
     ``data``: a 2D spectrum (``centred``: DC at the centre, as RELION writes it) or a stack of
     micrographs; ``q_range`` (1/Å): the rings fitted; ``thickness_A``: the ice thickness the
-    fit starts from; ``scatterer_path``: where the cloud is written (a temporary file if None);
-    ``log``: a callable for progress lines.
+    fit starts from; ``log``: a callable for progress lines.
     """
     t0 = time.perf_counter()
     say = log or (lambda msg: None)
@@ -159,69 +132,77 @@ def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 
         f"w {ctf.amplitude_contrast:.3f}")
     start = {"defocus_u_A": ctf.defocus_u_A, "defocus_v_A": ctf.defocus_v_A,
              "astigmatism_angle_deg": ctf.astigmatism_angle_deg, "amplitude_contrast": ctf.amplitude_contrast,
-             "energy_spread_eV": 0.7, "illumination_angle_mrad": 0.02, "thickness_A": float(thickness_A),
+             "energy_spread_eV": 0.7, "illumination_angle_mrad": 0.1, "thickness_A": float(thickness_A),
              "dose_e_per_A2": 40.0, "mtf_a": 0.6, "mtf_b": 0.3, "mtf_c": 0.1, "mtf_alpha": 5.0, "mtf_beta": 40.0}
-    pos = scatterer_transforms(n, pixel_size_A, thickness_A, seed)
-    cfg = twin_config(n, pixel_size_A, voltage_kV, cs_mm, particle_structure(), pos, start)
+    cfg = twin_config(n, pixel_size_A, voltage_kV, cs_mm, start)
     model = SpecimenModel(cfg, free=("ice_thickness_A",))
     bins, sel = _ring_selection((n, n), pixel_size_A, q_range)
     data_log = np.log(np.maximum(bins.average(to_corner(ps))[sel], 1e-300))
     data_log = data_log - data_log.mean()
     sel_x = np.asarray(sel)
 
-    # the dose (noise level) starts where the rings' power is a few per cent of the noise's,
-    # as on real spectra: S(d) = a·d (noise) + b·d² (signal), so two evaluations place it
-    d0 = start["dose_e_per_A2"]
-    s1, s2 = (float(np.mean(bins.average(np.asarray(unwrap(model({"dose_e_per_A2": d})[0])))[sel]))
-              for d in (d0, 2 * d0))
-    sig, noise = 0.5 * (s2 - 2 * s1), 2 * s1 - 0.5 * s2
-    if sig > 0 and noise > 0:
-        start["dose_e_per_A2"] = d0 * min(max(0.05 * noise / sig, 1e-3), 1e4)
-
-    det_free = detector_free_params(model.detector.replace(**{k: start[k] for k in _DETECTOR_FREE}), _DETECTOR_FREE)
+    # the astigmatism (u − v and its angle) is fit-ctf's, from the 2D spectrum: a ring average
+    # hardly constrains it, and a free u − v would only damp the rings in place of the envelopes
+    half = 0.5 * (ctf.defocus_u_A - ctf.defocus_v_A)
+    start["defocus_mean_A"] = 0.5 * (ctf.defocus_u_A + ctf.defocus_v_A)
     free = [FreeParam(k, float(start[k]), lo, hi, "bounds", sc) for k, (lo, hi, sc) in _OPTICS_FREE.items()]
     free.append(FreeParam("ice_thickness_A", float(start["thickness_A"]), 50.0, 3000.0, "bounds", 100.0))
-    par = Parametrisation(free + det_free, {})
+
+    def with_defocus(theta):
+        th = dict(theta)
+        if "defocus_mean_A" in th:
+            m = th.pop("defocus_mean_A")
+            th.update(defocus_u_A=m + half, defocus_v_A=m - half)
+        return th
 
     def residuals(theta):
-        S, _ = model(theta)
+        S, _ = model(with_defocus(theta))
         prof = ops.log(radial_average(S, bins)[sel_x])
         return prof - ops.mean(prof) - data_log
 
+    # the rings (the residual with a quartic in q removed, as the score sees them) weigh
+    # RING_WEIGHT times the whole profile: else the smooth trend, which the model matches
+    # less well, sets the envelopes
+    qs = bins.q[sel]
+    X = np.vander(qs, 5)
+    detrend = np.eye(len(qs)) - X @ np.linalg.pinv(X)
+
     def loss(theta, _step):
         r = residuals(theta)
-        return ops.mean(r * r)
+        rd = ops.matmul(detrend, ops.reshape(r, (len(qs), 1)))
+        return ops.mean(r * r) + ops.mean(rd * rd) * RING_WEIGHT
 
+    # the dose sets the rings' power against the shot noise's (∝ dose² vs dose): a coarse scan
+    # places it before the gradient fit (the loss is not convex in it across orders of magnitude)
+    doses = (2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+    costs = [float(np.mean(np.asarray(unwrap(residuals({"dose_e_per_A2": d}))) ** 2)) for d in doses]
+    start["dose_e_per_A2"] = doses[int(np.argmin(costs))]
+    say(f"fit-twin: dose scan {dict(zip(doses, np.round(costs, 4)))}")
+    det_free = detector_free_params(model.detector.replace(**{k: start[k] for k in _DETECTOR_FREE}), _DETECTOR_FREE)
+    par = Parametrisation(free + det_free, {})
     res = fit(loss, par, "lbfgsb", maxiter=maxiter)
     vals = dict(res.params)
-    phys = {k: float(B.to_numpy(v)) for k, v in expand_ratios(vals).items()}
     r = np.asarray(unwrap(residuals(vals)))
-    S, _ = model(vals)
+    S, _ = model(with_defocus(vals))
+    phys = {k: float(B.to_numpy(v)) for k, v in expand_ratios(with_defocus(vals)).items()}
     S = np.asarray(unwrap(S))
-    params = dict(start)
+    params = {k: v for k, v in start.items() if k != "defocus_mean_A"}
     params.update({k: v for k, v in phys.items() if k != "ice_thickness_A"})
     params["thickness_A"] = phys["ice_thickness_A"]
     params["dqe"] = float(model.detector.dqe)
     say(f"fit-twin: loss {res.loss:.3g} after {res.iterations} iterations, {time.perf_counter() - t0:.1f} s")
     prof = {"q": bins.q[sel], "data": data_log, "model": data_log + r}
-    return TwinFit(twin_config(n, pixel_size_A, voltage_kV, cs_mm, "particle.pdb", pos, params), params, ctf,
-                   float(res.loss), time.perf_counter() - t0, int(res.iterations), prof, to_centre(S), pos)
+    return TwinFit(twin_config(n, pixel_size_A, voltage_kV, cs_mm, params), params, ctf,
+                   float(res.loss), time.perf_counter() - t0, int(res.iterations), prof, to_centre(S))
 
 
 def write_twin(fit_result: TwinFit, path, images=64):
-    """Write the twin: ``path`` (TOML, ``images`` micrographs per ``cutem simulate`` run) and
-    beside it the particle (``<stem>_particle.pdb``), named relative to the TOML so the two move
-    together. Returns the config written."""
-    import shutil
-
+    """Write the twin to ``path`` (TOML, ``images`` micrographs per ``cutem simulate`` run, each
+    its own ice draw and shot noise). Returns the config written."""
     from ..config import write_resolved
 
     path = Path(path)
-    pdb = path.with_name(path.stem + "_particle.pdb")
-    shutil.copyfile(particle_structure(), pdb)
-    cfg = fit_result.config
-    part = cfg.particles[0].replace(structure=pdb.name)
-    cfg = cfg.replace(particles=(part,), geometry=Geometry(tilt_angles_deg=(0.0,) * int(images)), output=path.stem)
+    cfg = fit_result.config.replace(geometry=Geometry(tilt_angles_deg=(0.0,) * int(images)), output=path.stem)
     write_resolved(path, cfg)
     return cfg
 
@@ -290,4 +271,4 @@ def write_report_png(path, ps_real, ps_twin, pixel_size_A, q_range=(1 / 30, 1 / 
 
 
 __all__ = ["TwinFit", "fit_twin", "write_twin", "twin_config", "profile_agreement", "log_profile",
-           "input_spectrum", "write_report_png", "scatterer_transforms", "particle_structure", "PARTICLE_DENSITY"]
+           "input_spectrum", "write_report_png"]
