@@ -62,13 +62,17 @@ def main():
             t2 = time.perf_counter()
             stack, _ = read_mrc(str(Path(tmp) / "sim" / "twin.mrc"))
             sim = to_centre(power_spectrum(np.asarray(stack, dtype=np.float64).reshape((-1,) + stack.shape[-2:])))
-            params = {k.strip(): v for k, v in (ln.split()[:2] for ln in (Path(tmp) / "twin.txt").read_text()
-                                                .splitlines()[2:] if not ln.startswith("log") and len(ln.split()) > 1)}
+            txt = (Path(tmp) / "twin.txt").read_text().splitlines()
+            params = {k.strip(): v for k, v in (ln.split()[:2] for ln in txt[2:]
+                                                if not ln.startswith("log") and len(ln.split()) > 1)}
+            # the fit's own score: its closed-form expected spectrum against the real one
+            exp_line = next(ln for ln in txt if ln.startswith("log-profile correlation"))
+            e_corr, e_rings = (float(w.strip(",")) for w in (exp_line.split()[6], exp_line.split()[8]))
         corr, rings = profile_agreement(np.asarray(real, np.float64), sim, PX)
         write_report_png(RESULTS / f"twin_betagal_{name}.png", np.asarray(real, np.float64), sim, PX,
                          title=f"{name}: simulated corr {corr:.3f}, rings {rings:.3f}", label="simulated")
         rows.append((name, corr, rings, float(params["defocus_u_A"]), float(params["defocus_v_A"]),
-                     float(params["thickness_A"]), float(params["dose_e_per_A2"]), t1 - t0, t2 - t1))
+                     float(params["thickness_A"]), float(params["dose_e_per_A2"]), t1 - t0, t2 - t1, e_corr, e_rings))
         print(rows[-1], flush=True)
     c = np.array([r[1] for r in rows])
     d = np.array([r[2] for r in rows])
@@ -77,14 +81,17 @@ def main():
              f"# machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs "
              f"(load {os.getloadavg()[0]:.1f}), no GPU; {a.images} simulated 512² micrographs per twin",
              "# corr: correlation of log radial profiles, simulated stack vs real, 1/30-1/5 1/Å; rings: the same with "
-             "a quartic in q removed",
+             "a quartic in q removed; e.corr, e.ring: the same for the fit's closed-form expected spectrum",
              f"{'micrograph':<16} {'corr':>6} {'rings':>6} {'U':>7} {'V':>7} {'ice Å':>6} {'dose':>7} "
-             f"{'fit s':>6} {'sim s':>6}"]
+             f"{'fit s':>6} {'sim s':>6} {'e.corr':>6} {'e.ring':>6}"]
     for r in rows:
         lines.append(f"{r[0]:<16} {r[1]:>6.3f} {r[2]:>6.3f} {r[3]:>7.0f} {r[4]:>7.0f} {r[5]:>6.0f} {r[6]:>7.2f} "
-                     f"{r[7]:>6.1f} {r[8]:>6.1f}")
+                     f"{r[7]:>6.1f} {r[8]:>6.1f} {r[9]:>6.3f} {r[10]:>6.3f}")
+    e = np.array([[r[9], r[10]] for r in rows])
     lines += ["", f"corr: median {np.median(c):.3f}, worst {c.min():.3f} (target median >= 0.98)",
               f"rings: median {np.median(d):.3f}, worst {d.min():.3f} (target median >= 0.93)",
+              f"the fit's closed-form expected spectrum vs real (e.corr, e.ring): medians {np.median(e[:, 0]):.3f}, "
+              f"{np.median(e[:, 1]):.3f}; worst {e[:, 0].min():.3f}, {e[:, 1].min():.3f}",
               f"total {time.perf_counter() - t_all:.0f} s for {len(rows)} spectra"]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "twin_betagal.txt").write_text("\n".join(lines) + "\n")
