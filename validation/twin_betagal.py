@@ -9,8 +9,8 @@ closed form), scored by :func:`cutem.fitting.twin.profile_agreement` over 1/30�
 correlation of log radial profiles and of the same profiles with a quartic in q removed.
 Targets (issue 19): medians ≥ 0.98 and ≥ 0.93.
 
-Run: python validation/twin_betagal.py [--images N] [--limit K]
-(writes validation/results/twin_betagal.txt and twin_betagal_<micrograph>.png)
+Run: nice python validation/twin_betagal.py [--images N] [--limit K] [--name STEM]
+(writes validation/results/STEM.txt and STEM_<micrograph>.png; STEM = twin_betagal)
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--name", default="twin_betagal", help="results file stem (and its PNGs' prefix)")
     a = ap.parse_args()
     files = sorted(DATA.glob("*_PS.mrc"))[: a.limit]
     rows = []
@@ -69,7 +70,7 @@ def main():
             exp_line = next(ln for ln in txt if ln.startswith("log-profile correlation"))
             e_corr, e_rings = (float(w.strip(",")) for w in (exp_line.split()[6], exp_line.split()[8]))
         corr, rings = profile_agreement(np.asarray(real, np.float64), sim, PX)
-        write_report_png(RESULTS / f"twin_betagal_{name}.png", np.asarray(real, np.float64), sim, PX,
+        write_report_png(RESULTS / f"{a.name}_{name}.png", np.asarray(real, np.float64), sim, PX,
                          title=f"{name}: simulated corr {corr:.3f}, rings {rings:.3f}", label="simulated")
         rows.append((name, corr, rings, float(params["defocus_u_A"]), float(params["defocus_v_A"]),
                      float(params["thickness_A"]), float(params["dose_e_per_A2"]), t1 - t0, t2 - t1, e_corr, e_rings))
@@ -77,7 +78,8 @@ def main():
     c = np.array([r[1] for r in rows])
     d = np.array([r[2] for r in rows])
     lines = ["# cutem fit-twin + cutem simulate on the real β-galactosidase spectra (issue 19)",
-             f"# command: python validation/twin_betagal.py --images {a.images}",
+             f"# command: nice python validation/twin_betagal.py --images {a.images}"
+             + (f" --limit {a.limit}" if a.limit else "") + (f" --name {a.name}" if a.name != "twin_betagal" else ""),
              f"# machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs "
              f"(load {os.getloadavg()[0]:.1f}), no GPU; {a.images} simulated 512² micrographs per twin",
              "# corr: correlation of log radial profiles, simulated stack vs real, 1/30-1/5 1/Å; rings: the same with "
@@ -94,7 +96,7 @@ def main():
               f"{np.median(e[:, 1]):.3f}; worst {e[:, 0].min():.3f}, {e[:, 1].min():.3f}",
               f"total {time.perf_counter() - t_all:.0f} s for {len(rows)} spectra"]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "twin_betagal.txt").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{a.name}.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
