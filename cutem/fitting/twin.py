@@ -27,6 +27,7 @@ of two spectra over a q range and of the same profiles with a quartic in q remov
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -109,12 +110,13 @@ def _ring_selection(shape, pixel_size_A, q_range):
 
 
 def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 / 30, 1 / 5), maxiter=80,
-             thickness_A=300.0, log=None):
+             thickness_A=300.0, second_order_draws=8, log=None):
     """Fit the twin of a power spectrum or micrographs (module docstring); returns :class:`TwinFit`.
 
     ``data``: a 2D spectrum (``centred``: DC at the centre, as RELION writes it) or a stack of
     micrographs; ``q_range`` (1/Å): the rings fitted; ``thickness_A``: the ice thickness the
-    fit starts from; ``log``: a callable for progress lines.
+    fit starts from; ``second_order_draws``: ice draws of :func:`second_order_spectrum` (0: the
+    first-order spectrum only); ``log``: a callable for progress lines.
     """
     t0 = time.perf_counter()
     say = log or (lambda msg: None)
@@ -155,8 +157,11 @@ def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 
             th.update(defocus_u_A=m + half, defocus_v_A=m - half)
         return th
 
+    extra = [0.0]      # the ice's second-order power (second_order_spectrum), held fixed in the refit
+
     def residuals(theta):
         S, _ = model(with_defocus(theta))
+        S = S + extra[0]
         prof = ops.log(radial_average(S, bins)[sel_x])
         return prof - ops.mean(prof) - data_log
 
@@ -181,19 +186,65 @@ def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 
     det_free = detector_free_params(model.detector.replace(**{k: start[k] for k in _DETECTOR_FREE}), _DETECTOR_FREE)
     par = Parametrisation(free + det_free, {})
     res = fit(loss, par, "lbfgsb", maxiter=maxiter)
+
+    def physical(vals):
+        phys = {k: float(B.to_numpy(v)) for k, v in expand_ratios(with_defocus(vals)).items()}
+        params = {k: v for k, v in start.items() if k != "defocus_mean_A"}
+        params.update({k: v for k, v in phys.items() if k != "ice_thickness_A"})
+        params["thickness_A"] = phys["ice_thickness_A"]
+        params["dqe"] = float(model.detector.dqe)
+        return params
+
     vals = dict(res.params)
+    if second_order_draws:
+        # the micrographs carry the ice's scattering beyond first order (it fills the troughs
+        # below the first Thon maxima, where the linear transfer is small): estimated at the
+        # first fit, then the fit is repeated from there with it added
+        extra[0] = second_order_spectrum(twin_config(n, pixel_size_A, voltage_kV, cs_mm, physical(vals)),
+                                         second_order_draws)
+        par = Parametrisation([dataclasses.replace(f, init=float(B.to_numpy(vals[f.name]))) for f in par.free], {})
+        first = res.iterations
+        res = fit(loss, par, "lbfgsb", maxiter=maxiter)
+        res.iterations += first
+        vals = dict(res.params)
     r = np.asarray(unwrap(residuals(vals)))
     S, _ = model(with_defocus(vals))
-    phys = {k: float(B.to_numpy(v)) for k, v in expand_ratios(with_defocus(vals)).items()}
-    S = np.asarray(unwrap(S))
-    params = {k: v for k, v in start.items() if k != "defocus_mean_A"}
-    params.update({k: v for k, v in phys.items() if k != "ice_thickness_A"})
-    params["thickness_A"] = phys["ice_thickness_A"]
-    params["dqe"] = float(model.detector.dqe)
+    S = np.asarray(unwrap(S)) + extra[0]
+    params = physical(vals)
     say(f"fit-twin: loss {res.loss:.3g} after {res.iterations} iterations, {time.perf_counter() - t0:.1f} s")
     prof = {"q": bins.q[sel], "data": data_log, "model": data_log + r}
     return TwinFit(twin_config(n, pixel_size_A, voltage_kV, cs_mm, params), params, ctf,
                    float(res.loss), time.perf_counter() - t0, int(res.iterations), prof, to_centre(S))
+
+
+def second_order_spectrum(cfg, draws=8, seed=0):
+    """The expected spectrum of a flat amorphous-ice twin ``cfg`` beyond the first order of
+    :class:`cutem.fitting.specimen.SpecimenModel` (FFT layout, noise-free): the mean over
+    ``draws`` ice draws g of |FFT[m(g)]|²/n − |FFT[T g]|²/n, m(g) the noise-free image and T g
+    its linear part (central difference through the pipeline). The two share their draw, so the
+    difference has far less noise than either (a control variate); its expectation is the
+    power of the image's terms of second and higher order in the ice's phase."""
+    from ..ice import ice_rng, unit_field
+    from ..imaging import ImageModel
+
+    cfg = cfg.replace(simulation=cfg.simulation.replace(dtype="float64"))
+    base = ImageModel.from_config(cfg, 0, xp=np, dtype=np.float64)
+    g0, px = base.grid, base.grid.pixel_size_A
+    n = float(np.prod(g0.detector_shape))
+
+    def image(field):
+        return np.asarray(dataclasses.replace(base, ice_field=field, _cache={}).render(estimator="none").image)
+
+    def per(x):
+        return np.abs(np.fft.fft2(x - x.mean())) ** 2 / n
+
+    out = 0.0
+    for j in range(int(draws)):
+        g = unit_field(1, g0.shape, px, ice_rng(seed, 10_000 + j), cfg.simulation.b_factor_A2)
+        eps = 1e-4 / np.abs(g).max()
+        lin = (image(eps * g) - image(-eps * g)) / (2 * eps)
+        out = out + (per(image(g)) - per(lin)) / draws
+    return out
 
 
 def write_twin(fit_result: TwinFit, path, images=64):
@@ -271,4 +322,4 @@ def write_report_png(path, ps_real, ps_twin, pixel_size_A, q_range=(1 / 30, 1 / 
 
 
 __all__ = ["TwinFit", "fit_twin", "write_twin", "twin_config", "profile_agreement", "log_profile",
-           "input_spectrum", "write_report_png"]
+           "input_spectrum", "write_report_png", "second_order_spectrum"]
