@@ -64,6 +64,7 @@ from .damage import DamageFilter, mid_exposure
 from .energyfilter import ZeroLossFilter, inelastic_mfp_A
 from .errors import InputError
 from .grid import Grid
+from .ice import AmorphousIceStage, ice_rng, unit_field
 from .potential import (IcePotentialStage, ProjectedPotentialStage, ice_potential_V, n_slices, projected_potential,
                         slab_z_range)
 from .propagation import exit_wave
@@ -151,6 +152,9 @@ class ImageModel:
     #: accumulated exposure (e⁻/Å²) the damage sees (None: the tilt's mid-exposure, :mod:`cutem.damage`)
     exposure_e_per_A2: float | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
+    #: with ``Sample.ice_model = "amorphous"``: the ice's unit-slab fluctuation per slice (:mod:`cutem.ice`;
+    #: None: drawn from the tilt's seed)
+    ice_field: object = None
 
     @classmethod
     def from_config(cls, cfg, tilt: int = 0, *, scene=None, device=None, xp=None, dtype=None, atom_chunk=None,
@@ -288,12 +292,27 @@ class ImageModel:
         v = v_atoms
         if s.ice:
             vi = self._ice_potential(params)
-            v = v + vi
+            v = v + self._amorphous_ice(vi)
             if s.ice_absorption > 0:
                 v_abs = vi * s.ice_absorption if v_abs is None else v_abs + vi * s.ice_absorption
         if "potential" in params:
             v = params["potential"]
         return v, v_abs
+
+    def _amorphous_ice(self, vi):
+        """The ice's density fluctuations added to its continuum slices (``Sample.ice_model``,
+        :class:`cutem.ice.AmorphousIceStage`); the path lengths and absorption keep the continuum."""
+        if self.config.sample.ice_model != "amorphous":
+            return vi
+        g = self.ice_field
+        if g is None:
+            if "ice_field" not in self._cache:
+                shape = unwrap(vi).shape
+                self._cache["ice_field"] = self.xp.asarray(unit_field(
+                    shape[0], shape[1:], self.grid.pixel_size_A, ice_rng(self.config.seed, self.tilt),
+                    self.config.simulation.b_factor_A2).astype(self.dtype))
+            g = self._cache["ice_field"]
+        return AmorphousIceStage(g)(vi)
 
     def exposure(self) -> float:
         """Accumulated exposure (e⁻/Å²) of this image: the tilt's mid-exposure unless set."""

@@ -30,6 +30,7 @@ Two pieces:
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -126,6 +127,18 @@ def path_length_levels(L, m_max=20, c=10.0):
     return lo + (hi - lo) * np.arange(m + 1) / m
 
 
+@functools.lru_cache(maxsize=8)
+def _ice_mu(shape, pixel_size_A, voltage_kV, defocus_A, theta_max, density_per_A3, sig):
+    """μ(x) of :class:`IceScattering` on the rfft grid, kept for the next image of a run (the
+    Hankel transform is most of an image's time on a flat-ice field); read-only."""
+    sp = {8: 1, 1: 2}
+    x = _radial_x(shape, pixel_size_A, defocus_A)
+    mu = _filter(x, lambda u: density_per_A3 * (sig - hankel_cross_section(
+        voltage_kV, sp, theta_max, u, pixel_size_A, defocus_A)))
+    mu.flags.writeable = False
+    return mu
+
+
 @register
 class IceScattering(Stage):
     """I, L → Σₖ wₖ(L) F⁻¹[F[I] exp(−Lₖ μ(x))] (module docstring), I the image intensity and L
@@ -141,9 +154,8 @@ class IceScattering(Stage):
         self.levels = np.asarray(levels_A, dtype=np.float64)
         sp = {8: 1, 1: 2}
         sig = sum(c * total_cross_section_A2(voltage_kV, z) for z, c in sp.items())
-        x = _radial_x(self.shape, pixel_size_A, defocus_A)
-        self.mu = _filter(x, lambda u: density_per_A3 * (sig - hankel_cross_section(
-            voltage_kV, sp, theta_max, u, pixel_size_A, defocus_A)))
+        self.mu = _ice_mu(self.shape, float(pixel_size_A), float(voltage_kV), float(defocus_A), float(theta_max),
+                          float(density_per_A3), sig)
 
     def _weights(self, L):
         """(w (m+1, ny, nx), dw/dL) of the hat functions at L (numpy)."""

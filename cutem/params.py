@@ -318,6 +318,9 @@ class Sample(_Params):
                          "atoms' potential")
     damage_b_per_exposure_A2: float = param(0.0, "Å² per e⁻/Å²", (0.0, 100.0),
                                             doc="B-factor growth with exposure (with damage; 0 = none)")
+    ice_model: str = param("continuum", doc="the ice's structure: continuum (its mean potential only: no "
+                           "scattering at q > 0) or amorphous (plus the density fluctuations of vitreous water, "
+                           "drawn per tilt: cutem.ice)", choices=("continuum", "amorphous"))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ puts the fitted values back into the config.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -18,7 +19,9 @@ from adjoints.fit import FreeParam, Parametrisation, fit
 from .. import detector as D
 from .. import optics as O
 from ..errors import InputError
+from ..electron import interaction_constant
 from ..grid import Grid
+from ..ice import spectral_kernel
 from ..imaging import ImageModel, stack_z_range, tilt_settings
 from ..optics import optics_inputs
 from ..params import bounds
@@ -55,7 +58,21 @@ class SpecimenModel:
 
         S(q) = |FFT[m − m̄]|²/n + MTF(q)² · mean(N̄)/DQE + σ_readout²,
 
-    and the expected image mean is gain·mean(N̄). Parameters (``theta``) are the detector
+    and the expected image mean is gain·mean(N̄).
+
+    Amorphous ice (``Sample.ice_model = "amorphous"``, :mod:`cutem.ice`): its fluctuation
+    sqrt(L)·g is a zero-mean Gaussian field, so its expected contribution is, to first order
+    in g (the weak-phase limit), the spectrum of the image's linear response to it. Over flat
+    ice the whole microscope linearised about the ice's uniform exit wave — phase object
+    exp(iσV), lens, |ψ|², the ice's scattering filter, binning, detector — is a
+    shift-invariant linear map T of g (analytically, for a lens H = E e^{−iχ}:
+    δI = −2σ|ψ₀|² Im(H ⊛ δV), power 4σ²|ψ₀|² E² sin²χ · P(q) before the ice filter and
+    detector), so E|FFT[T g]|² = |FFT[T k]|² for the kernel k with |FFT k|² = E|FFT g|²
+    (:func:`cutem.ice.spectral_kernel`). That response is computed by the pipeline itself as a
+    central difference (m(+εk) − m(−εk))/(2ε) (second order cancels; ε: 1e-4 rad of phase), and
+    its periodogram is added to S; the mean of the two renders is m at g = 0 to O(ε²).
+    Exact to first order in σ·δV: the quadratic terms (a few % of the ring power at 300 Å of
+    ice) are left out. Projection approximation only (one slice). Parameters (``theta``) are the detector
     fields (:data:`cutem.detector.PARAM_NAMES`, Vars where free), optics fields
     (:data:`cutem.optics.PARAM_NAMES`), ``defocus_A`` (u = v), ``thickness_center_A``,
     ``thickness_edge_A`` and ``ice_thickness_A`` (both thicknesses shifted together by the
@@ -72,10 +89,11 @@ class SpecimenModel:
         if self.thickness_free:
             if not s.ice:
                 raise InputError("fit: the ice thickness is free but [sample] ice = false")
-            if s.ice_absorption <= 0 and cfg.simulation.method == "projection":
+            if (s.ice_absorption <= 0 and cfg.simulation.method == "projection"
+                    and not cfg.simulation.inelastic_background):
                 raise InputError("fit: the ice thickness is not identifiable with [sample] ice_absorption = 0 "
                                  "(a uniform ice layer is then a pure phase: the image does not depend on it); "
-                                 "set ice_absorption > 0")
+                                 "set ice_absorption > 0 or inelastic_background")
             if cfg.simulation.method == "multislice":
                 # the slice stack must hold the thickest ice the fit may try
                 t = min(1e5, max(s.thickness_center_A, s.thickness_edge_A) * 3 + 1000)
@@ -85,7 +103,21 @@ class SpecimenModel:
                                         scene.z_extent(angle, cfg.geometry.tilt_axis_deg) if len(scene) else None)
         self.model = ImageModel.from_config(cfg, tilt, scene=scene, xp=np, dtype=np.float64, z_range_A=z_range)
         self.grid, self.angle = self.model.grid, self.model.angle_deg
+        self.pair = self._amorphous_pair(cfg) if s.ice and s.ice_model == "amorphous" else None
         self.optics, self.detector, self.atoms = self.model.optics, self.model.detector, self.model.atoms
+
+    def _amorphous_pair(self, cfg):
+        """The model with the ice's fluctuation replaced by ±ε·k (:func:`cutem.ice.spectral_kernel`),
+        for the amorphous ice's expected spectrum (class docstring)."""
+        if self.model.n_slices != 1:
+            raise InputError("fit: the expected spectrum of amorphous ice is for the projection approximation "
+                             "(one slice); set [simulation] method = \"projection\"")
+        g = self.grid
+        k = spectral_kernel(g.shape, g.pixel_size_A, cfg.simulation.b_factor_A2)[None]
+        # ε: a phase of 1e-4 rad at the kernel's peak through 1000 Å of ice, far inside the linear regime
+        eps = 1e-4 / (interaction_constant(self.model.optics.voltage_kV) * np.abs(k).max() * math.sqrt(1000.0))
+        self.ice_eps = eps
+        return tuple(dataclasses.replace(self.model, ice_field=sgn * eps * k, _cache={}) for sgn in (1.0, -1.0))
 
     def theta0(self):
         """Every parameter the model knows, at the config's values (floats)."""
@@ -112,16 +144,22 @@ class SpecimenModel:
                 tc = th["ice_thickness_A"]
                 te = tc + (s.thickness_edge_A - s.thickness_center_A)
             params.update(thickness_center_A=as_input(tc), thickness_edge_A=as_input(te))
-        det = self.model.render(params, estimator="none")
-        img = det.image
         ny, nx = self.grid.detector_shape
         n = ny * nx
+        if self.pair is None:
+            det = self.model.render(params, estimator="none")
+            img, counts = det.image, det.expected_counts
+            S = 0.0
+        else:
+            dp, dm = (m.render(params, estimator="none") for m in self.pair)
+            img, counts = (dp.image + dm.image) * 0.5, (dp.expected_counts + dm.expected_counts) * 0.5
+            lin = (dp.image - dm.image) * (0.5 / self.ice_eps)
+            S = ops.abs2(ops.fft2(lin - ops.mean(lin))) * (1.0 / n)
         mean_img = ops.mean(img)
-        sig = ops.abs2(ops.fft2(img - mean_img)) * (1.0 / n)
-        S = sig
+        S = ops.abs2(ops.fft2(img - mean_img)) * (1.0 / n) + S
         if self.detector.quantized:
             m = mtf_on_grid((ny, nx), th)
-            S = S + (m * m) * (ops.mean(det.expected_counts) / th["dqe"])
+            S = S + (m * m) * (ops.mean(counts) / th["dqe"])
         r = th.get("readout_noise", 0.0)
         if isinstance(r, Var) or float(B.to_numpy(r)) > 0:
             S = S + r * r

@@ -1,0 +1,63 @@
+"""The twin (cutem.fitting.twin): fitted to simulated amorphous-ice micrographs of a known
+config, it recovers the known defocus; the score separates matching from mismatched spectra."""
+import numpy as np
+import pytest
+
+from adjoints import unwrap
+from cutem.errors import InputError
+from cutem.fitting.specimen import SpecimenModel
+from cutem.fitting.twin import fit_twin, profile_agreement, twin_config
+from cutem.pipeline import simulate
+from cutem.spectra import power_spectrum, to_centre
+
+PX, N, KV, CS = 1.5, 256, 200.0, 1.4
+TRUE = {"defocus_u_A": 12500.0, "defocus_v_A": 12000.0, "astigmatism_angle_deg": 30.0, "amplitude_contrast": 0.1,
+        "energy_spread_eV": 0.8, "illumination_angle_mrad": 0.05, "thickness_A": 300.0, "dose_e_per_A2": 40.0,
+        "mtf_a": 0.6, "mtf_b": 0.3, "mtf_c": 0.1, "mtf_alpha": 5.0, "mtf_beta": 40.0}
+Q = (1 / 30, 1 / 4)
+
+
+def _expected(params):
+    S, _ = SpecimenModel(twin_config(N, PX, KV, CS, params))({})
+    return to_centre(np.asarray(unwrap(S)))
+
+
+@pytest.fixture(scope="module")
+def micrographs():
+    cfg = twin_config(N, PX, KV, CS, TRUE, images=24)
+    return np.asarray(simulate(cfg).images, dtype=np.float64)
+
+
+@pytest.mark.slow     # 8 s on an idle core: 24 micrographs and a 15-iteration fit
+def test_twin_of_simulated_micrographs_recovers_their_defocus_within_1_percent(micrographs):
+    r = fit_twin(micrographs, PX, KV, CS, q_range=Q, maxiter=15, second_order_draws=0)
+    mean = 0.5 * (r.params["defocus_u_A"] + r.params["defocus_v_A"])
+    assert abs(mean / 12250.0 - 1) < 0.01
+    corr, rings = profile_agreement(to_centre(power_spectrum(micrographs)), r.model_ps, PX, Q)
+    assert corr > 0.99 and rings > 0.97
+
+
+def test_twin_score_drops_for_a_spectrum_3_percent_off_in_defocus():
+    ps = _expected(TRUE)
+    off = dict(TRUE, defocus_u_A=TRUE["defocus_u_A"] * 1.03, defocus_v_A=TRUE["defocus_v_A"] * 1.03)
+    same = profile_agreement(ps, _expected(dict(TRUE, dose_e_per_A2=41.0)), PX, Q)[1]
+    _, rings = profile_agreement(ps, _expected(off), PX, Q)
+    assert same > 0.99 and rings < 0.5
+
+
+def test_twin_refuses_a_non_square_spectrum():
+    with pytest.raises(InputError, match="square"):
+        fit_twin(np.ones((64, 96)), PX, KV, CS)
+
+
+def test_second_order_ice_power_grows_faster_than_the_thickness():
+    from cutem.fitting.twin import second_order_spectrum
+    from cutem.spectra import RadialBins
+
+    b = RadialBins((64, 64), PX)
+    sel = (b.q > Q[0]) & (b.q < Q[1])
+    band = [b.average(second_order_spectrum(twin_config(64, PX, KV, CS, dict(TRUE, thickness_A=t)), 8))[sel].sum()
+            for t in (100.0, 300.0)]
+    # second order in the ice's phase variance (∝ L): ∝ L² less the ice filter's damping
+    # (measured 5.9); the first-order power (∝ L) would give 3
+    assert band[0] > 0 and 4.0 < band[1] / band[0] < 12.0
