@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from cutem.params import Detector, Optics
+from cutem.params import Detector, Optics, Sample
 
 from .common import InFile, Number, OutPath, fail, ordered, quiet_option
 
@@ -276,23 +276,23 @@ def fit_ctf(inputs, kind, dc, pixel_size, voltage_kV, cs_mm, amplitude_contrast,
 
 
 @click.command("fit-twin")
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False))
-@click.option("--voltage", "voltage_kV", type=float, required=True, help="kV")
-@click.option("--cs", "cs_mm", type=float, required=True, help="mm")
-@click.option("--pixel-size", "pixel_size", type=float, required=True,
+@click.argument("input_path", metavar="INPUT", type=InFile("mrc"))
+@click.option("--voltage", "voltage_kV", type=Number.of(Optics, "voltage_kV"), required=True, help="kV")
+@click.option("--cs", "cs_mm", type=Number.of(Optics, "cs_mm"), required=True, help="mm")
+@click.option("--pixel-size", "pixel_size", type=Number.of(Detector, "pixel_size_A"), required=True,
               help="Å per pixel of the micrograph (the spectrum's sampling).")
 @click.option("--kind", type=click.Choice(["auto", "spectrum", "micrograph"]), default="auto", show_default=True,
               help="INPUT is a power spectrum (DC at the centre, as RELION writes it) or micrographs "
                    "(auto: a 3D stack is micrographs, a 2D image with its maximum at the centre a spectrum).")
-@click.option("--resolution-range", nargs=2, type=float, default=(30.0, 5.0), show_default=True,
-              help="Rings fitted: lowest and highest resolution in Å.")
-@click.option("--images", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--resolution-range", nargs=2, type=Number(0.0, 1e4, "Å", open="lo"), callback=ordered(descending=True),
+              default=(30.0, 5.0), show_default=True, help="Rings fitted: lowest and highest resolution in Å.")
+@click.option("--images", type=Number(1, 100000, integer=True), default=64, show_default=True,
               help="Micrographs per `cutem simulate` run of the twin (a stack: the spectrum's noise falls "
                    "as 1/sqrt(images)).")
-@click.option("--thickness", "thickness_A", type=float, default=300.0, show_default=True,
-              help="Ice thickness (Å) the fit starts from.")
-@click.option("--maxiter", type=int, default=80, show_default=True)
-@click.option("--out", "out", default="twin.toml", show_default=True,
+@click.option("--thickness", "thickness_A", type=Number.of(Sample, "thickness_center_A"),
+              default=300.0, show_default=True, help="Ice thickness (Å) the fit starts from.")
+@click.option("--maxiter", type=Number(1, 100000, integer=True), default=80, show_default=True)
+@click.option("--out", "out", type=OutPath(), default="twin.toml", show_default=True,
               help="The twin config; beside it OUT.png (report), OUT.txt.")
 @quiet_option
 def fit_twin(input_path, voltage_kV, cs_mm, pixel_size, kind, resolution_range, images, thickness_A, maxiter, out,

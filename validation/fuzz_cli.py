@@ -56,6 +56,8 @@ BASELINE = {
                 "-q"],
     "fit-mtf": ["{D}/img.mrc", "--maxiter", "3", "-o", "{O}/m"],
     "fit-ctf": ["{D}/spec.mrc", "-o", "{O}/c.star", "-q"],
+    "fit-twin": ["{D}/spec.mrc", "--voltage", "300", "--cs", "2.7", "--pixel-size", "1.0", "--maxiter", "2",
+                 "--images", "1", "--out", "{O}/t.toml", "-q"],
 }
 #: hostile environments, each run once per command
 ENVIRONMENTS = [{"CUTEM_THREADS": "abc"}, {"CUTEM_THREADS": "-3"}, {"CUTEM_DEVICE": "tpu"},
