@@ -157,11 +157,14 @@ def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 
             th.update(defocus_u_A=m + half, defocus_v_A=m - half)
         return th
 
-    extra = [0.0]      # the ice's second-order power (second_order_spectrum), held fixed in the refit
+    extra = [0.0, 0.0]      # the ice's second-order power (second_order_spectrum) and the dose it was made at
 
     def residuals(theta):
         S, _ = model(with_defocus(theta))
-        S = S + extra[0]
+        if extra[1]:
+            # the second-order power is ∝ counts², i.e. dose² (the thickness is held, below)
+            d = theta["dose_e_per_A2"] * (1.0 / extra[1])
+            S = S + extra[0] * (d * d)
         prof = ops.log(radial_average(S, bins)[sel_x])
         return prof - ops.mean(prof) - data_log
 
@@ -199,14 +202,17 @@ def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 
     if second_order_draws:
         # the micrographs carry the ice's scattering beyond first order (it fills the troughs
         # below the first Thon maxima, where the linear transfer is small): estimated at the
-        # first fit, then the fit is repeated from there with it added
-        extra[0] = second_order_spectrum(twin_config(n, pixel_size_A, voltage_kV, cs_mm, physical(vals)),
-                                         second_order_draws)
-        par = Parametrisation([dataclasses.replace(f, init=float(B.to_numpy(vals[f.name]))) for f in par.free], {})
+        # first fit, then the fit is repeated from there with it added (scaled with the dose)
+        p1 = physical(vals)
+        extra[0] = second_order_spectrum(twin_config(n, pixel_size_A, voltage_kV, cs_mm, p1), second_order_draws)
+        extra[1] = p1["dose_e_per_A2"]
+        # the thickness is held at the first fit's: the second-order power was made there
+        par = Parametrisation([dataclasses.replace(f, init=float(B.to_numpy(vals[f.name]))) for f in par.free
+                               if f.name != "ice_thickness_A"], {"ice_thickness_A": p1["thickness_A"]})
         first = res.iterations
         res = fit(loss, par, "lbfgsb", maxiter=maxiter)
         res.iterations += first
-        vals = dict(res.params)
+        vals = {**dict(res.params), "ice_thickness_A": p1["thickness_A"]}
     r = np.asarray(unwrap(residuals(vals)))
     S, _ = model(with_defocus(vals))
     S = np.asarray(unwrap(S)) + extra[0]
