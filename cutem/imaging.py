@@ -247,13 +247,9 @@ class ImageModel:
 
     def _ice_potential(self, params):
         cfg = self.config
-        # the stage holds the layer's per-pixel geometry: built once per model, not per render
-        # (a fit of the thickness renders the model hundreds of times); it keeps no per-call state
-        st = self._cache.get("ice_stage")
-        if st is None:
-            st = self._cache["ice_stage"] = IcePotentialStage(
-                cfg.sample, self.grid.shape, self.grid.pixel_size_A, slice_thickness_A=self.slice_thickness_A,
-                z_range_A=self.z_range_A, tilt_deg=self.angle_deg, tilt_axis_deg=cfg.geometry.tilt_axis_deg)
+        st = IcePotentialStage(cfg.sample, self.grid.shape, self.grid.pixel_size_A,
+                               slice_thickness_A=self.slice_thickness_A, z_range_A=self.z_range_A,
+                               tilt_deg=self.angle_deg, tilt_axis_deg=cfg.geometry.tilt_axis_deg)
         if any(k in params for k in _ICE_PARAMS):
             d = self.inputs()
             return st(*(params[k] if k in params else d[k] for k in _ICE_PARAMS))
