@@ -98,11 +98,14 @@ def gradients(d, repeats, version):
     pos0 = jnp.asarray(d["positions"], dtype=jnp.float32)
     df0 = jnp.asarray(float(d["defocus_A"]), dtype=jnp.float32)
     params = PengScatteringFactorParameters(np.asarray(d["numbers"], dtype=int))
-    config = cs.BasicImageConfig((n, n), px, float(d["voltage_kV"]))
     integrator = cs.GaussianMixtureProjection(
         n_spread=cs.suggest_n_spread(cs.GaussianMixtureVolume.from_tabulated_parameters(pos0, params), px))
 
     def image(pos, df):
+        # the config is made inside the traced function: it caches its frequency grid on first
+        # use, and a config shared by several jitted functions leaks that cached tracer from
+        # one trace into the next (jax.errors.UnexpectedTracerError with jax 0.10)
+        config = cs.BasicImageConfig((n, n), px, float(d["voltage_kV"]))
         ctf = cs.AstigmaticCTF(defocus_in_angstroms=df, astigmatism_in_angstroms=0.0,
                                spherical_aberration_in_mm=float(d["cs_A"]) * 1e-7)
         theory = cs.RytovScatteringTheory(integrator, cs.WaveTransferTheory(ctf), amplitude_contrast_ratio=0.0)
