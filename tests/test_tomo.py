@@ -467,3 +467,15 @@ def test_strip_defocus_follows_the_tilted_plane_and_exposure_filter_halves_at_cr
     out = ctfcorrect.exposure_filter(img, 1.0, [2 * ne])
     ratio = np.abs(np.fft.rfft2(out[0]))[0, 8] / spec_in[0, 8]
     assert ratio == pytest.approx(np.exp(-1), rel=1e-9)
+
+
+def test_first_ctf_zero_reported_by_tomo_ctf_is_where_sin_chi_first_changes_sign():
+    from cutem import ctfcorrect
+    from validation.tomo_ctf import first_zero_A
+
+    for df, kv, cs, w in ((30000.0, 200.0, 2.0, 0.0), (30000.0, 300.0, 2.7, 0.07), (8000.0, 300.0, 0.0, 0.1)):
+        z = first_zero_A(df, kv, cs, w)
+        q = np.linspace(1e-4, 1.0 / z, 20001)
+        s = np.sin(ctfcorrect.ctf_phase(q * q, df, kv, cs, w))
+        assert (s[:-50] > 0).all() and abs(s[-1]) < 1e-9, (df, kv, cs, w, z)
+        assert np.sin(ctfcorrect.ctf_phase((1.001 / z) ** 2, df, kv, cs, w)) < 0
