@@ -247,15 +247,19 @@ class ImageModel:
 
     def _ice_potential(self, params):
         cfg = self.config
-        st = IcePotentialStage(cfg.sample, self.grid.shape, self.grid.pixel_size_A,
-                               slice_thickness_A=self.slice_thickness_A, z_range_A=self.z_range_A,
-                               tilt_deg=self.angle_deg, tilt_axis_deg=cfg.geometry.tilt_axis_deg)
+
+        def stage():   # built only when used: its per-pixel geometry costs as much as a forward FFT pair
+            return IcePotentialStage(cfg.sample, self.grid.shape, self.grid.pixel_size_A,
+                                     slice_thickness_A=self.slice_thickness_A, z_range_A=self.z_range_A,
+                                     tilt_deg=self.angle_deg, tilt_axis_deg=cfg.geometry.tilt_axis_deg)
+
         if any(k in params for k in _ICE_PARAMS):
             d = self.inputs()
-            return st(*(params[k] if k in params else d[k] for k in _ICE_PARAMS))
+            return stage()(*(params[k] if k in params else d[k] for k in _ICE_PARAMS))
         if "ice" not in self._cache:
             xp, dt, s = self.xp, self.dtype, cfg.sample
-            self._cache["ice"] = st(xp.asarray(s.thickness_center_A, dtype=dt), xp.asarray(s.thickness_edge_A, dtype=dt))
+            self._cache["ice"] = stage()(xp.asarray(s.thickness_center_A, dtype=dt),
+                                         xp.asarray(s.thickness_edge_A, dtype=dt))
         return self._cache["ice"]
 
     def _cross_section_absorption(self, params):
