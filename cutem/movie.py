@@ -99,11 +99,13 @@ def displace(image, shift_px, local_px=None):
     yy, xx = xp.meshgrid(xp.arange(ny, dtype=image.dtype), xp.arange(nx, dtype=image.dtype), indexing="ij")
     lp = xp.asarray(local_px, dtype=image.dtype)
     coords = xp.stack([yy - lp[1], xx - lp[0]])
-    coef = ndimage.spline_filter(out, order=3, mode="grid-wrap", output=out.dtype)
+    # float64 spline coefficients, as map_coordinates' own prefilter makes them
+    coef = ndimage.spline_filter(out, order=3, mode="grid-wrap", output=np.float64)
     n_blocks = B.threads() if xp is np else 1
 
     def rows(sl):
-        return ndimage.map_coordinates(coef, coords[:, sl], order=3, mode="grid-wrap", prefilter=False)
+        return ndimage.map_coordinates(coef, coords[:, sl], order=3, mode="grid-wrap", prefilter=False,
+                                       output=out.dtype)
 
     if n_blocks <= 1:
         return rows(slice(None))

@@ -131,3 +131,17 @@ def test_counts_frames_are_int16_and_a_series_writes_one_movie_per_tilt(tmp_path
     rows = list(csv.DictReader(open(tmp_path / "mv_shifts.csv")))
     # exposure accumulates over the series: tilt 1's frames start after tilt 0's 20 e/Å²
     assert [float(r["exposure_e_per_A2"]) for r in rows] == [5.0, 15.0, 25.0, 35.0]
+
+
+def test_local_motion_on_row_blocks_equals_one_interpolation(engine_threads):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    img = rng.random((37, 29)).astype(np.float32)
+    local = 0.8 * rng.standard_normal((2, 37, 29)).astype(np.float32)
+    engine_threads(3)
+    blocked = displace(img, (0.0, 0.0), local)
+    yy, xx = np.meshgrid(np.arange(37, dtype=np.float32), np.arange(29, dtype=np.float32), indexing="ij")
+    whole = ndimage.map_coordinates(displace(img, (0.0, 0.0)), np.stack([yy - local[1], xx - local[0]]),
+                                    order=3, mode="grid-wrap")
+    assert np.array_equal(blocked, whole)
