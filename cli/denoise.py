@@ -30,9 +30,12 @@ _COUNT = Number(1, 10 ** 7, integer=True)
 @click.option("--image-size", type=Number(16, 65536, "px", integer=True), default=192, show_default=True, help="Side of each simulated image (pixels).")
 @click.option("--pixel-size", type=Number.of(Detector, "pixel_size_A"), default=None,
               help="Pixel size in Å [default: config or 2.0].")
-@click.option("--dose", type=NumberList(Number.of(Detector, "dose_e_per_A2")), default="5,60", show_default=True, help="Dose range, e-/Å² per image.")
-@click.option("--defocus", type=NumberList(Number.of(Optics, "defocus_u_A")), default="5000,30000", show_default=True, help="Defocus range, Å (underfocus +).")
-@click.option("--ice", type=NumberList(Number.of(Sample, "thickness_center_A")), default="150,500", show_default=True, help="Ice thickness range, Å.")
+@click.option("--twin", "twin", type=InFile("config"), default=None,
+              help="Train for one instrument: a `cutem fit-twin` result (or any run config); dose, defocus "
+                   "and ice are drawn within ±30 % of its values unless given below.")
+@click.option("--dose", type=NumberList(Number.of(Detector, "dose_e_per_A2")), default=None, help="Dose range, e-/Å² per image [default 5,60].")
+@click.option("--defocus", type=NumberList(Number.of(Optics, "defocus_u_A")), default=None, help="Defocus range, Å (underfocus +) [default 5000,40000].")
+@click.option("--ice", type=NumberList(Number.of(Sample, "thickness_center_A")), default=None, help="Ice thickness range, Å [default 150,600].")
 @click.option("--particles", type=NumberList(Number(0, 1000, integer=True)), default="40,80", show_default=True,
               help="Particles per image (range; a crowded field: fewer when the field is full).")
 @click.option("--structure", "structures", multiple=True,
@@ -51,18 +54,21 @@ _COUNT = Number(1, 10 ** 7, integer=True)
 @device_option
 @quiet_option
 def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, convs, residual, noise2noise, image_size,
-                   pixel_size, dose, defocus, ice, particles, structures, mtf_file, pool, refresh_every,
+                   pixel_size, twin, dose, defocus, ice, particles, structures, mtf_file, pool, refresh_every,
                    checkpoint_every, resume, export_path, seed, device, quiet):
     """Train a U-Net denoiser on simulated (noisy, noise-free) pairs generated on the fly.
 
-    CONFIG (optional TOML or TEM-simulator file) supplies optics, detector and sample
-    defaults; the ranges below are drawn per image.
+    Without CONFIG, --twin or --pixel-size the images span real instruments (pixel sizes
+    0.8-4 Å, 200/300 kV, Cs 1.4-2.7 mm, the K2, Falcon II/3EC and DE-20 detectors, amorphous
+    ice with or without the inelastic background, carbon edges: cutem.denoise.InstrumentPairs),
+    as for the packaged model. CONFIG (TOML or TEM-simulator file) or --twin fixes optics,
+    detector and sample to one instrument; the ranges below are drawn per image.
     """
     import time
 
     import adjoints.backend as B
     from adjoints.nn import UNetConfig
-    from cutem.denoise import SimulatorPairs, TrainConfig, detector_from_toml, train
+    from cutem.denoise import InstrumentPairs, SimulatorPairs, TrainConfig, detector_from_toml, train
 
     xp = B.get_xp(device)
     kw = {k: v for k, v in dict(steps=steps, batch=batch, patch=patch, lr=lr, loss=loss, pool=pool,
@@ -73,11 +79,21 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
         net_cfg = UNetConfig(depth=depth, width=width, convs=convs, residual=residual)
     except ValueError as exc:
         fail(str(exc))
+    if config and twin:
+        fail("give CONFIG or --twin, not both")
     base = None
-    if config:
+    if config or twin:
         from cutem.config import load_config
 
-        base = load_config(config)
+        base = load_config(config or twin)
+    if twin:
+        def around(v):
+            return (0.7 * v, 1.3 * v)
+
+        dose = dose or around(base.detector.dose_e_per_A2)
+        defocus = defocus or around(0.5 * (base.optics.defocus_u_A + base.optics.defocus_v_A))
+        ice = ice or around(base.sample.thickness_center_A)
+    dose, defocus, ice = dose or (5.0, 60.0), defocus or (5000.0, 40000.0), ice or (150.0, 600.0)
     detector = detector_from_toml(mtf_file, base.detector if base else None) if mtf_file else None
     from cutem import memory
     from cutem.config import default_config
@@ -95,10 +111,12 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
             structs += default_structures()
         else:
             structs.append((str(InFile("config").check(s, "--structure")), None))
-    source = SimulatorPairs(base=base, image_size=image_size, pixel_size_A=pixel_size,
-                            dose_range=dose, defocus_range=defocus,
-                            ice_range=ice, particles_range=(int(n_lo), int(n_hi)),
-                            structures=structs or None, detector=detector, noise2noise=noise2noise, xp=xp)
+    kw = dict(image_size=image_size, dose_range=tuple(dose), defocus_range=tuple(defocus), ice_range=tuple(ice),
+              particles_range=(int(n_lo), int(n_hi)), structures=structs or None, noise2noise=noise2noise, xp=xp)
+    if base is None and pixel_size is None and detector is None:
+        source = InstrumentPairs(**kw)
+    else:
+        source = SimulatorPairs(base=base, pixel_size_A=pixel_size, detector=detector, **kw)
     if resume and Path(out).is_file():
         import json
 
@@ -130,7 +148,9 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
 @click.argument("input", type=InFile("mrc"))
 @click.option("-o", "--out", default=None, type=OutPath(suffixes=(".png",)), help="Output MRC [default: INPUT_denoised.mrc]; a PNG preview is written beside it.")
 @click.option("--method", type=click.Choice(["learned", "model"]), default="learned", show_default=True)
-@click.option("--model", "model_path", type=InFile("h5"), help="Trained network (learned method).")
+@click.option("--model", "model_path", type=InFile("h5"),
+              help="Trained network (learned method) [default: the packaged model, trained on simulations "
+                   "spanning 0.8-4 Å pixels, 200/300 kV, four real detectors].")
 @click.option("--tile", type=Number(8, 8192, "px", integer=True), default=256, show_default=True, help="Tile side for the network.")
 @click.option("--overlap", type=Number(0, 8192, "px", integer=True), default=64, show_default=True, help="Tile overlap in pixels.")
 @click.option("--detector", "det_file", type=InFile("toml"),
@@ -145,7 +165,9 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
 @quiet_option
 def denoise(input, out, method, model_path, tile, overlap, det_file, gain, beta, iterations, draws, estimator,
             no_png, device, quiet):
-    """Denoise a micrograph or tilt-series stack (MRC); writes MRC (pixel size kept) + PNG."""
+    """Denoise a micrograph, a tilt-series stack or a stack of boxed particles (MRC or .mrcs,
+    each section on its own); writes MRC (pixel size kept) + PNG. Either contrast convention
+    works (protein dark, or white as in RELION's particle stacks)."""
     import numpy as np
     from tqdm import tqdm
 
@@ -164,9 +186,9 @@ def denoise(input, out, method, model_path, tile, overlap, det_file, gain, beta,
                        "fewer sections", device)
     xp = B.get_xp(device)
     if method == "learned":
-        if not model_path:
-            fail("--method learned needs --model MODEL.h5 (train one with `cutem train-denoiser`)")
-        net, params, info = load_denoiser(model_path, xp)
+        from cutem.denoise import default_model_path
+
+        net, params, info = load_denoiser(model_path or str(default_model_path()), xp)
         result = denoise_stack(net, params, data, tile=tile, overlap=overlap, progress=not quiet)
     else:
         det = detector_from_toml(det_file) if det_file else None

@@ -8,9 +8,12 @@ Learned (:func:`train`, :func:`denoise_image`)
     the same scene for Noise2Noise, Lehtinen et al., ICML 2018, arXiv:1803.04189); tests
     use a tiny synthetic source. One pool image is replaced every ``refresh_every`` steps,
     so expensive simulations are shared by many steps while the data keep changing.
-    Inputs are normalised per image, z = (x − mean(x)) / std(x), and the target is mapped
-    with the *same* affine map, so the network works for any dose and gain and its output
-    maps back to counts. Checkpoints (HDF5) hold the network with its configuration, the
+    Inputs are normalised per image with robust statistics, z = (x − median(x)) / (1.4826 ·
+    MAD(x)) (:func:`image_stats`), and the target is mapped with the *same* affine map, so the
+    network works for any dose and gain, its output maps back to counts, and a contaminant
+    does not set the scale. Patches are augmented by the 8 symmetries of the square and by
+    negation (z → −z for input and target): phase contrast changes sign with defocus and
+    RELION's particle stacks are contrast-inverted, so the network must not depend on it. Checkpoints (HDF5) hold the network with its configuration, the
     optimiser's moments, the RNG state, the step, the loss history and the pool, so a
     resumed run continues exactly where the interrupted one stopped; :func:`export_model`
     (``cutem train-denoiser --export``) writes the small inference-only file.
@@ -66,10 +69,18 @@ DEFAULT_NET = UNetConfig(depth=3, width=16, convs=1)
 
 # ---------------------------------------------------------------------- normalising
 def image_stats(image):
-    """(mean, std) of an image, std floored so a flat image does not divide by zero."""
+    """(offset, scale) of an image for the network: the median and 1.4826 × the median
+    absolute deviation (the standard deviation for Gaussian data; Hampel, JASA 69:383,
+    1974). Robust statistics, so that an ice contaminant or a carbon edge covering part of a
+    micrograph moves neither (with mean and standard deviation a dark contaminant set the
+    scale and the particles were squeezed into a fraction of the network's range). Falls
+    back to the standard deviation where the MAD is zero (an image of a few count levels),
+    floored so that a flat image does not divide by zero."""
     a = np.asarray(B.to_numpy(image), dtype=np.float64)
-    m = float(a.mean())
-    s = float(a.std())
+    m = float(np.median(a))
+    s = 1.4826 * float(np.median(np.abs(a - m)))
+    if not s > 0:
+        s = float(a.std())
     return m, max(s, 1e-6 * max(abs(m), 1.0), 1e-12)
 
 
@@ -196,6 +207,8 @@ class Trainer:
             a, b = np.rot90(a, k), np.rot90(b, k)
             if flip:
                 a, b = a[:, ::-1], b[:, ::-1]
+            if rng.integers(2):  # contrast convention (protein dark or, as RELION stores it, white)
+                a, b = -a, -b
             xs.append(a)
             ts.append(b)
         x = np.ascontiguousarray(np.stack(xs)[:, None], dtype=np.float32)
@@ -329,6 +342,14 @@ def _check_kind(f, path):
         raise InputError(f"checkpoint {path}: not a cutem denoiser file (no network inside)")
 
 
+def default_model_path():
+    """The packaged denoiser (``cutem/data/denoiser.h5``): trained by
+    ``validation/train_default_denoiser.py`` on :class:`InstrumentPairs` only (no real data)."""
+    from importlib.resources import files
+
+    return files("cutem.data") / "denoiser.h5"
+
+
 def load_denoiser(path, xp=np):
     """``(net, params, info)`` from a checkpoint or a final model file."""
     import h5py
@@ -404,7 +425,7 @@ class SimulatorPairs:
     def __init__(self, base=None, image_size=192, pixel_size_A=None, dose_range=(5.0, 60.0),
                  defocus_range=(5000.0, 30000.0), ice_range=(150.0, 500.0), particles_range=(40, 80),
                  structures=None, detector=None, noise2noise=False, tilt_range=(0.0, 0.0),
-                 astigmatism_A=500.0, padding_A=100.0, xp=np):
+                 astigmatism_A=500.0, padding_A=100.0, ice_in_target=True, xp=np):
         from .config import default_config
 
         self.base = base or default_config()
@@ -419,6 +440,7 @@ class SimulatorPairs:
                            for s in (structures or default_structures())]
         self.detector = detector or self.base.detector
         self.noise2noise, self.xp = bool(noise2noise), xp
+        self.ice_in_target = bool(ice_in_target)
         self._cache = {}
 
     def describe(self):
@@ -427,7 +449,8 @@ class SimulatorPairs:
                 "dose_range": list(self.dose_range), "defocus_range": list(self.defocus_range),
                 "ice_range": list(self.ice_range), "particles_range": list(self.particles_range),
                 "tilt_range": list(self.tilt_range), "structures": [list(map(str, s)) for s in self.structures],
-                "noise2noise": self.noise2noise, "detector": self.detector.to_dict()}
+                "noise2noise": self.noise2noise, "ice_in_target": self.ice_in_target,
+                "detector": self.detector.to_dict()}
 
     def config(self, rng):
         """A random :class:`~cutem.config.RunConfig` for one training image."""
@@ -502,7 +525,8 @@ class SimulatorPairs:
         from .imaging import ImageModel
 
         cfg = self.config(rng)
-        model = ImageModel.from_config(cfg, 0, scene=self.scene(cfg, rng), xp=self.xp)
+        scene = self.scene(cfg, rng)
+        model = ImageModel.from_config(cfg, 0, scene=scene, xp=self.xp)
         self.last_atoms = model.atoms  # the projected particles, for masks in the validation
         seeds = rng.integers(2**31, size=2)
         d = model.render(rng=B.default_rng(int(seeds[0]), self.xp))
@@ -511,7 +535,97 @@ class SimulatorPairs:
             # the second draw reuses the model's potential: only the noise is new
             d2 = model.render(rng=B.default_rng(int(seeds[1]), self.xp))
             return noisy, B.to_numpy(unwrap(d2.image))
+        if not self.ice_in_target and cfg.sample.ice_model != "continuum":
+            # the target without the ice's density fluctuations: they are a fixed texture of
+            # this one exposure, not the specimen a user wants to see, so they are noise to learn
+            clean = cfg.replace(sample=cfg.sample.replace(ice_model="continuum"))
+            target = ImageModel.from_config(clean, 0, scene=scene, xp=self.xp).noise_free()
+            return noisy, B.to_numpy(unwrap(target))
         return noisy, B.to_numpy(unwrap(d.noise_free))
+
+
+#: detectors of the training span: the TEM-simulator MTF form fitted to the MTFs that RELION
+#: ships (mtf_*.star, 300 kV; validation/fit_real_detectors.py, p,q form) with DQE(0) read off
+#: McMullan et al., Ultramicroscopy 147:156 (2014), Fig. 5 (K2 0.80, Falcon II 0.51, DE-20
+#: 0.44; Falcon 3EC in counting mode, not in that paper, is given K2's)
+REAL_DETECTORS = {
+    "k2": dict(mtf_a=0.929, mtf_b=0.071, mtf_c=0.0, mtf_alpha=3.79, mtf_beta=10000.0, mtf_p=1.92, mtf_q=0.58,
+               dqe=0.80),
+    "falcon2": dict(mtf_a=0.828, mtf_b=0.172, mtf_c=0.0, mtf_alpha=38.85, mtf_beta=1311.04, mtf_p=1.20,
+                    mtf_q=0.82, dqe=0.51),
+    "falcon3EC": dict(mtf_a=0.717, mtf_b=0.233, mtf_c=0.050, mtf_alpha=14.06, mtf_beta=6.66, mtf_p=1.82,
+                      mtf_q=7.19, dqe=0.80),
+    "de20": dict(mtf_a=0.768, mtf_b=0.0, mtf_c=0.232, mtf_alpha=391.41, mtf_beta=6.11, mtf_p=0.43, mtf_q=2.29,
+                 dqe=0.44),
+}
+
+
+def binned_detector(detector, factor):
+    """The detector seen through ``factor``-fold binning (Fourier cropping, as motion-correction
+    programs bin): the MTF at x cycles per binned pixel is the camera's MTF at x / factor, so
+    y = 1 + α x^p becomes 1 + (α / factor^p) x^p; the noise stays white (no aliasing)."""
+    f = float(factor)
+    return detector.replace(mtf_alpha=detector.mtf_alpha / f ** detector.mtf_p,
+                            mtf_beta=detector.mtf_beta / f ** detector.mtf_q)
+
+
+class InstrumentPairs(SimulatorPairs):
+    """Training pairs that span the instruments a denoiser meets in practice, one draw per image.
+
+    Pixel size log-uniform in ``pixel_range`` (Å), reached by binning a camera pixel of
+    0.8–1.2 Å (:func:`binned_detector`); 200 or 300 kV; Cs 1.4–2.7 mm; one of
+    :data:`REAL_DETECTORS`; dose log-uniform in ``dose_range``, defocus (0.5–4 µm) and ice
+    thickness uniform; radiation damage of the summed exposure (Grant & Grigorieff 2015:
+    a real micrograph's high frequencies fade with dose); amorphous ice in the input, whose
+    density fluctuations are part of every real background, and the target without them
+    (``ice_in_target=False``: the network learns them as noise); the inelastic background
+    of unfiltered imaging in half of the images;
+    in ``edge_fraction`` of the images the rim of the hole, with a carbon film of 100–300 Å,
+    crosses the field. The defaults are the span of the packaged model
+    (``cutem train-denoiser`` without a configuration).
+    """
+
+    def __init__(self, pixel_range=(0.8, 4.0), voltages=(200.0, 300.0), cs_range=(1.4, 2.7),
+                 detectors=tuple(REAL_DETECTORS), edge_fraction=0.25, dose_range=(5.0, 60.0),
+                 defocus_range=(5000.0, 40000.0), ice_range=(150.0, 600.0), ice_in_target=False, **kw):
+        super().__init__(dose_range=dose_range, defocus_range=defocus_range, ice_range=ice_range,
+                         ice_in_target=ice_in_target, **kw)
+        self.pixel_range, self.voltages, self.cs_range = tuple(pixel_range), tuple(voltages), tuple(cs_range)
+        self.detectors, self.edge_fraction = tuple(detectors), float(edge_fraction)
+        unknown = set(self.detectors) - set(REAL_DETECTORS)
+        if unknown:
+            raise InputError(f"unknown detectors {sorted(unknown)}; known: {sorted(REAL_DETECTORS)}")
+
+    def describe(self):
+        d = super().describe()
+        d.update(span={"pixel_range": list(self.pixel_range), "voltages": list(self.voltages),
+                       "cs_range": list(self.cs_range), "detectors": list(self.detectors),
+                       "edge_fraction": self.edge_fraction})
+        return d
+
+    def config(self, rng):
+        cfg = super().config(rng)
+        lo, hi = np.log(self.pixel_range)
+        px = float(np.exp(rng.uniform(lo, hi)))
+        camera_px = float(rng.uniform(0.8, 1.2))
+        det = cfg.detector.replace(pixel_size_A=px, dqe_curve=None, readout_noise=0.0,
+                                   **REAL_DETECTORS[self.detectors[int(rng.integers(len(self.detectors)))]])
+        det = binned_detector(det, max(px / camera_px, 1.0))
+        optics = cfg.optics.replace(voltage_kV=float(self.voltages[int(rng.integers(len(self.voltages)))]),
+                                    cs_mm=float(rng.uniform(*self.cs_range)))
+        lo, hi = np.log(self.dose_range)
+        det = det.replace(dose_e_per_A2=float(np.exp(rng.uniform(lo, hi))))  # low doses as often as high
+        sample = cfg.sample.replace(ice_model="amorphous", damage=True)
+        if rng.uniform() < self.edge_fraction:
+            # the rim at a random place in the field: hole centre one radius beyond it
+            d = 10000.0
+            w = det.nx * px
+            ang = rng.uniform(0, 2 * np.pi)
+            r = d / 2 + rng.uniform(-0.4, 0.4) * w
+            sample = sample.replace(diameter_A=d, offset_x_A=float(r * np.cos(ang)), offset_y_A=float(r * np.sin(ang)),
+                                    support_film="carbon", support_thickness_A=float(rng.uniform(100, 300)))
+        sim = cfg.simulation.replace(inelastic_background=bool(rng.integers(2)))
+        return cfg.replace(optics=optics, detector=det, sample=sample, simulation=sim)
 
 
 # ------------------------------------------------------------------------ inference
@@ -736,7 +850,7 @@ def _lowpass_host(a, sigma):
     return gaussian_filter(a, sigma, mode="wrap")
 
 
-__all__ = ["TrainConfig", "Trainer", "train", "load_denoiser", "export_model", "DEFAULT_NET", "denoise_image", "denoise_stack",
+__all__ = ["default_model_path", "TrainConfig", "Trainer", "train", "load_denoiser", "export_model", "DEFAULT_NET", "denoise_image", "denoise_stack",
            "model_denoise", "ModelDenoiseResult", "mtf_transfer", "image_stats", "normalise",
            "denormalise", "CHECKPOINT_KIND", "detector_from_toml", "SimulatorPairs",
-           "default_structures"]
+           "default_structures", "InstrumentPairs", "REAL_DETECTORS", "binned_detector"]
