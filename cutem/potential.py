@@ -1087,13 +1087,18 @@ def _ice_geometry(sample, shape, px, tilt_deg, tilt_axis_deg):
 
 
 def _overlap(zm, L, z0, z1):
-    """Length of [zm − L/2, zm + L/2] inside [z0, z1), and its derivative d/dL."""
+    """Length of [zm − L/2, zm + L/2] inside [z0, z1), and its derivative d/dL.
+
+    The derivative is the one for a growing slab: each surface moving out by dL/2 adds ice to
+    the slice it moves into, the top surface to the slice holding [top, top + ε) (z0 ≤ top <
+    z1), the bottom one to the slice holding (bot − ε, bot] (z0 < bot ≤ z1). So a surface that
+    sits exactly on a slice boundary still counts once, in the slice the ice grows into (the
+    former test, on overlap > 0 and strict inequalities, dropped it there)."""
     top, bot = zm + L / 2, zm - L / 2
     hi = np.minimum(top, z1)
     lo = np.maximum(bot, z0)
     ov = np.maximum(hi - lo, 0.0)
-    pos = ov > 0
-    d = 0.5 * ((top < z1) & pos) + 0.5 * ((bot > z0) & pos)
+    d = 0.5 * ((top >= z0) & (top < z1)) + 0.5 * ((bot > z0) & (bot <= z1))
     return ov, d
 
 
