@@ -72,7 +72,7 @@ from .potential import (IcePotentialStage, ProjectedPotentialStage, ice_potentia
 from .propagation import exit_wave
 from .absorption import AbsorptionPotentialStage
 from .electron import interaction_constant
-from .inelastic import IceScattering, InelasticBlur, aperture_angle_rad, path_length_levels
+from .inelastic import IceScattering, InelasticBlur, aperture_angle_rad
 from .specimen import scene_from_config
 
 #: specimen parameters an image can be differentiated for, besides the optics and detector inputs
@@ -421,8 +421,7 @@ class ImageModel:
             vi = self._ice_potential(params)
             L = (ops.sum(vi, axis=0) if unwrap(vi).shape[0] > 1 else ops.reshape(vi, g.shape)) * (1.0 / ice_potential_V())
             if "ice_scatter" not in c:
-                c["ice_scatter"] = IceScattering(g.shape, g.pixel_size_A, op.voltage_kV, df, theta,
-                                                 path_length_levels(B.to_numpy(unwrap(L))))
+                c["ice_scatter"] = IceScattering(g.shape, g.pixel_size_A, op.voltage_kV, df, theta)
             i = c["ice_scatter"](i, L)
         return i
 
