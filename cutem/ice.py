@@ -29,7 +29,9 @@ q ≈ 0.48 cycles/Å, beyond the Nyquist of most micrographs).
 
 The field of one slice is L(r)^{1/2} · g(r) with g the field of a 1 Å slab: g is drawn once per
 tilt (the tilt's own seed stream, :func:`ice_rng`: runs reproduce, and a fit sees a fixed
-draw), and the image depends on the thickness through L only (:class:`AmorphousIceStage`).
+draw; in a multislice stack each lattice slice z ∈ [kΔz, (k+1)Δz) draws from its own stream,
+:func:`ice_layer_rng`, so that a stack grown by empty slices keeps every slice's draw), and the
+image depends on the thickness through L only (:class:`AmorphousIceStage`).
 Its mean over the field is zero (the DC of g is removed), so the mean potential is the
 continuum's. Sampling: g is the band-limited field on the grid's frequencies (a pixel value
 is the field at the pixel's centre, as :mod:`cutem.potential` samples the atoms).
@@ -103,6 +105,13 @@ def ice_rng(seed, tilt):
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(tilt), 0x1CE]))
 
 
+def ice_layer_rng(seed, tilt, layer):
+    """The generator of the ice between z = ``layer``·Δz and (``layer`` + 1)·Δz (a slice of the
+    multislice lattice, :func:`cutem.imaging.stack_z_range`) in tilt ``tilt`` of a run with
+    ``seed``: each layer of ice keeps its own draw however many slices the stack has."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(tilt), 0x1CE, int(layer) + 2 ** 31]))
+
+
 def unit_field(n_slices, shape, pixel_size_A, rng, b_factor_A2=0.0):
     """(n_slices, ny, nx) float64: independent draws of g, the fluctuation of a 1 Å slab (V·Å)."""
     if pixel_size_A <= 0 or n_slices < 1:
@@ -159,4 +168,5 @@ class AmorphousIceStage(Stage):
 
 
 __all__ = ["structure_factor", "molecule_transform", "ice_power_spectrum", "unit_field", "spectral_kernel", "ice_rng",
+           "ice_layer_rng",
            "AmorphousIceStage", "ICE_DENSITY_PER_A3", "PY_ETA", "PY_SIGMA_A"]

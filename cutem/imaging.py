@@ -43,8 +43,10 @@ model and reused (a fitting loop over optics or detector parameters pays for it 
 
 Slicing: the projection approximation has one slice that holds every atom and the whole ice
 layer along the beam (no z box, so a thicker layer is a thicker layer, and its derivative is
-exact at any thickness); multislice tiles the particles and the tilted ice slab over the field
-(:func:`stack_z_range`) every ``slice_thickness_A``.
+exact at any thickness); multislice cuts the particles and the tilted ice slab over the field
+into the slices of a fixed lattice, boundaries at z = k·``slice_thickness_A`` (:func:`stack_z_range`),
+so that the box is no parameter of the image and the ice thickness acts only through its path
+length in each slice, on the tape.
 """
 from __future__ import annotations
 
@@ -64,13 +66,13 @@ from .damage import DamageFilter, mid_exposure
 from .energyfilter import ZeroLossFilter, inelastic_mfp_A
 from .errors import InputError
 from .grid import Grid
-from .ice import AmorphousIceStage, ice_rng, unit_field
+from .ice import AmorphousIceStage, ice_layer_rng, ice_rng, unit_field
 from .potential import (IcePotentialStage, ProjectedPotentialStage, ice_potential_V, n_slices, projected_potential,
                         slab_z_range)
 from .propagation import exit_wave
 from .absorption import AbsorptionPotentialStage
 from .electron import interaction_constant
-from .inelastic import IceScattering, InelasticBlur, aperture_angle_rad, path_length_levels
+from .inelastic import IceScattering, InelasticBlur, aperture_angle_rad
 from .specimen import scene_from_config
 
 #: specimen parameters an image can be differentiated for, besides the optics and detector inputs
@@ -109,23 +111,41 @@ def tilt_doses(cfg):
 
 def specimen_z_extent(cfg, grid: Grid, tilt_deg, particles_z=None, pad_A=1.0):
     """(z0, z1) in the microscope frame holding the particles (``particles_z`` = (zmin, zmax) of
-    their bounding spheres, :meth:`cutem.specimen.Scene.z_extent`, padded by ``pad_A``) and,
-    with ice, the tilted slab over the whole field (:func:`cutem.potential.slab_z_range`)."""
+    their bounding spheres, :meth:`cutem.specimen.Scene.z_extent`) and, with ice, the tilted slab
+    over the whole field (:func:`cutem.potential.slab_z_range`), each padded by ``pad_A`` so that
+    no surface lies on the extent's ends."""
     lo, hi = (particles_z[0] - pad_A, particles_z[1] + pad_A) if particles_z is not None else (math.inf, -math.inf)
     if cfg.sample.ice:
         s0, s1 = slab_z_range(cfg.sample, grid.shape, grid.pixel_size_A, tilt_deg, cfg.geometry.tilt_axis_deg)
-        lo, hi = min(lo, s0), max(hi, s1)
+        lo, hi = min(lo, s0 - pad_A), max(hi, s1 + pad_A)
     if not lo < hi:
         lo, hi = -pad_A, pad_A
     return lo, hi
 
 
 def stack_z_range(cfg, grid: Grid, tilt_deg, particles_z=None):
-    """The multislice stack of one tilt (:func:`specimen_z_extent`), or None for the projection
-    approximation (one slice, unbounded along the beam)."""
+    """The multislice stack of one tilt, or None for the projection approximation (one slice,
+    unbounded along the beam).
+
+    The slices lie on a fixed lattice, boundaries at z = k·Δz (k integer) from the scene's
+    z = 0 (the ice's mid-plane), and the stack is the run of lattice slices that covers
+    :func:`specimen_z_extent`. So the box is no parameter of the image: a thicker ice layer (or
+    a particle moved along z) only ever adds empty slices at the ends of the stack — a plane
+    wave crosses an empty entrance slice unchanged, and an empty exit slice's propagation is
+    taken back by the reference plane (:meth:`ImageModel.exit_wave`) — and never shifts the
+    slice boundaries under the atoms and the ice, nor the defocus reference. The ice's
+    thickness then acts on the image only through its path length in the slices
+    (:class:`cutem.potential.IcePotentialStage`), which the tape differentiates; a box that
+    followed max(thickness_center_A, thickness_edge_A) (the former rule) moved every slice
+    boundary with that maximum outside the tape (issue 19)."""
     if cfg.simulation.method != "multislice":
         return None
-    return specimen_z_extent(cfg, grid, tilt_deg, particles_z)
+    lo, hi = specimen_z_extent(cfg, grid, tilt_deg, particles_z)
+    dz = float(cfg.simulation.slice_thickness_A)
+    if not dz > 0:
+        raise InputError(f"slice_thickness_A = {dz} must be > 0")
+    k0, k1 = math.floor(lo / dz), math.ceil(hi / dz)
+    return k0 * dz, max(k1, k0 + 1) * dz
 
 
 def slice_count(cfg, grid: Grid, tilt_deg, particles_z=None) -> int:
@@ -312,9 +332,14 @@ class ImageModel:
         if g is None:
             if "ice_field" not in self._cache:
                 shape = unwrap(vi).shape
-                self._cache["ice_field"] = self.xp.asarray(unit_field(
-                    shape[0], shape[1:], self.grid.pixel_size_A, ice_rng(self.config.seed, self.tilt),
-                    self.config.simulation.b_factor_A2).astype(self.dtype))
+                px, b, seed = self.grid.pixel_size_A, self.config.simulation.b_factor_A2, self.config.seed
+                if self.z_range_A is None:
+                    g = unit_field(shape[0], shape[1:], px, ice_rng(seed, self.tilt), b)
+                else:   # one stream per lattice slice: empty slices added to the stack change no draw
+                    k0 = int(math.floor(self.z_range_A[0] / self.slice_thickness_A + 0.5))
+                    g = np.concatenate([unit_field(1, shape[1:], px, ice_layer_rng(seed, self.tilt, k0 + k), b)
+                                        for k in range(shape[0])])
+                self._cache["ice_field"] = self.xp.asarray(g.astype(self.dtype))
             g = self._cache["ice_field"]
         return AmorphousIceStage(g)(vi)
 
@@ -396,8 +421,7 @@ class ImageModel:
             vi = self._ice_potential(params)
             L = (ops.sum(vi, axis=0) if unwrap(vi).shape[0] > 1 else ops.reshape(vi, g.shape)) * (1.0 / ice_potential_V())
             if "ice_scatter" not in c:
-                c["ice_scatter"] = IceScattering(g.shape, g.pixel_size_A, op.voltage_kV, df, theta,
-                                                 path_length_levels(B.to_numpy(unwrap(L))))
+                c["ice_scatter"] = IceScattering(g.shape, g.pixel_size_A, op.voltage_kV, df, theta)
             i = c["ice_scatter"](i, L)
         return i
 

@@ -298,6 +298,9 @@ class Sample(_Params):
     Thickness varies with the distance r from the hole's centre from
     ``thickness_center_A`` at r = 0 to ``thickness_edge_A`` at r = diameter/2
     (TEM-simulator: a spherical-cap profile); outside the hole the support film.
+    ``contaminants``: balls of ice on the layer (the crystalline or vitreous ice that
+    condenses on a grid), each adding its chord 2·sqrt(r² − d²) (d: the beam's distance from the
+    ball's centre) to the ice's path length (cutem.potential.IcePotentialStage).
     """
 
     diameter_A: float = param(10000.0, "Å", (0.0, 1e7), "lo", doc="hole diameter",
@@ -321,6 +324,16 @@ class Sample(_Params):
     ice_model: str = param("continuum", doc="the ice's structure: continuum (its mean potential only: no "
                            "scattering at q > 0) or amorphous (plus the density fluctuations of vitreous water, "
                            "drawn per tilt: cutem.ice)", choices=("continuum", "amorphous"))
+    contaminants: tuple = param((), "Å", doc="ice contaminants: balls (x, y, z, radius) in the sample frame (z = 0 "
+                                "the layer's mid-plane: a ball resting on the top of a layer t thick has z = t/2 + "
+                                "radius), with the ice's potential and absorption along their chords "
+                                "(cutem.specimen.random_contaminants draws them)", width=4,
+                                tem_note="none in TEM-simulator")
+
+    def _check_together(self):
+        for i, (_, _, _, r) in enumerate(self.contaminants):
+            if not r > 0:
+                raise InputError(f"Sample.contaminants[{i}] has radius {r} Å; it must be > 0")
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,9 @@ spread_order=3)`` → (n_slices, ny, nx) real array in V·Å. ``atoms``: :class:
 ``ice_potential(sample, shape, pixel_size_A, *, slice_thickness_A=None, z_range_A=None,
 tilt_deg=0.0, tilt_axis_deg=0.0, xp=numpy, dtype=float32)`` → (n_slices, ny, nx) V·Å.
 ``slab_z_range(sample, shape, pixel_size_A, tilt_deg, tilt_axis_deg)`` → the extent of the
-    tilted ice slab over the field along the beam. The specimen of an image (atoms + ice,
+    tilted ice slab (and the contaminants) over the field along the beam.
+``contaminant_path_A(sample, shape, pixel_size_A, tilt_deg, tilt_axis_deg)`` → the path length
+    through ``Sample.contaminants`` per pixel. The specimen of an image (atoms + ice,
     absorption, slicing) is composed once, by :class:`cutem.imaging.ImageModel`.
 ``potential_volume(atoms, shape_zyx, voxel_size_A, ...)`` → the 3D map in V (``--volume``).
 Stages (on the tape): ``ProjectedPotentialStage(atoms, shape, pixel_size_A, ...)`` with inputs
@@ -1087,13 +1089,18 @@ def _ice_geometry(sample, shape, px, tilt_deg, tilt_axis_deg):
 
 
 def _overlap(zm, L, z0, z1):
-    """Length of [zm − L/2, zm + L/2] inside [z0, z1), and its derivative d/dL."""
+    """Length of [zm − L/2, zm + L/2] inside [z0, z1), and its derivative d/dL.
+
+    The derivative is the one for a growing slab: each surface moving out by dL/2 adds ice to
+    the slice it moves into, the top surface to the slice holding [top, top + ε) (z0 ≤ top <
+    z1), the bottom one to the slice holding (bot − ε, bot] (z0 < bot ≤ z1). So a surface that
+    sits exactly on a slice boundary still counts once, in the slice the ice grows into (the
+    former test, on overlap > 0 and strict inequalities, dropped it there)."""
     top, bot = zm + L / 2, zm - L / 2
     hi = np.minimum(top, z1)
     lo = np.maximum(bot, z0)
     ov = np.maximum(hi - lo, 0.0)
-    pos = ov > 0
-    d = 0.5 * ((top < z1) & pos) + 0.5 * ((bot > z0) & pos)
+    d = 0.5 * ((top >= z0) & (top < z1)) + 0.5 * ((bot > z0) & (bot <= z1))
     return ov, d
 
 
@@ -1109,6 +1116,39 @@ def _slice_bounds(slice_thickness_A, z_range_A):
     return [(z0 + k * slice_thickness_A, z0 + (k + 1) * slice_thickness_A) for k in range(n)]
 
 
+def _contaminant_chords(sample, shape, px, tilt_deg, tilt_axis_deg):
+    """The balls of ``sample.contaminants`` whose disc meets the field, each as (rows, cols,
+    centre z, chord): the pixel ranges of its disc's bounding box, the centre's z in the
+    microscope frame, and the chord 2·sqrt(r² − d²) through it along the beam per pixel of the
+    box (d: the pixel centre's distance from the centre's projection). A ball is a ball in
+    every frame, so the tilt only moves its centre, x_mic = T·x_sample."""
+    if not sample.contaminants:
+        return []
+    ny, nx = (int(n) for n in shape)
+    T = tilt_matrix(tilt_deg, tilt_axis_deg)
+    out = []
+    for x, y, z, r in sample.contaminants:
+        cx, cy, cz = T @ np.array([x, y, z])
+        # pixel j sits at (j − nx/2)·px: the columns whose centres lie within r of cx
+        j0, j1 = max(0, int(math.ceil((cx - r) / px + nx / 2))), min(nx, int(math.floor((cx + r) / px + nx / 2)) + 1)
+        i0, i1 = max(0, int(math.ceil((cy - r) / px + ny / 2))), min(ny, int(math.floor((cy + r) / px + ny / 2)) + 1)
+        if j0 >= j1 or i0 >= i1:
+            continue
+        X = (np.arange(j0, j1) - nx / 2) * px - cx
+        Y = (np.arange(i0, i1) - ny / 2) * px - cy
+        d2 = X[None, :] ** 2 + Y[:, None] ** 2
+        out.append((slice(i0, i1), slice(j0, j1), float(cz), 2.0 * np.sqrt(np.maximum(r * r - d2, 0.0)), float(r)))
+    return out
+
+
+def contaminant_path_A(sample, shape, pixel_size_A, tilt_deg=0.0, tilt_axis_deg=0.0):
+    """(ny, nx) path length (Å) of the beam through the balls of ``sample.contaminants``."""
+    out = np.zeros(tuple(int(n) for n in shape))
+    for rows, cols, _, chord, _ in _contaminant_chords(sample, shape, float(pixel_size_A), tilt_deg, tilt_axis_deg):
+        out[rows, cols] += chord
+    return out
+
+
 @register
 class IcePotentialStage(Stage):
     """Projected potential of the ice layer (and support film) per slice, V·Å.
@@ -1119,6 +1159,15 @@ class IcePotentialStage(Stage):
     (cutem.specimen) tilted with the specimen (locally flat: path length h/|n_z|, centred on the
     mid-plane crossing). VJP: ∂/∂t_c = V_ice Σ g·(∂overlap/∂L)·(1 − ρ²)/|n_z|, ∂/∂t_e likewise
     with ρ² (ρ = 2r/D; 1 outside the hole when the ice continues there).
+
+    Contaminants (``Sample.contaminants``): each ball of ice adds V_ice · (length of its chord
+    inside the slice), the chord 2·sqrt(r² − d²) centred on the ball's centre along the beam
+    (:func:`_contaminant_chords`; sampled at the pixel centres, like the hole's rim). Their
+    geometry is data of the sample, not a function of the thicknesses (a ball placed on the
+    top surface stays where it was put when the layer thickens), so they add a constant to
+    the forward and nothing to the VJP; with ``Sample.ice_absorption`` they absorb as the ice,
+    and the energy filter, the ice's inelastic scattering and its amorphous fluctuations all
+    read their path length from these slices.
     """
 
     def __init__(self, sample, shape, pixel_size_A, *, slice_thickness_A=None, z_range_A=None,
@@ -1134,6 +1183,7 @@ class IcePotentialStage(Stage):
         self.ice_V = ice_potential_V() if ice_V is None else float(ice_V)
         self.carbon = support_thickness_A(sample, xs, ys) * self.inv_nz  # path length in the film
         self.carbon_out = sample.support_film == "carbon"
+        self.balls = _contaminant_chords(sample, self.shape, self.px, tilt_deg, tilt_axis_deg)
 
     def _h(self, tc, te):
         h_out = 0.0 if self.carbon_out else te
@@ -1152,6 +1202,8 @@ class IcePotentialStage(Stage):
             if self.carbon_out:
                 ovc, _ = _overlap(self.zm, self.carbon, z0, z1)
                 v = v + carbon_potential_V() * ovc
+            for rows, cols, cz, chord, _ in self.balls:
+                v[rows, cols] += self.ice_V * _overlap(cz, chord, z0, z1)[0]
             out.append(v)
             dls.append(d)
         ctx.dls, ctx.xp, ctx.dtype = dls, xp, dtype
@@ -1174,9 +1226,13 @@ class IcePotentialStage(Stage):
         s = Sample(diameter_A=40.0, thickness_center_A=30.0, thickness_edge_A=45.0)
         tc = xp.asarray(np.asarray(31.3, dtype=dtype))
         te = xp.asarray(np.asarray(44.1, dtype=dtype))
+        # and a contaminant resting on the top surface, cut by the slices as well
+        sc = s.replace(contaminants=((4.0, -3.0, 31.0, 9.0),))
         return [(cls(s, (24, 28), 2.0, slice_thickness_A=7.0, z_range_A=(-40.0, 40.0), tilt_deg=23.0,
                      tilt_axis_deg=17.0), (tc, te)),
-                (cls(s, (16, 16), 3.0), (tc, te))]
+                (cls(s, (16, 16), 3.0), (tc, te)),
+                (cls(sc, (24, 28), 2.0, slice_thickness_A=7.0, z_range_A=(-40.0, 48.0), tilt_deg=23.0,
+                     tilt_axis_deg=17.0), (tc, te))]
 
 
 def ice_potential(sample, shape, pixel_size_A, *, slice_thickness_A=None, z_range_A=None, tilt_deg=0.0,
@@ -1197,7 +1253,8 @@ def ice_potential(sample, shape, pixel_size_A, *, slice_thickness_A=None, z_rang
 def slab_z_range(sample, shape, pixel_size_A, tilt_deg=0.0, tilt_axis_deg=0.0):
     """(z0, z1) in the microscope frame holding the ice layer (and support film) over the
     field: the tilted mid-plane's height at the field's corners (it is linear in x, y) ± half
-    the longest path through the slab (the thickest of centre, edge and film over |n_z|)."""
+    the longest path through the slab (the thickest of centre, edge and film over |n_z|), and
+    the contaminants whose disc meets the field (centre z ± radius)."""
     ny, nx = (int(n) for n in shape)
     nrm = tilt_matrix(tilt_deg, tilt_axis_deg)[:, 2]
     if abs(nrm[2]) < 1e-6:
@@ -1208,7 +1265,10 @@ def slab_z_range(sample, shape, pixel_size_A, tilt_deg=0.0, tilt_axis_deg=0.0):
     t = max(sample.thickness_center_A, sample.thickness_edge_A,
             sample.support_thickness_A if sample.support_film == "carbon" else 0.0)
     half = 0.5 * t / abs(nrm[2])
-    return float(zm.min()) - half, float(zm.max()) + half
+    lo, hi = float(zm.min()) - half, float(zm.max()) + half
+    for _, _, cz, _, r in _contaminant_chords(sample, shape, float(pixel_size_A), tilt_deg, tilt_axis_deg):
+        lo, hi = min(lo, cz - r), max(hi, cz + r)
+    return lo, hi
 
 
 # ------------------------------------------------------------------------------- volume

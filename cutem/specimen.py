@@ -73,6 +73,33 @@ def support_thickness_A(sample: Sample, x, y):
     return np.where(outside, t, 0.0)
 
 
+def random_contaminants(sample: Sample, count, radius_A, field_A, rng, side="top"):
+    """``count`` balls of ice resting on the layer, for ``Sample.contaminants``.
+
+    Centres uniform over the field ``field_A = (width, height)`` (Å, centred on the optical
+    axis), radii uniform in ``radius_A = (lo, hi)`` (Å), each touching the ``side`` ("top",
+    "bottom" or "both", a fair coin per ball) surface of the layer from outside at its centre:
+    z = ±(h(x, y)/2 + r), h :func:`ice_thickness_A`. ``rng``: a seeded generator or int.
+    Returns a tuple of (x, y, z, r); ``sample.replace(contaminants=...)`` puts them in.
+    The heights are computed here, once: the sample holds them as data, so they do not move
+    with a thickness that is later changed or differentiated (cutem.potential.IcePotentialStage).
+    """
+    rng = np.random.default_rng(rng)
+    lo, hi = (float(v) for v in radius_A)
+    if not 0 < lo <= hi:
+        raise InputError(f"contaminant radii {radius_A} Å must satisfy 0 < lo <= hi")
+    if side not in ("top", "bottom", "both"):
+        raise InputError(f"contaminant side must be top, bottom or both, not {side!r}")
+    n = int(count)
+    w, h = (float(v) for v in field_A)
+    x = (rng.random(n) - 0.5) * w
+    y = (rng.random(n) - 0.5) * h
+    r = lo + (hi - lo) * rng.random(n)
+    up = np.ones(n) if side == "top" else -np.ones(n) if side == "bottom" else np.where(rng.random(n) < 0.5, 1.0, -1.0)
+    z = up * (0.5 * ice_thickness_A(sample, x, y) + r)
+    return tuple((float(a), float(b), float(c), float(d)) for a, b, c, d in zip(x, y, z, r))
+
+
 # ------------------------------------------------------------------------------- scene
 @dataclass
 class Particle:
@@ -318,6 +345,6 @@ def scene_from_config(cfg) -> Scene:
     return scene
 
 
-__all__ = ["tilt_matrix", "ice_thickness_A", "support_thickness_A", "Particle", "Scene", "read_coord_file",
+__all__ = ["tilt_matrix", "ice_thickness_A", "support_thickness_A", "random_contaminants", "Particle", "Scene", "read_coord_file",
            "scene_from_list", "scene_from_coord_file", "random_rotations", "random_scene",
            "scene_from_config"]

@@ -127,6 +127,27 @@ def test_multislice_stack_holds_the_tilted_ice_over_the_field():
     assert v.shape[0] == model.n_slices >= int(path / 10)
 
 
+@pytest.mark.parametrize("ice_model", ["continuum", "amorphous"])
+def test_multislice_image_does_not_depend_on_empty_slices_beyond_the_specimen(ice_model):
+    # issue 19: the stack is the run of lattice slices z = kΔz that holds the specimen, so a
+    # thicker layer only adds empty slices at its ends; they must change nothing (an empty
+    # entrance slice leaves the plane wave alone, an empty exit slice is taken back by the
+    # reference plane, the amorphous ice keeps each layer's draw)
+    cfg = _config(tilts=(30.0,), method="multislice", slice_thickness_A=10.0)
+    cfg = cfg.replace(sample=cfg.sample.replace(ice_model=ice_model))
+    scene = build_scene(cfg)
+    model = ImageModel.from_config(cfg, 0, scene=scene)
+    z0, z1 = model.z_range_A
+    assert z0 / 10.0 == round(z0 / 10.0) and z1 / 10.0 == round(z1 / 10.0)   # on the lattice
+    ref = np.asarray(model.noise_free())
+    big = ImageModel.from_config(cfg, 0, scene=scene, z_range_A=(z0 - 30.0, z1 + 20.0))
+    assert big.n_slices == model.n_slices + 5
+    out = np.asarray(big.noise_free())
+    contrast = np.abs(ref - ref.mean()).max()
+    assert contrast > 1e-3 * ref.mean()
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-9 * contrast)
+
+
 def test_multislice_defocus_is_measured_at_the_scene_centre_plane_for_any_stack():
     # no ice, one particle 300 Å down-beam: the stack is [~250, ~350] Å, far from z = 0; its image
     # at defocus Δf must equal the image of the same particle at z = 0 seen at Δf + 300 Å

@@ -60,7 +60,8 @@ def test_estimate_grows_with_grid_slices_and_atoms():
     base = M.estimate(_cfg(), 10_000, "cpu")
     assert M.estimate(_cfg(oversampling=2), 10_000, "cpu").peak > 2.5 * base.peak
     ms = M.estimate(_cfg(method="multislice"), 10_000, "cpu")
-    assert ms.n_slices == 15 and ms.peak > base.peak  # 300 Å of ice in 20 Å slices
+    # 300 Å of ice (±150 Å, padded 1 Å) in 20 Å slices on the lattice z = 20k Å: [−160, 160)
+    assert ms.n_slices == 16 and ms.peak > base.peak
     # the plan counts the slices its image model cuts, at the run's steepest tilt
     from cutem.imaging import ImageModel
 

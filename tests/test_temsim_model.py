@@ -71,7 +71,7 @@ def test_inelastic_blur_returns_the_carbon_fraction_scattered_inside_the_apertur
 
 def test_ice_filter_keeps_the_mean_of_unscattered_plus_aperture_and_damps_contrast_by_the_total():
     L, n, theta = 500.0, 0.0335, 8.33e-3
-    st = I.IceScattering((128, 128), 5.0, 200.0, 5e4, theta, [400.0, 600.0])
+    st = I.IceScattering((128, 128), 5.0, 200.0, 5e4, theta)
     sig = A.ice_cross_section_A2(200.0)
     inside = quad(lambda t: 2 * math.pi * t * (A.differential_cross_section_A2(200.0, 8, t)
                                                 + 2 * A.differential_cross_section_A2(200.0, 1, t)),
