@@ -33,6 +33,9 @@ _COUNT = Number(1, 10 ** 7, integer=True)
 @click.option("--twin", "twin", type=InFile("config"), default=None,
               help="Train for one instrument: a `cutem fit-twin` result (or any run config); dose, defocus "
                    "and ice are drawn within ±30 % of its values unless given below.")
+@click.option("--boxes", type=Number(16, 4096, "px", integer=True), default=None,
+              help="Train on boxed particles of this side, one centred (cutem.denoise.ParticleBoxPairs; the "
+                   "packaged model for particle stacks); the patch is the whole box.")
 @click.option("--dose", type=NumberList(Number.of(Detector, "dose_e_per_A2")), default=None, help="Dose range, e-/Å² per image [default 5,60].")
 @click.option("--defocus", type=NumberList(Number.of(Optics, "defocus_u_A")), default=None, help="Defocus range, Å (underfocus +) [default 5000,40000].")
 @click.option("--ice", type=NumberList(Number.of(Sample, "thickness_center_A")), default=None, help="Ice thickness range, Å [default 150,600].")
@@ -54,7 +57,7 @@ _COUNT = Number(1, 10 ** 7, integer=True)
 @device_option
 @quiet_option
 def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, convs, residual, noise2noise, image_size,
-                   pixel_size, twin, dose, defocus, ice, particles, structures, mtf_file, pool, refresh_every,
+                   pixel_size, twin, boxes, dose, defocus, ice, particles, structures, mtf_file, pool, refresh_every,
                    checkpoint_every, resume, export_path, seed, device, quiet):
     """Train a U-Net denoiser on simulated (noisy, noise-free) pairs generated on the fly.
 
@@ -68,12 +71,16 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
 
     import adjoints.backend as B
     from adjoints.nn import UNetConfig
-    from cutem.denoise import InstrumentPairs, SimulatorPairs, TrainConfig, detector_from_toml, train
+    from cutem.denoise import InstrumentPairs, ParticleBoxPairs, SimulatorPairs, TrainConfig, detector_from_toml, train
 
     xp = B.get_xp(device)
     kw = {k: v for k, v in dict(steps=steps, batch=batch, patch=patch, lr=lr, loss=loss, pool=pool,
                                 refresh_every=refresh_every, checkpoint_every=checkpoint_every).items()
           if v is not None}
+    if boxes:
+        if patch not in (None, boxes):
+            fail(f"--boxes {boxes} trains on whole boxes: leave --patch out (or give --patch {boxes})")
+        kw["patch"] = boxes
     cfg = TrainConfig(seed=seed, noise2noise=noise2noise, **kw)
     try:
         net_cfg = UNetConfig(depth=depth, width=width, convs=convs, residual=residual)
@@ -113,7 +120,13 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
             structs.append((str(InFile("config").check(s, "--structure")), None))
     kw = dict(image_size=image_size, dose_range=tuple(dose), defocus_range=tuple(defocus), ice_range=tuple(ice),
               particles_range=(int(n_lo), int(n_hi)), structures=structs or None, noise2noise=noise2noise, xp=xp)
-    if base is None and pixel_size is None and detector is None:
+    if boxes:
+        if base is not None or pixel_size is not None:
+            fail("--boxes spans the instruments itself: give no CONFIG, --twin or --pixel-size with it")
+        kw.pop("image_size")
+        kw.pop("particles_range")  # 0-6 neighbours around the centred particle
+        source = ParticleBoxPairs(box=boxes, **kw)
+    elif base is None and pixel_size is None and detector is None:
         source = InstrumentPairs(**kw)
     else:
         source = SimulatorPairs(base=base, pixel_size_A=pixel_size, detector=detector, **kw)
@@ -188,7 +201,8 @@ def denoise(input, out, method, model_path, tile, overlap, det_file, gain, beta,
     if method == "learned":
         from cutem.denoise import default_model_path
 
-        net, params, info = load_denoiser(model_path or str(default_model_path()), xp)
+        particles = Path(input).suffix.lower() == ".mrcs"  # RELION's particle stacks
+        net, params, info = load_denoiser(model_path or str(default_model_path(particles)), xp)
         result = denoise_stack(net, params, data, tile=tile, overlap=overlap, progress=not quiet)
     else:
         det = detector_from_toml(det_file) if det_file else None
@@ -201,7 +215,8 @@ def denoise(input, out, method, model_path, tile, overlap, det_file, gain, beta,
                               estimator=estimator, xp=xp, progress=not quiet)
             res.append(r.image)
         result = np.stack(res) if data.ndim == 3 else res[0]
-    out = Path(out) if out else Path(input).with_name(Path(input).stem + "_denoised.mrc")
+    suffix = ".mrcs" if Path(input).suffix.lower() == ".mrcs" else ".mrc"  # a particle stack stays one
+    out = Path(out) if out else Path(input).with_name(Path(input).stem + "_denoised" + suffix)
     write_mrc(out, result, px, label=f"cutem denoise --method {method}")
     msg = f"wrote {out} ({'x'.join(map(str, result.shape))}, {px:g} Å/px)"
     if not no_png:

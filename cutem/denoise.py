@@ -342,12 +342,14 @@ def _check_kind(f, path):
         raise InputError(f"checkpoint {path}: not a cutem denoiser file (no network inside)")
 
 
-def default_model_path():
-    """The packaged denoiser (``cutem/data/denoiser.h5``): trained by
-    ``validation/train_default_denoiser.py`` on :class:`InstrumentPairs` only (no real data)."""
+def default_model_path(particles=False):
+    """A packaged denoiser, trained by ``validation/train_default_denoiser.py`` on simulations
+    only (no real data): ``cutem/data/denoiser.h5`` for micrographs and tilt series
+    (:class:`InstrumentPairs`), ``denoiser_particles.h5`` for stacks of boxed particles
+    (:class:`ParticleBoxPairs`, whole 64² boxes)."""
     from importlib.resources import files
 
-    return files("cutem.data") / "denoiser.h5"
+    return files("cutem.data") / ("denoiser_particles.h5" if particles else "denoiser.h5")
 
 
 def load_denoiser(path, xp=np):
@@ -502,6 +504,11 @@ class SimulatorPairs:
         thick = cfg.sample.thickness_center_A
         sc = Scene(sample=cfg.sample)
         centres, radii = np.zeros((0, 3)), np.zeros(0)
+        for i, c in self.fixed_particles(cfg, rng):
+            atoms = self._atoms(i)
+            centres = np.vstack([centres, c])
+            radii = np.append(radii, float(atoms.radius()))
+            sc.add(atoms, random_rotations(1, rng)[0], c, f"p{i}")
         for spec in cfg.particles:
             i = int(spec.name[1:])
             atoms = self._atoms(i)
@@ -521,6 +528,10 @@ class SimulatorPairs:
         self.last_placed = (centres, radii)
         return sc
 
+    def fixed_particles(self, cfg, rng):
+        """(structure index, centre in Å) of particles placed before the random ones: none here."""
+        return []
+
     def __call__(self, rng):
         from .imaging import ImageModel
 
@@ -539,8 +550,11 @@ class SimulatorPairs:
             # the target without the ice's density fluctuations: they are a fixed texture of
             # this one exposure, not the specimen a user wants to see, so they are noise to learn
             clean = cfg.replace(sample=cfg.sample.replace(ice_model="continuum"))
-            target = ImageModel.from_config(clean, 0, scene=scene, xp=self.xp).noise_free()
-            return noisy, B.to_numpy(unwrap(target))
+            target = B.to_numpy(unwrap(ImageModel.from_config(clean, 0, scene=scene, xp=self.xp).noise_free()))
+            # the fluctuations also scatter electrons out of the aperture (1-12 % of the mean):
+            # that loss stays in the target, or the network must guess a level it cannot see
+            level = float(np.mean(B.to_numpy(unwrap(d.noise_free)))) / float(np.mean(target))
+            return noisy, (target * level).astype(np.float32)
         return noisy, B.to_numpy(unwrap(d.noise_free))
 
 
@@ -562,11 +576,11 @@ REAL_DETECTORS = {
 
 def binned_detector(detector, factor):
     """The detector seen through ``factor``-fold binning (Fourier cropping, as motion-correction
-    programs bin): the MTF at x cycles per binned pixel is the camera's MTF at x / factor, so
-    y = 1 + α x^p becomes 1 + (α / factor^p) x^p; the noise stays white (no aliasing)."""
-    f = float(factor)
-    return detector.replace(mtf_alpha=detector.mtf_alpha / f ** detector.mtf_p,
-                            mtf_beta=detector.mtf_beta / f ** detector.mtf_q)
+    programs bin): the MTF at x cycles per binned pixel is the camera's MTF at x / factor. x
+    enters TEM-simulator's form only as y = 1 + α x² (and 1 + β x²; p and q act on y), so
+    α → α / factor², β → β / factor². The noise stays white (no aliasing)."""
+    f2 = float(factor) ** 2
+    return detector.replace(mtf_alpha=detector.mtf_alpha / f2, mtf_beta=detector.mtf_beta / f2)
 
 
 class InstrumentPairs(SimulatorPairs):
@@ -581,17 +595,22 @@ class InstrumentPairs(SimulatorPairs):
     (``ice_in_target=False``: the network learns them as noise); the inelastic background
     of unfiltered imaging in half of the images;
     in ``edge_fraction`` of the images the rim of the hole, with a carbon film of 100–300 Å,
-    crosses the field. The defaults are the span of the packaged model
+    crosses the field; in ``contaminant_fraction`` of them 1-3 balls of ice
+    (:func:`cutem.specimen.random_contaminants`, radii 5-40 % of the field) lie on the layer,
+    in input and target alike (a real object the network must keep, without ringing). The
+    defaults are the span of the packaged model
     (``cutem train-denoiser`` without a configuration).
     """
 
     def __init__(self, pixel_range=(0.8, 4.0), voltages=(200.0, 300.0), cs_range=(1.4, 2.7),
                  detectors=tuple(REAL_DETECTORS), edge_fraction=0.25, dose_range=(5.0, 60.0),
-                 defocus_range=(5000.0, 40000.0), ice_range=(150.0, 600.0), ice_in_target=False, **kw):
+                 defocus_range=(5000.0, 40000.0), ice_range=(150.0, 600.0), ice_in_target=False,
+                 contaminant_fraction=0.25, **kw):
         super().__init__(dose_range=dose_range, defocus_range=defocus_range, ice_range=ice_range,
                          ice_in_target=ice_in_target, **kw)
         self.pixel_range, self.voltages, self.cs_range = tuple(pixel_range), tuple(voltages), tuple(cs_range)
         self.detectors, self.edge_fraction = tuple(detectors), float(edge_fraction)
+        self.contaminant_fraction = float(contaminant_fraction)
         unknown = set(self.detectors) - set(REAL_DETECTORS)
         if unknown:
             raise InputError(f"unknown detectors {sorted(unknown)}; known: {sorted(REAL_DETECTORS)}")
@@ -600,13 +619,16 @@ class InstrumentPairs(SimulatorPairs):
         d = super().describe()
         d.update(span={"pixel_range": list(self.pixel_range), "voltages": list(self.voltages),
                        "cs_range": list(self.cs_range), "detectors": list(self.detectors),
-                       "edge_fraction": self.edge_fraction})
+                       "edge_fraction": self.edge_fraction, "contaminant_fraction": self.contaminant_fraction})
         return d
+
+    def pixel_size(self, rng):
+        lo, hi = np.log(self.pixel_range)
+        return float(np.exp(rng.uniform(lo, hi)))
 
     def config(self, rng):
         cfg = super().config(rng)
-        lo, hi = np.log(self.pixel_range)
-        px = float(np.exp(rng.uniform(lo, hi)))
+        px = self.pixel_size(rng)
         camera_px = float(rng.uniform(0.8, 1.2))
         det = cfg.detector.replace(pixel_size_A=px, dqe_curve=None, readout_noise=0.0,
                                    **REAL_DETECTORS[self.detectors[int(rng.integers(len(self.detectors)))]])
@@ -624,8 +646,47 @@ class InstrumentPairs(SimulatorPairs):
             r = d / 2 + rng.uniform(-0.4, 0.4) * w
             sample = sample.replace(diameter_A=d, offset_x_A=float(r * np.cos(ang)), offset_y_A=float(r * np.sin(ang)),
                                     support_film="carbon", support_thickness_A=float(rng.uniform(100, 300)))
+        if rng.uniform() < self.contaminant_fraction:
+            from .specimen import random_contaminants
+
+            w = det.nx * px
+            balls = random_contaminants(sample, int(rng.integers(1, 4)), (0.05 * w, 0.4 * w), (w, w),
+                                        int(rng.integers(2**31)), side="both")
+            sample = sample.replace(contaminants=balls)
         sim = cfg.simulation.replace(inelastic_background=bool(rng.integers(2)))
         return cfg.replace(optics=optics, detector=det, sample=sample, simulation=sim)
+
+
+class ParticleBoxPairs(InstrumentPairs):
+    """Boxed particles, as extracted for 2D classification: one particle at the centre of a
+    ``box``² image whose diameter fills ``fill_range`` of the box (the pixel size follows,
+    within ``pixel_range``), 0-6 neighbours around it, the instruments of
+    :class:`InstrumentPairs`. A network trained on whole boxes learns that the particle sits
+    at the centre (a support prior a micrograph patch cannot give); ``cutem denoise`` uses it
+    for particle stacks (.mrcs)."""
+
+    def __init__(self, box=64, fill_range=(0.5, 0.85), neighbours=(0, 6), edge_fraction=0.05,
+                 contaminant_fraction=0.05, **kw):
+        super().__init__(image_size=box, particles_range=neighbours, edge_fraction=edge_fraction,
+                         contaminant_fraction=contaminant_fraction, **kw)
+        self.fill_range = tuple(fill_range)
+        self._centre = 0
+
+    def describe(self):
+        d = super().describe()
+        d["span"].update(box=self.image_size, fill_range=list(self.fill_range))
+        return d
+
+    def pixel_size(self, rng):
+        self._centre = int(rng.integers(len(self.structures)))
+        diameter = 2.0 * float(self._atoms(self._centre).radius())
+        px = diameter / (float(rng.uniform(*self.fill_range)) * self.image_size)
+        return float(np.clip(px, *self.pixel_range))
+
+    def fixed_particles(self, cfg, rng):
+        r = float(self._atoms(self._centre).radius())
+        room = max(cfg.sample.thickness_center_A / 2 - r, 0.0)
+        return [(self._centre, np.array([0.0, 0.0, float(rng.uniform(-room, room))]))]
 
 
 # ------------------------------------------------------------------------ inference
@@ -853,4 +914,4 @@ def _lowpass_host(a, sigma):
 __all__ = ["default_model_path", "TrainConfig", "Trainer", "train", "load_denoiser", "export_model", "DEFAULT_NET", "denoise_image", "denoise_stack",
            "model_denoise", "ModelDenoiseResult", "mtf_transfer", "image_stats", "normalise",
            "denormalise", "CHECKPOINT_KIND", "detector_from_toml", "SimulatorPairs",
-           "default_structures", "InstrumentPairs", "REAL_DETECTORS", "binned_detector"]
+           "default_structures", "InstrumentPairs", "ParticleBoxPairs", "REAL_DETECTORS", "binned_detector"]
