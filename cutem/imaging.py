@@ -71,7 +71,8 @@ from .propagation import exit_wave
 from .absorption import AbsorptionPotentialStage
 from .electron import interaction_constant
 from .inelastic import IceScattering, InelasticBlur, aperture_angle_rad, path_length_levels
-from .specimen import scene_from_config
+from .solvent_map import clamped_particle_potential
+from .specimen import scene_from_config, tilt_matrix
 
 #: specimen parameters an image can be differentiated for, besides the optics and detector inputs
 SPECIMEN_PARAMS = ("potential", "positions", "b_factors", "potential_scale", "thickness_center_A",
@@ -155,6 +156,8 @@ class ImageModel:
     #: with ``Sample.ice_model = "amorphous"``: the ice's unit-slab fluctuation per slice (:mod:`cutem.ice`;
     #: None: drawn from the tilt's seed)
     ice_field: object = None
+    #: the run's :class:`cutem.specimen.Scene` (its particles one by one: ``Simulation.solvent_model = "clamp"``)
+    scene: object = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, cfg, tilt: int = 0, *, scene=None, device=None, xp=None, dtype=None, atom_chunk=None,
@@ -179,7 +182,8 @@ class ImageModel:
         elif z_range_A is None:
             z_range_A = stack_z_range(cfg, grid, angle, scene.z_extent(angle, axis) if len(scene) else None)
         dtype = np.dtype(dtype or cfg.simulation.dtype)
-        return cls(cfg, int(tilt), grid, angle, optics, detector, atoms, z_range_A, xp, dtype, atom_chunk)
+        return cls(cfg, int(tilt), grid, angle, optics, detector, atoms, z_range_A, xp, dtype, atom_chunk,
+                   scene=scene)
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -220,12 +224,34 @@ class ImageModel:
         sim = self.config.simulation
         kw = dict(slice_thickness_A=self.slice_thickness_A, z_range_A=self.z_range_A, b_factor_A2=sim.b_factor_A2,
                   solvent_V=self._solvent_V())
+        if sim.solvent_model == "clamp" and kw["solvent_V"] > 0 and self.scene is not None:
+            return self._clamped_potential(params)
         if any(k in params for k in _ATOM_PARAMS):
             st = ProjectedPotentialStage(self.atoms, self.grid.shape, self.grid.pixel_size_A, **kw)
             d = self.inputs() if not all(k in params for k in _ATOM_PARAMS) else {}
             return st(*(params[k] if k in params else d[k] for k in _ATOM_PARAMS))
         if "atoms" not in self._cache:
             self._cache["atoms"] = self._chunked_potential(kw)
+        return self._cache["atoms"]
+
+    def _clamped_potential(self, params):
+        """TEM-simulator's particle maps, clamped from below by the ice and projected
+        (``Simulation.solvent_model = "clamp"``, :mod:`cutem.solvent_map`)."""
+        if any(k in params for k in _ATOM_PARAMS):
+            raise InputError(f"solvent_model = 'clamp' (TEM-simulator's particle map) has no derivative with respect "
+                             f"to {[k for k in _ATOM_PARAMS if k in params]}; use solvent_model = 'displaced'")
+        if "atoms" not in self._cache:
+            sim = self.config.simulation
+            slice_of, n = None, self.n_slices
+            if self.z_range_A is not None:
+                z0, dz = self.z_range_A[0], self.slice_thickness_A
+                slice_of = lambda z: int(math.floor((z - z0) / dz))  # noqa: E731
+            v = clamped_particle_potential(
+                self.scene, tilt_matrix(self.angle_deg, self.config.geometry.tilt_axis_deg), self.grid.shape,
+                self.grid.pixel_size_A, sim.solvent_map_voxel_A, self._solvent_V(),
+                b_factor_floor_A2=sim.b_factor_floor_A2, b_factor_A2=sim.b_factor_A2, slice_of=slice_of,
+                n_slices=n)
+            self._cache["atoms"] = self.xp.asarray(v.astype(self.dtype))
         return self._cache["atoms"]
 
     def _chunked_potential(self, kw):

@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
+from adjoints import check_vjp, dottest
 from cutem import absorption as A
 from cutem import inelastic as I
+from cutem import solvent_map as SM
 from cutem.config import default_config, load_temsim
 from cutem.electron import interaction_constant
+from cutem.potential import ice_potential_V
 from cutem.structure import Atoms
+from helpers import tiny_pdb
 
 TMV = Path(__file__).resolve().parents[2] / "shared" / "data" / "tmv"
 
@@ -89,9 +93,73 @@ def test_temsim_reader_turns_on_temsims_model_and_toml_keeps_cutems(tmv_input):
     c = load_temsim(tmv_input)
     assert c.simulation.absorption_model == "cross_section" and c.simulation.inelastic_background
     assert c.simulation.b_factor_floor_A2 == pytest.approx(200.0)  # voxel_size = 0.1 nm
+    assert c.simulation.solvent_model == "clamp" and c.simulation.solvent_map_voxel_A == pytest.approx(1.0)
     assert all(p.implicit_hydrogens for p in c.particles)          # add_hydrogen defaults to yes
     d = default_config().simulation
-    assert (d.absorption_model, d.inelastic_background, d.b_factor_floor_A2) == ("ratio", False, 0.0)
+    assert (d.absorption_model, d.inelastic_background, d.b_factor_floor_A2, d.solvent_model) == \
+        ("ratio", False, 0.0, "displaced")
+
+
+def test_map_projection_adjoint_passes_the_dot_test():
+    rng = np.random.default_rng(1)
+    for stage, inputs in SM.MapProjection.cases(np, np.float64, rng):
+        assert dottest(stage, inputs, rng).passed
+
+
+def test_solvent_clamp_vjp_matches_finite_differences():
+    rng = np.random.default_rng(2)
+    for stage, inputs in SM.SolventClamp.cases(np, np.float64, rng):
+        assert check_vjp(stage, inputs, rng).passed
+
+
+def _tiny_atoms(tmp_path, n=30):
+    from cutem.structure import load_particle
+
+    f = tmp_path / "tiny.pdb"
+    f.write_text(tiny_pdb(n=n, seed=4, half_extent_A=6.0, b_factor=200.0))
+    return load_particle(f)
+
+
+def test_clamped_map_is_the_atoms_excess_over_the_ice_and_zero_outside(tmp_path):
+    atoms = _tiny_atoms(tmp_path)
+    vol, vox = SM.particle_map(atoms, 1.0)
+    vi = ice_potential_V()
+    m = SM.SolventClamp(vi)(vol)
+    # the box edge lies in the ice (5 Å padding, B = 200 Å²): the boundary mean is V_ice itself
+    np.testing.assert_allclose(m, np.maximum(vol - vi, 0.0), atol=1e-9)
+    assert (m > 0).any() and (vol < vi).any()
+    # the clamp keeps less than the bare atoms minus the ice over the region they exceed it
+    assert m.sum() < vol.sum()
+    # voxel centres: the bounding-box centre ± 5 Å, x fastest
+    c, n = SM.map_geometry(atoms, 1.0)
+    assert vox.shape == (vol.size, 3) and np.allclose(vox.mean(0), c)
+    assert vox[1, 0] - vox[0, 0] == pytest.approx(1.0) and vol.shape == (n[2], n[1], n[0])
+
+
+def test_map_projection_keeps_the_maps_integral_and_its_centre(tmp_path):
+    atoms = _tiny_atoms(tmp_path)
+    vol, vox = SM.particle_map(atoms, 1.0)
+    m = SM.SolventClamp(ice_potential_V())(vol)
+    t = np.array([12.0, -7.5, 3.0])
+    R = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0]
+    p = SM.MapProjection(vox, 1.0, [(R, t)], (32, 32), 4.0)(m)[0]
+    assert p.sum() * 4.0 ** 2 == pytest.approx(m.sum() * 1.0 ** 3, rel=1e-9)
+    # at the voxel pitch (no sub-pixel binning) the bilinear spread keeps the map's centroid exactly
+    p1 = SM.MapProjection(vox, 1.0, [(R, t)], (64, 64), 1.0)(m)[0]
+    ii, jj = np.indices(p1.shape)
+    pos = np.asarray(vox) @ R.T + t
+    w = m.ravel()
+    assert ((jj - 32) * p1).sum() / p1.sum() == pytest.approx((pos[:, 0] * w).sum() / w.sum(), abs=1e-6)
+    assert ((ii - 32) * p1).sum() / p1.sum() == pytest.approx((pos[:, 1] * w).sum() / w.sum(), abs=1e-6)
+
+
+def test_clamp_refuses_a_gradient_with_respect_to_atom_positions(tmv_input):
+    from cutem.errors import InputError
+    from cutem.imaging import ImageModel
+
+    m = ImageModel.from_config(load_temsim(tmv_input), 1)
+    with pytest.raises(InputError, match="clamp"):
+        m.potential({"positions": m.inputs()["positions"]})
 
 
 @pytest.mark.slow
