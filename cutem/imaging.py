@@ -224,7 +224,7 @@ class ImageModel:
         sim = self.config.simulation
         kw = dict(slice_thickness_A=self.slice_thickness_A, z_range_A=self.z_range_A, b_factor_A2=sim.b_factor_A2,
                   solvent_V=self._solvent_V())
-        if sim.solvent_model == "clamp" and kw["solvent_V"] > 0 and self.scene is not None:
+        if self._clamp_on():
             return self._clamped_potential(params)
         if any(k in params for k in _ATOM_PARAMS):
             st = ProjectedPotentialStage(self.atoms, self.grid.shape, self.grid.pixel_size_A, **kw)
@@ -234,9 +234,16 @@ class ImageModel:
             self._cache["atoms"] = self._chunked_potential(kw)
         return self._cache["atoms"]
 
-    def _clamped_potential(self, params):
+    def _clamp_on(self):
+        """TEM-simulator's particle maps in place of the atoms' own potential (``solvent_model = "clamp"``
+        with ice around the particles)."""
+        return (self.config.simulation.solvent_model == "clamp" and self._solvent_V() > 0
+                and self.scene is not None)
+
+    def _clamped_potential(self, params, imaginary=False):
         """TEM-simulator's particle maps, clamped from below by the ice and projected
-        (``Simulation.solvent_model = "clamp"``, :mod:`cutem.solvent_map`)."""
+        (``Simulation.solvent_model = "clamp"``, :mod:`cutem.solvent_map`): the real part, or with
+        ``imaginary`` the cross-section absorption maps clamped by the ice's absorption."""
         if any(k in params for k in _ATOM_PARAMS):
             raise InputError(f"solvent_model = 'clamp' (TEM-simulator's particle map) has no derivative with respect "
                              f"to {[k for k in _ATOM_PARAMS if k in params]}; use solvent_model = 'displaced'")
@@ -246,13 +253,17 @@ class ImageModel:
             if self.z_range_A is not None:
                 z0, dz = self.z_range_A[0], self.slice_thickness_A
                 slice_of = lambda z: int(math.floor((z - z0) / dz))  # noqa: E731
+            cs = sim.absorption_model == "cross_section"
             v = clamped_particle_potential(
                 self.scene, tilt_matrix(self.angle_deg, self.config.geometry.tilt_axis_deg), self.grid.shape,
                 self.grid.pixel_size_A, sim.solvent_map_voxel_A, self._solvent_V(),
                 b_factor_floor_A2=sim.b_factor_floor_A2, b_factor_A2=sim.b_factor_A2, slice_of=slice_of,
-                n_slices=n)
+                n_slices=n, voltage_kV=self.optics.voltage_kV if cs else None)
+            v, va = v if cs else (v, None)
             self._cache["atoms"] = self.xp.asarray(v.astype(self.dtype))
-        return self._cache["atoms"]
+            if va is not None:
+                self._cache["abs"] = self.xp.asarray(va.astype(self.dtype))
+        return self._cache["abs" if imaginary else "atoms"]
 
     def _chunked_potential(self, kw):
         # the potential is a sum over atoms: chunks of atom_chunk atoms add up to the one-call
@@ -316,7 +327,8 @@ class ImageModel:
         s, absorption = cfg.sample, cfg.simulation.absorption
         v_atoms = self._damaged(self._atom_potential(params))
         if cfg.simulation.absorption_model == "cross_section":
-            v_abs = self._cross_section_absorption(params)
+            v_abs = (self._clamped_potential(params, imaginary=True) if self._clamp_on()
+                     else self._cross_section_absorption(params))
         else:
             v_abs = v_atoms * absorption if absorption > 0 else None
         v = v_atoms

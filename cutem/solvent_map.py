@@ -16,6 +16,11 @@ atom displaces as a dummy atom of 1.212 Å³/Da; with TEM-simulator's map blur (
 1 Å voxels) the clamp's region is wider than the dummy atoms' volume, and on the TMV example
 (``input_TMV.txt``) ∫M is 0.70× the dummy-atom contrast (DiffTEM's own map: 0.67×).
 
+The imaginary (absorption) map is built and clamped the same way (``add_atomic_abs_pot``: one
+Gaussian per atom of width max(B + 20 Å², 200 × voxel²) and integral σ_tot(Z)/(2σ), hydrogens
+with their own cross section; raised to the ice's absorption potential where below it;
+:func:`absorption_map`).
+
 Each copy k of the particle (rotation Rₖ, centre tₖ in the microscope frame) is projected along
 the beam as TEM-simulator does (``particle_project`` + ``vecf2d_add``): every voxel's value ×
 voxel³ is spread bilinearly at the voxel pitch onto a grid s = round(pixel/voxel) times finer
@@ -60,6 +65,50 @@ def particle_map(atoms, voxel_size_A, *, b_factor_A2=0.0, padding_A=TEMSIM_MAP_P
     shifted = atoms.transformed(translation=-(c + 0.5 * vs))
     vol = potential_volume(shifted, (int(n[2]), int(n[1]), int(n[0])), vs, b_factor_A2=b_factor_A2, dtype=dtype)
     return np.asarray(vol), voxel_centres(c, n, vs)
+
+
+def absorption_map(atoms, voxel_size_A, voltage_kV, *, b_floor_A2=0.0, b_factor_A2=0.0,
+                   padding_A=TEMSIM_MAP_PADDING_A):
+    """The atoms' imaginary potential V′ (volts) on TEM-simulator's box (nz, ny, nx).
+
+    TEM-simulator's ``add_atomic_abs_pot``: per atom one normalised 3D Gaussian of width
+    β = max(B + 20 Å², ``b_floor_A2``) and integral oⱼ σ_tot(Zⱼ)/(2σ) (:mod:`cutem.absorption`),
+    hydrogens with their own cross section. Computed as :func:`cutem.potential.potential_volume`
+    computes the real part: trilinear spread, rfftn, × Π exp(−β q²/4)/sinc², one inverse FFT.
+    """
+    from .absorption import ABSORPTION_EXTRA_B_A2, total_cross_section_A2
+    from .electron import interaction_constant
+
+    c, n = map_geometry(atoms, voxel_size_A, padding_A)
+    vs = float(voxel_size_A)
+    nx, ny, nz = (int(v) for v in n)
+    zs = np.asarray(atoms.species, dtype=np.int64)[np.asarray(atoms.elements, dtype=np.int64)]
+    sig = interaction_constant(voltage_kV)
+    per_z = {int(z): total_cross_section_A2(voltage_kV, z) / (2 * sig) for z in np.unique(zs)}
+    w = np.asarray(atoms.occupancies, float) * np.array([per_z[int(z)] for z in zs])
+    beta = np.maximum(np.asarray(atoms.b_factors, float) + b_factor_A2 + ABSORPTION_EXTRA_B_A2, b_floor_A2)
+    f = (np.asarray(atoms.positions, float) - c) / vs + 0.5 * (n - 1)   # fractional voxel index, x y z
+    i0 = np.floor(f).astype(np.int64)
+    t = f - i0
+    q = [np.fft.fftfreq(nz, vs), np.fft.fftfreq(ny, vs), np.fft.rfftfreq(nx, vs)]
+    sinc2 = [np.sinc(np.fft.fftfreq(nz)) ** 2, np.sinc(np.fft.fftfreq(ny)) ** 2,
+             np.sinc(np.arange(nx // 2 + 1) / nx) ** 2]
+    acc = np.zeros((nz, ny, nx // 2 + 1), dtype=np.complex128)
+    for b in np.unique(beta):
+        idx = np.flatnonzero(beta == b)
+        grid = np.zeros(nz * ny * nx)
+        for cz in (0, 1):
+            wz = t[idx, 2] if cz else 1 - t[idx, 2]
+            for cy in (0, 1):
+                wy = t[idx, 1] if cy else 1 - t[idx, 1]
+                for cx in (0, 1):
+                    wx = t[idx, 0] if cx else 1 - t[idx, 0]
+                    k = (((i0[idx, 2] + cz) % nz) * ny + (i0[idx, 1] + cy) % ny) * nx + (i0[idx, 0] + cx) % nx
+                    grid += np.bincount(k, w[idx] * wz * wy * wx, minlength=grid.size)
+        kern = ((np.exp(-b * q[0] ** 2 / 4) / sinc2[0])[:, None, None] * (np.exp(-b * q[1] ** 2 / 4) / sinc2[1])[None, :, None]
+                * (np.exp(-b * q[2] ** 2 / 4) / sinc2[2])[None, None, :])
+        acc += np.fft.rfftn(grid.reshape(nz, ny, nx)) * kern
+    return np.fft.irfftn(acc, s=(nz, ny, nx), axes=(0, 1, 2)) / vs ** 3
 
 
 def voxel_centres(centre, n, voxel_size_A):
@@ -195,22 +244,28 @@ class MapProjection(Stage):
 
 
 def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_size_A, solvent_V, *,
-                               b_factor_floor_A2=0.0, b_factor_A2=0.0, slice_of=None, n_slices=1, dtype=np.float64):
+                               b_factor_floor_A2=0.0, b_factor_A2=0.0, slice_of=None, n_slices=1, dtype=np.float64,
+                               voltage_kV=None):
     """Σ over the scene's particles of their TEM-simulator maps, projected: (n_slices, ny, nx) V·Å.
 
     Copies sharing one :class:`cutem.structure.Atoms` share one map (TEM-simulator computes one
-    map per particle type); ``slice_of(z)`` gives a copy's slice from its centre's z (Å).
+    map per particle type); ``slice_of(z)`` gives a copy's slice from its centre's z (Å). With
+    ``voltage_kV``: ``(V, V′)``, V′ the imaginary maps (:func:`absorption_map`) clamped from
+    below by the ice's (:func:`cutem.absorption.ice_absorption_V`) and projected the same way.
     """
+    from .absorption import ice_absorption_V
+
     import dataclasses
 
     groups = {}
     for p in scene.particles:
         groups.setdefault(id(p.atoms), (p.atoms, []))[1].append(p)
-    out = None
+    out = out_abs = None
     clamp = SolventClamp(solvent_V)
-    for atoms, parts in groups.values():
+    for raw, parts in groups.values():
+        atoms = raw
         if b_factor_floor_A2 > 0:
-            atoms = dataclasses.replace(atoms, b_factors=np.maximum(atoms.b_factors, b_factor_floor_A2))
+            atoms = dataclasses.replace(raw, b_factors=np.maximum(raw.b_factors, b_factor_floor_A2))
         vol, vox = particle_map(atoms, voxel_size_A, b_factor_A2=b_factor_A2, dtype=np.float64)
         placements = [(tilt_matrix @ p.rotation, tilt_matrix @ p.translation) for p in parts]
         slices = [0 if slice_of is None else slice_of(t[2]) for _, t in placements]
@@ -219,10 +274,17 @@ def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_si
                              [slices[k] for k in keep], n_slices)
         v = proj(clamp(vol))
         out = v if out is None else out + v
-    if out is None:
-        out = np.zeros((n_slices,) + tuple(shape))
-    return out.astype(dtype)
+        if voltage_kV is not None:
+            va = proj(SolventClamp(ice_absorption_V(voltage_kV))(absorption_map(
+                raw, voltage_kV=voltage_kV, voxel_size_A=voxel_size_A, b_floor_A2=b_factor_floor_A2,
+                b_factor_A2=b_factor_A2)))
+            out_abs = va if out_abs is None else out_abs + va
+    zero = np.zeros((n_slices,) + tuple(shape))
+    out = zero if out is None else out
+    if voltage_kV is None:
+        return out.astype(dtype)
+    return out.astype(dtype), (zero if out_abs is None else out_abs).astype(dtype)
 
 
-__all__ = ["SolventClamp", "MapProjection", "particle_map", "voxel_centres", "map_geometry", "boundary_mask",
+__all__ = ["SolventClamp", "MapProjection", "particle_map", "absorption_map", "voxel_centres", "map_geometry", "boundary_mask",
            "clamped_particle_potential", "TEMSIM_MAP_PADDING_A"]

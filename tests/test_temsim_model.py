@@ -153,6 +153,35 @@ def test_map_projection_keeps_the_maps_integral_and_its_centre(tmp_path):
     assert ((ii - 32) * p1).sum() / p1.sum() == pytest.approx((pos[:, 1] * w).sum() / w.sum(), abs=1e-6)
 
 
+def test_absorption_map_integrates_to_half_the_cross_sections_over_sigma(tmp_path):
+    atoms = _tiny_atoms(tmp_path)
+    m = SM.absorption_map(atoms, 1.0, 200.0, b_floor_A2=200.0)
+    zs = np.asarray(atoms.species)[atoms.elements]
+    want = sum(o * A.total_cross_section_A2(200.0, z) for o, z in zip(atoms.occupancies, zs)) \
+        / (2 * interaction_constant(200.0))
+    assert m.sum() == pytest.approx(want, rel=1e-6)
+    # TEM-simulator's width max(B + 20, 200 × voxel²) = 220 Å² here: a point atom's map has the
+    # Gaussian's second moment β/(8π²) per axis
+    one = atoms.select(np.arange(len(atoms)) == 0)
+    g = SM.absorption_map(one, 1.0, 200.0, b_floor_A2=200.0)
+    c, n = SM.map_geometry(one, 1.0)
+    x = (np.arange(n[0]) - 0.5 * (n[0] - 1))
+    prof = g.sum((0, 1))
+    assert (prof * x ** 2).sum() / prof.sum() == pytest.approx(220.0 / (8 * math.pi ** 2), rel=0.02)
+
+
+def test_temsim_input_takes_both_potentials_from_the_clamped_maps(tmv_input):
+    from cutem.imaging import ImageModel
+
+    m = ImageModel.from_config(load_temsim(tmv_input), 1, dtype="float64")
+    v, va = m.potential()
+    vi = np.asarray(m._ice_potential({}))
+    # the clamp keeps only the excess over the ice: the particles' contrast and absorption are
+    # non-negative (up to the map's FFT ripple) and both are nonzero
+    assert (v - vi).min() > -1e-3 * (v - vi).max() and (v - vi).max() > 10
+    assert va.min() > -1e-3 * va.max() and va.max() > 0.1
+
+
 def test_clamp_refuses_a_gradient_with_respect_to_atom_positions(tmv_input):
     from cutem.errors import InputError
     from cutem.imaging import ImageModel
