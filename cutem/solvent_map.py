@@ -141,9 +141,12 @@ class SolventClamp(Stage):
     def forward(self, ctx, v):
         xp = B.array_module(v)
         mask = xp.asarray(boundary_mask(v.shape))
-        c = xp.maximum(v, self.solvent_V)
+        # max(V, V_s) − mean_∂ max(V, V_s) written as the excess e = max(V − V_s, 0) − mean_∂ e: the
+        # same number, but exactly 0 in the ice (no rounding residue of V_s − mean_∂), so the
+        # projection skips those voxels
+        e = xp.maximum(v - self.solvent_V, 0.0)
         ctx.above, ctx.mask, ctx.nb = v > self.solvent_V, mask, int(mask.sum())
-        return c - xp.sum(c * mask) / ctx.nb
+        return e - xp.sum(e * mask) / ctx.nb
 
     def vjp(self, ctx, g):
         xp = B.array_module(g)
@@ -260,13 +263,18 @@ def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_si
     groups = {}
     for p in scene.particles:
         groups.setdefault(id(p.atoms), (p.atoms, []))[1].append(p)
+    # the maps are in the particle frame, the same for every tilt of a run: kept on the scene
+    cache = scene.__dict__.setdefault("_temsim_maps", {})
     out = out_abs = None
     clamp = SolventClamp(solvent_V)
-    for raw, parts in groups.values():
+    for key, (raw, parts) in groups.items():
         atoms = raw
         if b_factor_floor_A2 > 0:
             atoms = dataclasses.replace(raw, b_factors=np.maximum(raw.b_factors, b_factor_floor_A2))
-        vol, vox = particle_map(atoms, voxel_size_A, b_factor_A2=b_factor_A2, dtype=np.float64)
+        ck = (key, float(voxel_size_A), float(b_factor_floor_A2), float(b_factor_A2))
+        if ck not in cache:
+            cache[ck] = particle_map(atoms, voxel_size_A, b_factor_A2=b_factor_A2, dtype=np.float64)
+        vol, vox = cache[ck]
         placements = [(tilt_matrix @ p.rotation, tilt_matrix @ p.translation) for p in parts]
         slices = [0 if slice_of is None else slice_of(t[2]) for _, t in placements]
         keep = [k for k, s in enumerate(slices) if 0 <= s < n_slices]
@@ -275,9 +283,11 @@ def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_si
         v = proj(clamp(vol))
         out = v if out is None else out + v
         if voltage_kV is not None:
-            va = proj(SolventClamp(ice_absorption_V(voltage_kV))(absorption_map(
-                raw, voltage_kV=voltage_kV, voxel_size_A=voxel_size_A, b_floor_A2=b_factor_floor_A2,
-                b_factor_A2=b_factor_A2)))
+            ak = ck + (float(voltage_kV),)
+            if ak not in cache:
+                cache[ak] = absorption_map(raw, voxel_size_A, voltage_kV, b_floor_A2=b_factor_floor_A2,
+                                           b_factor_A2=b_factor_A2)
+            va = proj(SolventClamp(ice_absorption_V(voltage_kV))(cache[ak]))
             out_abs = va if out_abs is None else out_abs + va
     zero = np.zeros((n_slices,) + tuple(shape))
     out = zero if out is None else out

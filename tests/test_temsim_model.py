@@ -198,3 +198,17 @@ def test_tmv_mean_matches_difftems_measured_mean(tmv_input):
 
     img = ImageModel.from_config(load_temsim(tmv_input), 0).noise_free()
     assert float(np.mean(img)) == pytest.approx(220.2, rel=0.01)
+
+
+def test_particle_maps_are_built_once_per_run_and_reused_by_every_tilt(tmv_input, monkeypatch):
+    from cutem.imaging import ImageModel
+    from cutem.specimen import scene_from_config
+
+    calls = []
+    orig = SM.particle_map
+    monkeypatch.setattr(SM, "particle_map", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    cfg = load_temsim(tmv_input)
+    sc = scene_from_config(cfg)
+    v = [ImageModel.from_config(cfg, k, scene=sc, dtype="float64").potential()[0] for k in (0, 1)]
+    assert len(calls) == 1                       # one particle type, one map for both tilts
+    assert not np.allclose(v[0], v[1])           # each tilt still projects it its own way
