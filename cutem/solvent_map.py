@@ -186,22 +186,43 @@ class MapProjection(Stage):
         self.chunk = int(chunk)
         self.weight = self.vox ** 3 / self.px ** 2
 
-    def _corners(self, M, t, sel):
-        """Flat fine-grid indices (4, k) and bilinear weights (4, k) of the voxels ``sel`` (index or slice)."""
+    def _window(self, M, t):
+        """(y0, x0, h, w): the image pixels (wrapped) that the copy's voxel box can reach, so the
+        fine grid is the particle's footprint, not the whole field (a 4096² field at s = 5 would
+        need 419 M sub-pixels)."""
         ny, nx = self.shape
+        lo, hi = self.voxels.min(0), self.voxels.max(0)
+        box = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+        x = box @ M[:2].T + t[:2]
+        out = []
+        for col, n in ((1, ny), (0, nx)):
+            p = x[:, col] / self.px + n / 2
+            a, b = int(math.floor(p.min())) - 1, int(math.ceil(p.max())) + 2
+            out.append((0, n) if b - a >= n else (a, b - a))
+        (y0, h), (x0, w) = out
+        return y0, x0, h, w
+
+    def _corners(self, M, t, sel, win):
+        """Indices (4, k) into the window's fine grid and bilinear weights (4, k) of the voxels ``sel``."""
+        ny, nx = self.shape
+        y0, x0, h, w = win
         s = self.s
         x = self.voxels[sel] @ M[:2].T + t[:2]
-        fu = (x[:, 0] / self.px + nx / 2 + 0.5) * s - 0.5
-        fv = (x[:, 1] / self.px + ny / 2 + 0.5) * s - 0.5
+        fu = (x[:, 0] / self.px + nx / 2 - x0 + 0.5) * s - 0.5
+        fv = (x[:, 1] / self.px + ny / 2 - y0 + 0.5) * s - 0.5
         iu, iv = np.floor(fu).astype(np.int64), np.floor(fv).astype(np.int64)
         tu, tv = fu - iu, fv - iv
-        nfx, nfy = nx * s, ny * s
-        idx, w = [], []
+        nfx, nfy = w * s, h * s
+        idx, wt = [], []
         for dv, wv in ((0, 1 - tv), (1, tv)):
             for du, wu in ((0, 1 - tu), (1, tu)):
                 idx.append(((iv + dv) % nfy) * nfx + (iu + du) % nfx)
-                w.append(wv * wu)
-        return np.stack(idx), np.stack(w)
+                wt.append(wv * wu)
+        return np.stack(idx), np.stack(wt)
+
+    def _pixels(self, win):
+        y0, x0, h, w = win
+        return np.ix_((y0 + np.arange(h)) % self.shape[0], (x0 + np.arange(w)) % self.shape[1])
 
     def forward(self, ctx, m):
         xp = B.array_module(m)
@@ -214,12 +235,14 @@ class MapProjection(Stage):
         out = np.zeros((self.n_slices, ny, nx))
         nonzero = np.flatnonzero(vals)   # a clamped map is 0 outside the particle: skip those voxels
         for (M, t), k in zip(self.placements, self.slices):
-            fine = np.zeros(ny * s * nx * s)
+            win = self._window(M, t)
+            h, w = win[2], win[3]
+            fine = np.zeros(h * s * w * s)
             for lo in range(0, len(nonzero), self.chunk):
                 sel = nonzero[lo:lo + self.chunk]
-                idx, w = self._corners(M, t, sel)
-                fine += np.bincount(idx.ravel(), (w * vals[sel]).ravel(), minlength=fine.size)
-            out[k] += fine.reshape(ny, s, nx, s).sum((1, 3))
+                idx, wt = self._corners(M, t, sel, win)
+                fine += np.bincount(idx.ravel(), (wt * vals[sel]).ravel(), minlength=fine.size)
+            out[k][self._pixels(win)] += fine.reshape(h, s, w, s).sum((1, 3))
         return xp.asarray((out * self.weight).astype(m.dtype))
 
     def adjoint(self, ctx, y):
@@ -228,11 +251,12 @@ class MapProjection(Stage):
         g = np.asarray(B.to_numpy(y), dtype=np.float64).reshape(self.n_slices, ny, nx) * self.weight
         out = np.zeros(len(self.voxels))
         for (M, t), k in zip(self.placements, self.slices):
-            fine = np.repeat(np.repeat(g[k], s, 0), s, 1).ravel()
+            win = self._window(M, t)
+            fine = np.repeat(np.repeat(g[k][self._pixels(win)], s, 0), s, 1).ravel()
             for lo in range(0, len(out), self.chunk):
                 hi = min(lo + self.chunk, len(out))
-                idx, w = self._corners(M, t, slice(lo, hi))
-                out[lo:hi] += (w * fine[idx]).sum(0)
+                idx, wt = self._corners(M, t, slice(lo, hi), win)
+                out[lo:hi] += (wt * fine[idx]).sum(0)
         return ctx.xp.asarray(out.reshape(ctx.map_shape).astype(ctx.dtype))
 
     @classmethod
@@ -243,7 +267,8 @@ class MapProjection(Stage):
         pl = [(np.eye(3), np.array([1.3, -2.1, 0.0])), (R, np.array([-4.0, 3.3, 5.0]))]
         m = xp.asarray(rng.normal(size=(3, 4, 5)).astype(dtype))
         return [(cls(vox, 1.0, pl, (8, 10), 2.0), (m,)),
-                (cls(vox, 1.0, pl, (6, 6), 3.0, slices=[1, 0], n_slices=2), (m,))]
+                (cls(vox, 1.0, pl, (6, 6), 3.0, slices=[1, 0], n_slices=2), (m,)),
+                (cls(vox, 1.0, pl, (24, 20), 1.0), (m,))]   # footprint windows inside a larger field
 
 
 def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_size_A, solvent_V, *,

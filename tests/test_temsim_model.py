@@ -212,3 +212,14 @@ def test_particle_maps_are_built_once_per_run_and_reused_by_every_tilt(tmv_input
     v = [ImageModel.from_config(cfg, k, scene=sc, dtype="float64").potential()[0] for k in (0, 1)]
     assert len(calls) == 1                       # one particle type, one map for both tilts
     assert not np.allclose(v[0], v[1])           # each tilt still projects it its own way
+
+
+def test_map_projection_wraps_a_copy_across_the_field_edge_like_the_periodic_grid(tmp_path):
+    atoms = _tiny_atoms(tmp_path)
+    vol, vox = SM.particle_map(atoms, 1.0)
+    m = SM.SolventClamp(ice_potential_V())(vol)
+    px, n = 2.0, (24, 20)
+    # a whole-pixel move of the copy is a roll of its image, also when its footprint straddles the edge
+    p0 = SM.MapProjection(vox, 1.0, [(np.eye(3), np.zeros(3))], n, px)(m)[0]
+    p1 = SM.MapProjection(vox, 1.0, [(np.eye(3), np.array([9 * px, -11 * px, 0.0]))], n, px)(m)[0]
+    np.testing.assert_allclose(p1, np.roll(p0, (-11, 9), axis=(0, 1)), rtol=0, atol=1e-12 * p0.max())
