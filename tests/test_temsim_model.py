@@ -223,3 +223,22 @@ def test_map_projection_wraps_a_copy_across_the_field_edge_like_the_periodic_gri
     p0 = SM.MapProjection(vox, 1.0, [(np.eye(3), np.zeros(3))], n, px)(m)[0]
     p1 = SM.MapProjection(vox, 1.0, [(np.eye(3), np.array([9 * px, -11 * px, 0.0]))], n, px)(m)[0]
     np.testing.assert_allclose(p1, np.roll(p0, (-11, 9), axis=(0, 1)), rtol=0, atol=1e-12 * p0.max())
+
+
+def test_multislice_puts_each_clamped_copy_in_one_slice_and_keeps_the_projection(tmv_input):
+    import dataclasses
+
+    from cutem.imaging import ImageModel
+    from cutem.specimen import scene_from_config
+
+    cfg = load_temsim(tmv_input)
+    sc = scene_from_config(cfg)
+    proj = ImageModel.from_config(cfg, 1, scene=sc, dtype="float64")
+    ms_cfg = dataclasses.replace(cfg, simulation=dataclasses.replace(cfg.simulation, method="multislice",
+                                                                     slice_thickness_A=100.0))
+    ms = ImageModel.from_config(ms_cfg, 1, scene=sc, dtype="float64")
+    a = np.asarray(proj._atom_potential({}))
+    b = np.asarray(ms._atom_potential({}))
+    assert b.shape[0] == ms.n_slices > 1
+    np.testing.assert_allclose(b.sum(0), a[0], rtol=0, atol=1e-9 * a.max())
+    assert sum(bool(np.abs(s).max() > 0) for s in b) == 1   # the three copies all sit at z = 0
