@@ -22,17 +22,19 @@ with their own cross section; raised to the ice's absorption potential where bel
 :func:`absorption_map`).
 
 Each copy k of the particle (rotation Rₖ, centre tₖ in the microscope frame) is projected along
-the beam as TEM-simulator does (``particle_project`` + ``vecf2d_add``): every voxel's value ×
-voxel³ is spread bilinearly at the voxel pitch onto a grid s = round(pixel/voxel) times finer
-than the image, then each pixel sums its s × s sub-pixels (the area average of the map's linear
-interpolation over the pixel), ÷ pixel² → V·Å.
+the beam as TEM-simulator does (``particle_project`` + ``vecf2d_add``): the map's layers across
+the axis closest to the beam are sheared along the beam onto the plane through the box centre
+(bilinear at the voxel pitch), and that plane is spread bilinearly onto a grid s =
+round(pixel/voxel) times finer than the image, each pixel summing its s × s sub-pixels (the
+area average of the map's linear interpolation over the pixel), ÷ pixel² → V·Å
+(:class:`MapProjection`).
 
 Stages (forward and VJP side by side):
 
 * :class:`SolventClamp`: V → max(V, V_s) − mean_∂ max(V, V_s); VJP g_V = 1[V > V_s] (g − 1_∂ Σg / n_∂).
-* :class:`MapProjection`: M → Σₖ bin(spread(M at Rₖ p + tₖ)) · voxel³/pixel², linear; the adjoint
-  replicates each pixel's cotangent over its sub-pixels and gathers it back at the voxels with
-  the same bilinear weights.
+* :class:`MapProjection`: M → Σₖ bin(spread(shear(M; Rₖ), tₖ)) · voxel³/pixel², linear; the
+  adjoint replicates each pixel's cotangent over its sub-pixels and gathers it back through the
+  same bilinear weights, plane and layers.
 """
 from __future__ import annotations
 
@@ -57,14 +59,14 @@ def map_geometry(atoms, voxel_size_A, padding_A=TEMSIM_MAP_PADDING_A):
 
 
 def particle_map(atoms, voxel_size_A, *, b_factor_A2=0.0, padding_A=TEMSIM_MAP_PADDING_A, dtype=np.float64):
-    """The atoms' potential V (volts) on TEM-simulator's box, (nz, ny, nx), and the voxel centres'
-    coordinates (m, 3) Å in the atoms' frame (x fastest, matching ``map.ravel()``)."""
+    """The atoms' potential V (volts) on TEM-simulator's box, (nz, ny, nx), and the box (centre (3,) Å,
+    n (nx, ny, nz)) of :func:`map_geometry` (:func:`voxel_centres` lists its voxel centres)."""
     c, n = map_geometry(atoms, voxel_size_A, padding_A)
     vs = float(voxel_size_A)
     # potential_volume puts voxel j at (j − n/2)·voxel; TEM-simulator's box has it at c + (j − (n−1)/2)·voxel
     shifted = atoms.transformed(translation=-(c + 0.5 * vs))
     vol = potential_volume(shifted, (int(n[2]), int(n[1]), int(n[0])), vs, b_factor_A2=b_factor_A2, dtype=dtype)
-    return np.asarray(vol), voxel_centres(c, n, vs)
+    return np.asarray(vol), (c, n)
 
 
 def absorption_map(atoms, voxel_size_A, voltage_kV, *, b_floor_A2=0.0, b_factor_A2=0.0,
@@ -164,18 +166,29 @@ class SolventClamp(Stage):
 class MapProjection(Stage):
     """A particle map (nz, ny, nx) → its projected potential (n_slices, ny_img, nx_img) in V·Å.
 
-    ``voxels`` (m, 3) Å: the voxel centres in the particle frame (:func:`voxel_centres`);
-    ``placements``: [(M (3, 3), t (3,))] mapping them to the microscope frame, x = M p + t;
-    ``slices``: the slice index of each placement (TEM-simulator puts a whole particle in the slice
-    of its centre; all 0 for one slice). Image pixel (i, j) is at ((j − nx/2), (i − ny/2))·pixel,
-    as every cutem image grid. Linear; see the module docstring for forward and adjoint.
+    ``box`` = (centre (3,) Å, n (nx, ny, nz)): the map's voxel centres in the particle frame,
+    c + (i − (n−1)/2)·voxel (:func:`map_geometry`); ``placements``: [(M (3, 3), t (3,))] taking
+    them to the microscope frame, x = M p + t; ``slices``: the slice index of each placement
+    (TEM-simulator puts a whole particle in the slice of its centre; all 0 for one slice). Image
+    pixel (i, j) is at ((j − nx/2), (i − ny/2))·pixel, as every cutem image grid.
+
+    Per copy, TEM-simulator's projection (``particle_project``, DiffTEM ``Particle.project``):
+    the map's axis a closest to the beam d = Mᵀe_z is the layer axis; layer iₐ is moved along d
+    onto the plane through the box centre, a shift of −(iₐ − (nₐ−1)/2)·d_b/dₐ voxels along each
+    other axis b, spread bilinearly onto that plane's voxel grid (each voxel carrying value ×
+    voxel³); the plane's points, at x = M p + t, are spread bilinearly onto an image grid s =
+    round(pixel/voxel) times finer and each pixel sums its s × s sub-pixels (the area average
+    of ``vecf2d_add``), ÷ pixel². Moving along d leaves x, y unchanged, so the result is the
+    beam-direction projection; every step conserves the integral. Linear: the adjoint runs the
+    same steps backwards (sub-pixel replication, bilinear gathers).
     """
 
     linear = True
 
-    def __init__(self, voxels, voxel_size_A, placements, shape, pixel_size_A, slices=None, n_slices=1,
-                 chunk=1 << 20):
-        self.voxels = np.asarray(voxels, dtype=np.float64)
+    def __init__(self, box, voxel_size_A, placements, shape, pixel_size_A, slices=None, n_slices=1):
+        c, n = box
+        self.centre = np.asarray(c, dtype=np.float64)
+        self.n = np.asarray(n, dtype=np.int64)
         self.vox = float(voxel_size_A)
         self.placements = [(np.asarray(M, float), np.asarray(t, float)) for M, t in placements]
         self.shape = tuple(int(v) for v in shape)
@@ -183,40 +196,61 @@ class MapProjection(Stage):
         self.s = max(1, int(round(self.px / self.vox)))
         self.slices = [0] * len(self.placements) if slices is None else [int(k) for k in slices]
         self.n_slices = int(n_slices)
-        self.chunk = int(chunk)
         self.weight = self.vox ** 3 / self.px ** 2
 
-    def _window(self, M, t):
-        """(y0, x0, h, w): the image pixels (wrapped) that the copy's voxel box can reach, so the
-        fine grid is the particle's footprint, not the whole field (a 4096² field at s = 5 would
-        need 419 M sub-pixels)."""
+    # -- the shear onto the central plane ---------------------------------------------------------
+    def _shear(self, M):
+        """Layer axis a, plane axes (b, c) (x = 0, y = 1, z = 2), the per-layer shifts (nₐ, 2) in
+        plane voxels (+ offsets so that indices start at 0) and the plane's shape (n_c', n_b')."""
+        d = M[2]
+        a = int(np.argmax(np.abs(d)))
+        b, c = [k for k in range(3) if k != a]
+        k = np.arange(self.n[a]) - 0.5 * (self.n[a] - 1)
+        sh = np.stack([-k * d[b] / d[a], -k * d[c] / d[a]], 1)
+        off = np.ceil(np.abs(sh).max(0)) + 1 if len(sh) else np.ones(2)
+        sh = sh + off
+        size = (int(self.n[c] + 2 * off[1] + 1), int(self.n[b] + 2 * off[0] + 1))
+        return a, b, c, sh, off, size
+
+    def _layers(self, m, a, b, c):
+        """The map as (nₐ, n_c, n_b): layers along a, rows c, columns b (map axes are z, y, x)."""
+        ax = {0: 2, 1: 1, 2: 0}   # particle axis → map array axis
+        return np.transpose(m, (ax[a], ax[c], ax[b]))
+
+    def _plane_xy(self, M, t, a, b, c, off, size):
+        """x, y (Å) of the plane's points (n_c' × n_b', row-major)."""
+        jc, jb = np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="ij")
+        p = np.zeros((jc.size, 3)) + self.centre
+        p[:, b] += (jb.ravel() - off[0] - 0.5 * (self.n[b] - 1)) * self.vox
+        p[:, c] += (jc.ravel() - off[1] - 0.5 * (self.n[c] - 1)) * self.vox
+        return p @ M[:2].T + t[:2]
+
+    # -- the plane onto the image -----------------------------------------------------------------
+    def _window(self, xy):
+        """(y0, x0, h, w): the image pixels (wrapped) the points ``xy`` reach, so the fine grid is
+        the copy's footprint, not the whole field (4096² at s = 5 would be 419 M sub-pixels)."""
         ny, nx = self.shape
-        lo, hi = self.voxels.min(0), self.voxels.max(0)
-        box = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
-        x = box @ M[:2].T + t[:2]
         out = []
         for col, n in ((1, ny), (0, nx)):
-            p = x[:, col] / self.px + n / 2
-            a, b = int(math.floor(p.min())) - 1, int(math.ceil(p.max())) + 2
-            out.append((0, n) if b - a >= n else (a, b - a))
+            q = xy[:, col] / self.px + n / 2
+            lo, hi = int(math.floor(q.min())) - 1, int(math.ceil(q.max())) + 2
+            out.append((0, n) if hi - lo >= n else (lo, hi - lo))
         (y0, h), (x0, w) = out
         return y0, x0, h, w
 
-    def _corners(self, M, t, sel, win):
-        """Indices (4, k) into the window's fine grid and bilinear weights (4, k) of the voxels ``sel``."""
+    def _corners(self, xy, win):
+        """Indices (4, k) into the window's fine grid and bilinear weights (4, k) of the points ``xy``."""
         ny, nx = self.shape
         y0, x0, h, w = win
         s = self.s
-        x = self.voxels[sel] @ M[:2].T + t[:2]
-        fu = (x[:, 0] / self.px + nx / 2 - x0 + 0.5) * s - 0.5
-        fv = (x[:, 1] / self.px + ny / 2 - y0 + 0.5) * s - 0.5
+        fu = (xy[:, 0] / self.px + nx / 2 - x0 + 0.5) * s - 0.5
+        fv = (xy[:, 1] / self.px + ny / 2 - y0 + 0.5) * s - 0.5
         iu, iv = np.floor(fu).astype(np.int64), np.floor(fv).astype(np.int64)
         tu, tv = fu - iu, fv - iv
-        nfx, nfy = w * s, h * s
         idx, wt = [], []
         for dv, wv in ((0, 1 - tv), (1, tv)):
             for du, wu in ((0, 1 - tu), (1, tu)):
-                idx.append(((iv + dv) % nfy) * nfx + (iu + du) % nfx)
+                idx.append(((iv + dv) % (h * s)) * (w * s) + (iu + du) % (w * s))
                 wt.append(wv * wu)
         return np.stack(idx), np.stack(wt)
 
@@ -224,51 +258,72 @@ class MapProjection(Stage):
         y0, x0, h, w = win
         return np.ix_((y0 + np.arange(h)) % self.shape[0], (x0 + np.arange(w)) % self.shape[1])
 
+    @staticmethod
+    def _bilinear_parts(shift):
+        j = np.floor(shift).astype(np.int64)
+        f = shift - j
+        return j, ((0, 0, (1 - f[0]) * (1 - f[1])), (0, 1, f[0] * (1 - f[1])),
+                   (1, 0, (1 - f[0]) * f[1]), (1, 1, f[0] * f[1]))
+
     def forward(self, ctx, m):
         xp = B.array_module(m)
         ctx.xp, ctx.dtype, ctx.map_shape = xp, m.dtype, m.shape
-        vals = np.asarray(B.to_numpy(m), dtype=np.float64).ravel()
-        if vals.size != len(self.voxels):
-            raise ValueError(f"map of {vals.size} voxels for {len(self.voxels)} voxel centres")
+        vals = np.asarray(B.to_numpy(m), dtype=np.float64)
+        if vals.shape != (self.n[2], self.n[1], self.n[0]):
+            raise ValueError(f"map of shape {vals.shape} for a box of {tuple(self.n[::-1])} voxels (z, y, x)")
         ny, nx = self.shape
         s = self.s
         out = np.zeros((self.n_slices, ny, nx))
-        nonzero = np.flatnonzero(vals)   # a clamped map is 0 outside the particle: skip those voxels
         for (M, t), k in zip(self.placements, self.slices):
-            win = self._window(M, t)
+            a, b, c, sh, off, size = self._shear(M)
+            layers = self._layers(vals, a, b, c)
+            nb_, nc_ = layers.shape[2], layers.shape[1]
+            plane = np.zeros(size)
+            for i in range(layers.shape[0]):
+                if not layers[i].any():
+                    continue
+                j, parts = self._bilinear_parts(sh[i])
+                for dc, db, w in parts:
+                    plane[j[1] + dc:j[1] + dc + nc_, j[0] + db:j[0] + db + nb_] += w * layers[i]
+            xy = self._plane_xy(M, t, a, b, c, off, size)
+            keep = np.flatnonzero(plane.ravel())
+            if not len(keep):
+                continue
+            win = self._window(xy[keep])
+            idx, wt = self._corners(xy[keep], win)
             h, w = win[2], win[3]
-            fine = np.zeros(h * s * w * s)
-            for lo in range(0, len(nonzero), self.chunk):
-                sel = nonzero[lo:lo + self.chunk]
-                idx, wt = self._corners(M, t, sel, win)
-                fine += np.bincount(idx.ravel(), (wt * vals[sel]).ravel(), minlength=fine.size)
+            fine = np.bincount(idx.ravel(), (wt * plane.ravel()[keep]).ravel(), minlength=h * s * w * s)
             out[k][self._pixels(win)] += fine.reshape(h, s, w, s).sum((1, 3))
         return xp.asarray((out * self.weight).astype(m.dtype))
 
     def adjoint(self, ctx, y):
-        ny, nx = self.shape
         s = self.s
-        g = np.asarray(B.to_numpy(y), dtype=np.float64).reshape(self.n_slices, ny, nx) * self.weight
-        out = np.zeros(len(self.voxels))
+        g = np.asarray(B.to_numpy(y), dtype=np.float64).reshape((self.n_slices,) + self.shape) * self.weight
+        out = np.zeros((int(self.n[2]), int(self.n[1]), int(self.n[0])))
         for (M, t), k in zip(self.placements, self.slices):
-            win = self._window(M, t)
+            a, b, c, sh, off, size = self._shear(M)
+            xy = self._plane_xy(M, t, a, b, c, off, size)
+            win = self._window(xy)
             fine = np.repeat(np.repeat(g[k][self._pixels(win)], s, 0), s, 1).ravel()
-            for lo in range(0, len(out), self.chunk):
-                hi = min(lo + self.chunk, len(out))
-                idx, wt = self._corners(M, t, slice(lo, hi), win)
-                out[lo:hi] += (wt * fine[idx]).sum(0)
-        return ctx.xp.asarray(out.reshape(ctx.map_shape).astype(ctx.dtype))
+            idx, wt = self._corners(xy, win)
+            plane = (wt * fine[idx]).sum(0).reshape(size)
+            layers = self._layers(out, a, b, c)   # a view: written through into out
+            nb_, nc_ = layers.shape[2], layers.shape[1]
+            for i in range(layers.shape[0]):
+                j, parts = self._bilinear_parts(sh[i])
+                for dc, db, w in parts:
+                    layers[i] += w * plane[j[1] + dc:j[1] + dc + nc_, j[0] + db:j[0] + db + nb_]
+        return ctx.xp.asarray(out.astype(ctx.dtype))
 
     @classmethod
     def cases(cls, xp, dtype, rng):
-        c, n = np.array([0.3, -0.2, 0.1]), np.array([5, 4, 3])
-        vox = voxel_centres(c, n, 1.0)
+        box = (np.array([0.3, -0.2, 0.1]), np.array([5, 4, 3]))
         R = np.linalg.qr(rng.normal(size=(3, 3)))[0]
         pl = [(np.eye(3), np.array([1.3, -2.1, 0.0])), (R, np.array([-4.0, 3.3, 5.0]))]
         m = xp.asarray(rng.normal(size=(3, 4, 5)).astype(dtype))
-        return [(cls(vox, 1.0, pl, (8, 10), 2.0), (m,)),
-                (cls(vox, 1.0, pl, (6, 6), 3.0, slices=[1, 0], n_slices=2), (m,)),
-                (cls(vox, 1.0, pl, (24, 20), 1.0), (m,))]   # footprint windows inside a larger field
+        return [(cls(box, 1.0, pl, (8, 10), 2.0), (m,)),
+                (cls(box, 1.0, pl, (6, 6), 3.0, slices=[1, 0], n_slices=2), (m,)),
+                (cls(box, 1.0, pl, (24, 20), 1.0), (m,))]   # footprint windows inside a larger field
 
 
 def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_size_A, solvent_V, *,
@@ -299,11 +354,11 @@ def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_si
         ck = (key, float(voxel_size_A), float(b_factor_floor_A2), float(b_factor_A2))
         if ck not in cache:
             cache[ck] = particle_map(atoms, voxel_size_A, b_factor_A2=b_factor_A2, dtype=np.float64)
-        vol, vox = cache[ck]
+        vol, box = cache[ck]
         placements = [(tilt_matrix @ p.rotation, tilt_matrix @ p.translation) for p in parts]
         slices = [0 if slice_of is None else slice_of(t[2]) for _, t in placements]
         keep = [k for k, s in enumerate(slices) if 0 <= s < n_slices]
-        proj = MapProjection(vox, voxel_size_A, [placements[k] for k in keep], shape, pixel_size_A,
+        proj = MapProjection(box, voxel_size_A, [placements[k] for k in keep], shape, pixel_size_A,
                              [slices[k] for k in keep], n_slices)
         v = proj(clamp(vol))
         out = v if out is None else out + v

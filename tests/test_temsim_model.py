@@ -122,7 +122,7 @@ def _tiny_atoms(tmp_path, n=30):
 
 def test_clamped_map_is_the_atoms_excess_over_the_ice_and_zero_outside(tmp_path):
     atoms = _tiny_atoms(tmp_path)
-    vol, vox = SM.particle_map(atoms, 1.0)
+    vol, box = SM.particle_map(atoms, 1.0)
     vi = ice_potential_V()
     m = SM.SolventClamp(vi)(vol)
     # the box edge lies in the ice (5 Å padding, B = 200 Å²): the boundary mean is V_ice itself
@@ -132,20 +132,22 @@ def test_clamped_map_is_the_atoms_excess_over_the_ice_and_zero_outside(tmp_path)
     assert m.sum() < vol.sum()
     # voxel centres: the bounding-box centre ± 5 Å, x fastest
     c, n = SM.map_geometry(atoms, 1.0)
-    assert vox.shape == (vol.size, 3) and np.allclose(vox.mean(0), c)
+    vox = SM.voxel_centres(*box, 1.0)
+    assert vox.shape == (vol.size, 3) and np.allclose(vox.mean(0), c) and np.allclose(box[0], c)
     assert vox[1, 0] - vox[0, 0] == pytest.approx(1.0) and vol.shape == (n[2], n[1], n[0])
 
 
 def test_map_projection_keeps_the_maps_integral_and_its_centre(tmp_path):
     atoms = _tiny_atoms(tmp_path)
-    vol, vox = SM.particle_map(atoms, 1.0)
+    vol, box = SM.particle_map(atoms, 1.0)
+    vox = SM.voxel_centres(*box, 1.0)
     m = SM.SolventClamp(ice_potential_V())(vol)
     t = np.array([12.0, -7.5, 3.0])
     R = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0]
-    p = SM.MapProjection(vox, 1.0, [(R, t)], (32, 32), 4.0)(m)[0]
+    p = SM.MapProjection(box, 1.0, [(R, t)], (32, 32), 4.0)(m)[0]
     assert p.sum() * 4.0 ** 2 == pytest.approx(m.sum() * 1.0 ** 3, rel=1e-9)
     # at the voxel pitch (no sub-pixel binning) the bilinear spread keeps the map's centroid exactly
-    p1 = SM.MapProjection(vox, 1.0, [(R, t)], (64, 64), 1.0)(m)[0]
+    p1 = SM.MapProjection(box, 1.0, [(R, t)], (64, 64), 1.0)(m)[0]
     ii, jj = np.indices(p1.shape)
     pos = np.asarray(vox) @ R.T + t
     w = m.ravel()
@@ -216,12 +218,12 @@ def test_particle_maps_are_built_once_per_run_and_reused_by_every_tilt(tmv_input
 
 def test_map_projection_wraps_a_copy_across_the_field_edge_like_the_periodic_grid(tmp_path):
     atoms = _tiny_atoms(tmp_path)
-    vol, vox = SM.particle_map(atoms, 1.0)
+    vol, box = SM.particle_map(atoms, 1.0)
     m = SM.SolventClamp(ice_potential_V())(vol)
     px, n = 2.0, (24, 20)
     # a whole-pixel move of the copy is a roll of its image, also when its footprint straddles the edge
-    p0 = SM.MapProjection(vox, 1.0, [(np.eye(3), np.zeros(3))], n, px)(m)[0]
-    p1 = SM.MapProjection(vox, 1.0, [(np.eye(3), np.array([9 * px, -11 * px, 0.0]))], n, px)(m)[0]
+    p0 = SM.MapProjection(box, 1.0, [(np.eye(3), np.zeros(3))], n, px)(m)[0]
+    p1 = SM.MapProjection(box, 1.0, [(np.eye(3), np.array([9 * px, -11 * px, 0.0]))], n, px)(m)[0]
     np.testing.assert_allclose(p1, np.roll(p0, (-11, 9), axis=(0, 1)), rtol=0, atol=1e-12 * p0.max())
 
 
