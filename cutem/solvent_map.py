@@ -58,14 +58,16 @@ def map_geometry(atoms, voxel_size_A, padding_A=TEMSIM_MAP_PADDING_A):
     return 0.5 * (lo + hi), n
 
 
-def particle_map(atoms, voxel_size_A, *, b_factor_A2=0.0, padding_A=TEMSIM_MAP_PADDING_A, dtype=np.float64):
+def particle_map(atoms, voxel_size_A, *, b_factor_A2=0.0, gaussian_floor_A2=0.0, padding_A=TEMSIM_MAP_PADDING_A,
+                 dtype=np.float64):
     """The atoms' potential V (volts) on TEM-simulator's box, (nz, ny, nx), and the box (centre (3,) Å,
     n (nx, ny, nz)) of :func:`map_geometry` (:func:`voxel_centres` lists its voxel centres)."""
     c, n = map_geometry(atoms, voxel_size_A, padding_A)
     vs = float(voxel_size_A)
     # potential_volume puts voxel j at (j − n/2)·voxel; TEM-simulator's box has it at c + (j − (n−1)/2)·voxel
     shifted = atoms.transformed(translation=-(c + 0.5 * vs))
-    vol = potential_volume(shifted, (int(n[2]), int(n[1]), int(n[0])), vs, b_factor_A2=b_factor_A2, dtype=dtype)
+    vol = potential_volume(shifted, (int(n[2]), int(n[1]), int(n[0])), vs, b_factor_A2=b_factor_A2, dtype=dtype,
+                           gaussian_floor_A2=gaussian_floor_A2)
     return np.asarray(vol), (c, n)
 
 
@@ -338,8 +340,6 @@ def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_si
     """
     from .absorption import ice_absorption_V
 
-    import dataclasses
-
     groups = {}
     for p in scene.particles:
         groups.setdefault(id(p.atoms), (p.atoms, []))[1].append(p)
@@ -348,12 +348,11 @@ def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_si
     out = out_abs = None
     clamp = SolventClamp(solvent_V)
     for key, (raw, parts) in groups.items():
-        atoms = raw
-        if b_factor_floor_A2 > 0:
-            atoms = dataclasses.replace(raw, b_factors=np.maximum(raw.b_factors, b_factor_floor_A2))
         ck = (key, float(voxel_size_A), float(b_factor_floor_A2), float(b_factor_A2))
         if ck not in cache:
-            cache[ck] = particle_map(atoms, voxel_size_A, b_factor_A2=b_factor_A2, dtype=np.float64)
+            # TEM-simulator floors each Gaussian, bᵢ + B ≥ 200 voxel² (add_atomic_pot), not the atom's B
+            cache[ck] = particle_map(raw, voxel_size_A, b_factor_A2=b_factor_A2, gaussian_floor_A2=b_factor_floor_A2,
+                                     dtype=np.float64)
         vol, box = cache[ck]
         placements = [(tilt_matrix @ p.rotation, tilt_matrix @ p.translation) for p in parts]
         slices = [0 if slice_of is None else slice_of(t[2]) for _, t in placements]

@@ -244,3 +244,16 @@ def test_multislice_puts_each_clamped_copy_in_one_slice_and_keeps_the_projection
     assert b.shape[0] == ms.n_slices > 1
     np.testing.assert_allclose(b.sum(0), a[0], rtol=0, atol=1e-9 * a.max())
     assert sum(bool(np.abs(s).max() > 0) for s in b) == 1   # the three copies all sit at z = 0
+
+
+def test_temsims_floor_widens_each_gaussian_to_200_voxel2_not_the_atoms_b(tmp_path):
+    import cutem.elements as E
+
+    one = Atoms(positions=[[0.0, 0.0, 0.0]], elements=[0], species=(6,), b_factors=[90.0], occupancies=[1.0])
+    vol, box = SM.particle_map(one, 0.5, gaussian_floor_A2=200.0, padding_A=12.0)
+    # every bᵢ + 90 < 200 for carbon, so all five Gaussians take width 200 Å²: the map's second moment
+    # per axis is 200/(8π²), where flooring the atom's B instead (200 + bᵢ) would give more
+    x = (np.arange(box[1][0]) - 0.5 * (box[1][0] - 1)) * 0.5
+    prof = vol.sum((0, 1))
+    assert (prof * x ** 2).sum() / prof.sum() == pytest.approx(200.0 / (8 * math.pi ** 2), rel=0.01)
+    assert vol.sum() * 0.5 ** 3 == pytest.approx(E.POTENTIAL_CONSTANT_V_A2 * E.f0(6), rel=1e-4)
