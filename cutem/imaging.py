@@ -69,7 +69,7 @@ from .potential import (IcePotentialStage, ProjectedPotentialStage, ice_potentia
                         slab_z_range)
 from .propagation import exit_wave
 from .absorption import AbsorptionPotentialStage
-from .electron import interaction_constant
+from .electron import interaction_constant, wavenumber_per_A
 from .inelastic import IceScattering, InelasticBlur, aperture_angle_rad, path_length_levels
 from .solvent_map import clamped_particle_potential
 from .specimen import scene_from_config, tilt_matrix
@@ -258,7 +258,9 @@ class ImageModel:
                 self.scene, tilt_matrix(self.angle_deg, self.config.geometry.tilt_axis_deg), self.grid.shape,
                 self.grid.pixel_size_A, sim.solvent_map_voxel_A, self._solvent_V(),
                 b_factor_floor_A2=sim.b_factor_floor_A2, b_factor_A2=sim.b_factor_A2, slice_of=slice_of,
-                n_slices=n, voltage_kV=self.optics.voltage_kV if cs else None)
+                n_slices=n, voltage_kV=self.optics.voltage_kV if cs else None,
+                defocus_corrected={p.name for p in self.config.particles if p.defocus_correction},
+                wave_number_per_A=wavenumber_per_A(self.optics.voltage_kV))
             v, va = v if cs else (v, None)
             self._cache["atoms"] = self.xp.asarray(v.astype(self.dtype))
             if va is not None:

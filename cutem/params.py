@@ -406,6 +406,9 @@ class ParticleSpec(_Params):
     implicit_hydrogens: bool = param(False, doc="add riding hydrogens", tem="particle.add_hydrogen",
                                      tem_default=True)
     infer_elements: bool = param(False, doc="infer missing elements from atom names")
+    defocus_correction: bool = param(False, doc="correct for the defocus varying through each copy (TEM-simulator's "
+                                     "first-order Fresnel term i z ∇²V/(2k) of each voxel's depth; Simulation."
+                                     "solvent_model clamp only, cutem.solvent_map)", tem="particle.use_defocus_corr")
     placement: str = param("file", doc="where the copies go", choices=("file", "list", "random"),
                            tem_note="particleset.particle_coords (file → file, else random)")
     coords_file: str | None = param(None, doc="TEM-simulator coordinate file (placement file)",
