@@ -400,39 +400,44 @@ def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_si
     cache = scene.__dict__.setdefault("_temsim_maps", {})
     out = out_abs = None
     clamp = SolventClamp(solvent_V)
+    lap = DiscreteLaplacian(voxel_size_A)
+
+    def once(key, make):
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
     for key, (raw, parts) in groups.items():
-        ck = (key, float(voxel_size_A), float(b_factor_floor_A2), float(b_factor_A2))
-        if ck not in cache:
+        ck = (key, float(voxel_size_A), float(b_factor_floor_A2), float(b_factor_A2), float(solvent_V))
+
+        def real_map():
             # TEM-simulator floors each Gaussian, bᵢ + B ≥ 200 voxel² (add_atomic_pot), not the atom's B
-            cache[ck] = particle_map(raw, voxel_size_A, b_factor_A2=b_factor_A2, gaussian_floor_A2=b_factor_floor_A2,
-                                     dtype=np.float64)
-        vol, box = cache[ck]
+            vol, bx = particle_map(raw, voxel_size_A, b_factor_A2=b_factor_A2, gaussian_floor_A2=b_factor_floor_A2,
+                                   dtype=np.float64)
+            return clamp(vol), bx
+
+        m_re, box = once(ck, real_map)   # clamped maps are in the particle frame: the same for every tilt
         placements = [(tilt_matrix @ p.rotation, tilt_matrix @ p.translation) for p in parts]
         slices = [0 if slice_of is None else slice_of(t[2]) for _, t in placements]
         keep = [k for k, s in enumerate(slices) if 0 <= s < n_slices]
         proj = MapProjection(box, voxel_size_A, [placements[k] for k in keep], shape, pixel_size_A,
                              [slices[k] for k in keep], n_slices)
-        m_re = clamp(vol)
         v = proj(m_re)
         m_im = va = None
         if voltage_kV is not None:
             ak = ck + (float(voltage_kV),)
-            if ak not in cache:
-                cache[ak] = absorption_map(raw, voxel_size_A, voltage_kV, b_floor_A2=b_factor_floor_A2,
-                                           b_factor_A2=b_factor_A2)
-            m_im = SolventClamp(ice_absorption_V(voltage_kV))(cache[ak])
+            m_im = once(ak, lambda: SolventClamp(ice_absorption_V(voltage_kV))(absorption_map(
+                raw, voxel_size_A, voltage_kV, b_floor_A2=b_factor_floor_A2, b_factor_A2=b_factor_A2)))
             va = proj(m_im)
         corr = [p.name in defocus_corrected for p in parts]
-        if any(corr):
+        if any(corr) and m_im is not None:
             if wave_number_per_A is None:
                 raise ValueError("the defocus correction needs the wave number")
-            lap = DiscreteLaplacian(voxel_size_A)
             zproj = MapProjection(box, voxel_size_A, [placements[k] for k in keep if corr[k]], shape, pixel_size_A,
                                   [slices[k] for k in keep if corr[k]], n_slices, depth=True)
             h = 1.0 / (2.0 * float(wave_number_per_A))
-            if m_im is not None:
-                v = v + zproj(lap(m_im)) * h
-                va = va - zproj(lap(m_re)) * h
+            v = v + zproj(once(ak + ("laplacian",), lambda: lap(m_im))) * h
+            va = va - zproj(once(ck + ("laplacian",), lambda: lap(m_re))) * h
         out = v if out is None else out + v
         if va is not None:
             out_abs = va if out_abs is None else out_abs + va
@@ -443,5 +448,5 @@ def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_si
     return out.astype(dtype), (zero if out_abs is None else out_abs).astype(dtype)
 
 
-__all__ = ["SolventClamp", "MapProjection", "DiscreteLaplacian", "particle_map", "absorption_map", "voxel_centres", "map_geometry", "boundary_mask",
-           "clamped_particle_potential", "TEMSIM_MAP_PADDING_A"]
+__all__ = ["SolventClamp", "MapProjection", "DiscreteLaplacian", "particle_map", "absorption_map", "voxel_centres",
+           "map_geometry", "boundary_mask", "clamped_particle_potential", "TEMSIM_MAP_PADDING_A"]
