@@ -362,11 +362,13 @@ def load_temsim(path):
             if k not in _USED.get(kind, ()):
                 ignored.append(f"{kind}.{k}")
     # TEM-simulator's image model: absorption from the cross sections (use_imag_pot, default
-    # yes), the scattered electrons as blurred background, its map's blur B ≥ 200 × voxel²
+    # yes), the scattered electrons as blurred background, its map's blur B ≥ 200 × voxel², the
+    # particle map clamped from below by the ice's potential (pdb.c, get_pot_from_pdb)
     p0 = next(iter(kinds.values()), {})
     simulation = Simulation(absorption_model="cross_section" if _yes(p0, "use_imag_pot", True) else "ratio",
                             inelastic_background=True,
-                            b_factor_floor_A2=200.0 * (_num(p0, "voxel_size", source, 0.1) * 10) ** 2)
+                            b_factor_floor_A2=200.0 * (_num(p0, "voxel_size", source, 0.1) * 10) ** 2,
+                            solvent_model="clamp", solvent_map_voxel_A=_num(p0, "voxel_size", source, 0.1) * 10)
     seed = _num(every["simulation"], "rand_seed", source, 0, int)
     out = Path(det.get("image_file_out", ("micrograph.mrc", 0))[0]).stem
     return RunConfig(optics=optics, detector=detector, sample=sample, geometry=geometry,

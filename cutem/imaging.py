@@ -71,9 +71,10 @@ from .potential import (IcePotentialStage, ProjectedPotentialStage, ice_potentia
                         slab_z_range)
 from .propagation import exit_wave
 from .absorption import AbsorptionPotentialStage
-from .electron import interaction_constant
+from .electron import interaction_constant, wavenumber_per_A
 from .inelastic import IceScattering, InelasticBlur, aperture_angle_rad
-from .specimen import scene_from_config
+from .solvent_map import clamped_particle_potential
+from .specimen import scene_from_config, tilt_matrix
 
 #: specimen parameters an image can be differentiated for, besides the optics and detector inputs
 SPECIMEN_PARAMS = ("potential", "positions", "b_factors", "potential_scale", "thickness_center_A",
@@ -175,6 +176,8 @@ class ImageModel:
     #: with ``Sample.ice_model = "amorphous"``: the ice's unit-slab fluctuation per slice (:mod:`cutem.ice`;
     #: None: drawn from the tilt's seed)
     ice_field: object = None
+    #: the run's :class:`cutem.specimen.Scene` (its particles one by one: ``Simulation.solvent_model = "clamp"``)
+    scene: object = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, cfg, tilt: int = 0, *, scene=None, device=None, xp=None, dtype=None, atom_chunk=None,
@@ -199,7 +202,8 @@ class ImageModel:
         elif z_range_A is None:
             z_range_A = stack_z_range(cfg, grid, angle, scene.z_extent(angle, axis) if len(scene) else None)
         dtype = np.dtype(dtype or cfg.simulation.dtype)
-        return cls(cfg, int(tilt), grid, angle, optics, detector, atoms, z_range_A, xp, dtype, atom_chunk)
+        return cls(cfg, int(tilt), grid, angle, optics, detector, atoms, z_range_A, xp, dtype, atom_chunk,
+                   scene=scene)
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -240,6 +244,8 @@ class ImageModel:
         sim = self.config.simulation
         kw = dict(slice_thickness_A=self.slice_thickness_A, z_range_A=self.z_range_A, b_factor_A2=sim.b_factor_A2,
                   solvent_V=self._solvent_V())
+        if self._clamp_on():
+            return self._clamped_potential(params)
         if any(k in params for k in _ATOM_PARAMS):
             st = ProjectedPotentialStage(self.atoms, self.grid.shape, self.grid.pixel_size_A, **kw)
             d = self.inputs() if not all(k in params for k in _ATOM_PARAMS) else {}
@@ -247,6 +253,39 @@ class ImageModel:
         if "atoms" not in self._cache:
             self._cache["atoms"] = self._chunked_potential(kw)
         return self._cache["atoms"]
+
+    def _clamp_on(self):
+        """TEM-simulator's particle maps in place of the atoms' own potential (``solvent_model = "clamp"``
+        with ice around the particles)."""
+        return (self.config.simulation.solvent_model == "clamp" and self._solvent_V() > 0
+                and self.scene is not None)
+
+    def _clamped_potential(self, params, imaginary=False):
+        """TEM-simulator's particle maps, clamped from below by the ice and projected
+        (``Simulation.solvent_model = "clamp"``, :mod:`cutem.solvent_map`): the real part, or with
+        ``imaginary`` the cross-section absorption maps clamped by the ice's absorption."""
+        if any(k in params for k in _ATOM_PARAMS):
+            raise InputError(f"solvent_model = 'clamp' (TEM-simulator's particle map) has no derivative with respect "
+                             f"to {[k for k in _ATOM_PARAMS if k in params]}; use solvent_model = 'displaced'")
+        if "atoms" not in self._cache:
+            sim = self.config.simulation
+            slice_of, n = None, self.n_slices
+            if self.z_range_A is not None:
+                z0, dz = self.z_range_A[0], self.slice_thickness_A
+                slice_of = lambda z: int(math.floor((z - z0) / dz))  # noqa: E731
+            cs = sim.absorption_model == "cross_section"
+            v = clamped_particle_potential(
+                self.scene, tilt_matrix(self.angle_deg, self.config.geometry.tilt_axis_deg), self.grid.shape,
+                self.grid.pixel_size_A, sim.solvent_map_voxel_A, self._solvent_V(),
+                b_factor_floor_A2=sim.b_factor_floor_A2, b_factor_A2=sim.b_factor_A2, slice_of=slice_of,
+                n_slices=n, voltage_kV=self.optics.voltage_kV if cs else None,
+                defocus_corrected={p.name for p in self.config.particles if p.defocus_correction},
+                wave_number_per_A=wavenumber_per_A(self.optics.voltage_kV))
+            v, va = v if cs else (v, None)
+            self._cache["atoms"] = self.xp.asarray(v.astype(self.dtype))
+            if va is not None:
+                self._cache["abs"] = self.xp.asarray(va.astype(self.dtype))
+        return self._cache["abs" if imaginary else "atoms"]
 
     def _chunked_potential(self, kw):
         # the potential is a sum over atoms: chunks of atom_chunk atoms add up to the one-call
@@ -310,7 +349,8 @@ class ImageModel:
         s, absorption = cfg.sample, cfg.simulation.absorption
         v_atoms = self._damaged(self._atom_potential(params))
         if cfg.simulation.absorption_model == "cross_section":
-            v_abs = self._cross_section_absorption(params)
+            v_abs = (self._clamped_potential(params, imaginary=True) if self._clamp_on()
+                     else self._cross_section_absorption(params))
         else:
             v_abs = v_atoms * absorption if absorption > 0 else None
         v = v_atoms

@@ -390,6 +390,14 @@ class Simulation(_Params):
     b_factor_floor_A2: float = param(0.0, "Å²", (0.0, 1e4), doc="each atom's B raised to at least this "
                                      "(TEM-simulator's map blur, 200 × voxel² there)",
                                      tem_note="particle.voxel_size (200 × voxel²)")
+    solvent_model: str = param("displaced", doc="how the ice a particle displaces is removed: displaced (each "
+                               "atom subtracts a dummy atom of 1.212 Å³/Da of ice, cutem.potential) or clamp "
+                               "(TEM-simulator: the particle's map on voxels of solvent_map_voxel_A raised to the "
+                               "ice's potential where below it, cutem.solvent_map; not differentiable w.r.t. atom "
+                               "positions)",
+                               choices=("displaced", "clamp"), tem_note="TEM-simulator input files: clamp")
+    solvent_map_voxel_A: float = param(1.0, "Å", (0.05, 100.0), "lo", doc="voxel of the particle map "
+                                       "(solvent_model clamp)", tem_note="particle.voxel_size")
 
 
 @dataclass(frozen=True)
@@ -412,6 +420,9 @@ class ParticleSpec(_Params):
     implicit_hydrogens: bool = param(False, doc="add riding hydrogens", tem="particle.add_hydrogen",
                                      tem_default=True)
     infer_elements: bool = param(False, doc="infer missing elements from atom names")
+    defocus_correction: bool = param(False, doc="correct for the defocus varying through each copy (TEM-simulator's "
+                                     "first-order Fresnel term i z ∇²V/(2k) of each voxel's depth; Simulation."
+                                     "solvent_model clamp only, cutem.solvent_map)", tem="particle.use_defocus_corr")
     placement: str = param("file", doc="where the copies go", choices=("file", "list", "random"),
                            tem_note="particleset.particle_coords (file → file, else random)")
     coords_file: str | None = param(None, doc="TEM-simulator coordinate file (placement file)",

@@ -1273,10 +1273,13 @@ def slab_z_range(sample, shape, pixel_size_A, tilt_deg=0.0, tilt_axis_deg=0.0):
 
 # ------------------------------------------------------------------------------- volume
 def potential_volume(atoms, shape_zyx, voxel_size_A, *, b_factor_A2=0.0, b_tolerance=B_TOLERANCE, solvent_V=0.0,
-                     xp=np, dtype=np.float32):
+                     xp=np, dtype=np.float32, gaussian_floor_A2=0.0):
     """3D potential map V(x, y, z) in volts on a (nz, ny, nx) grid centred like the images
     (voxel (k, i, j) at ((j − nx/2), (i − ny/2), (k − nz/2))·voxel). Same method in 3D: trilinear
-    scatter, rfftn, × K f_Z(q/2) e^{−Bq²/4} / (sinc² per axis) / voxel³, one inverse FFT."""
+    scatter, rfftn, × K f_Z(q/2) e^{−Bq²/4} / (sinc² per axis) / voxel³, one inverse FFT.
+
+    ``gaussian_floor_A2``: each of an atom's five Gaussians widened to at least this, bᵢ + B ≥
+    floor (TEM-simulator's ``add_atomic_pot``: ``b[i] = max(b[i] + temp_fact, 200 voxel²)``)."""
     a, b_total, w = _prepare(atoms, b_factor_A2, 1.0)
     nz, ny, nx = (int(n) for n in shape_zyx)
     vs = float(voxel_size_A)
@@ -1313,7 +1316,7 @@ def potential_volume(atoms, shape_zyx, voxel_size_A, *, b_factor_A2=0.0, b_toler
         spec = np.fft.rfftn(grid.reshape(nz, ny, nx).astype(dtype))
         aa, bb = E.scattering_params(z)
         amp = E.POTENTIAL_CONSTANT_V_A2 * aa / vs ** 3
-        wid = (bb + b_level) / 4
+        wid = np.maximum(bb + b_level, gaussian_floor_A2) / 4
         terms = [(amp[i], wid[i]) for i in range(5)]
         if solvent_V:
             v = VOLUME_PER_DALTON_A3 * atomic_mass_Da(z)

@@ -1,16 +1,24 @@
 """cutem with and without TEM-simulator's image model on TEM-simulator's TMV example (issue 14).
 
-    python -m validation.peers.temsim_model [--input input_TMV.txt] [--reference ref.npy] [--out FILE]
+    python -m validation.peers.temsim_model [--input input_TMV.txt] [--tilt K] [--reference ref.npy] [--out FILE]
 
-Renders tilt 0 noise-free (``ImageModel.noise_free``) with the pieces of TEM-simulator's model
+Renders one tilt (``--tilt``: its index in the series; default the 0° tilt, index 1 of the TMV
+example's −2°, 0°, 2°) noise-free (``ImageModel.noise_free``) with the pieces of TEM-simulator's model
 switched on one at a time, starting from cutem's own model (the TOML defaults): implicit
 hydrogens (``add_hydrogen``), the map blur B ≥ 200 × voxel² (``Simulation.b_factor_floor_A2``),
-absorption from the cross sections (``absorption_model = "cross_section"``) and the
-scattered electrons as background (``inelastic_background``); the last row is what
-``cutem simulate input_TMV.txt`` renders. Each row gives the mean and the mean-normalised
-power in three radial bands relative to the first row; with ``--reference`` (a noise-free
-image of the same tilt from DiffTEM or TEM-simulator, .npy or .mrc, same orientation) also
-the correlation, the mean ratio and the band power ratios reference/cutem.
+absorption from the cross sections (``absorption_model = "cross_section"``), the
+scattered electrons as background (``inelastic_background``) and the particle map clamped
+from below by the ice (``solvent_model = "clamp"``); the row marked ``= TEM-simulator input``
+is what ``cutem simulate input_TMV.txt`` renders. Each row gives the mean and the
+mean-normalised power in three radial bands relative to the first row; with ``--reference`` (a
+noise-free image of the same tilt from DiffTEM or TEM-simulator, .npy or .mrc, same
+orientation) also the correlation, the mean ratio and the band power ratios reference/cutem.
+
+Grids: TEM-simulator's detector puts its pixel centres at (i − (n−1)/2)·pixel (its image's
+offset is the detector centre; DiffTEM ``detector.py``, ``vvf_offset = 0``), cutem's at
+(i − n/2)·pixel, so the specimen's origin sits at pixel index n/2 − ½ there and n/2 here.
+``corr(ref)`` is taken after moving the reference by +½ pixel in x and y onto cutem's grid (a
+Fourier shift); ``corr raw`` without. The band powers do not depend on it.
 """
 from __future__ import annotations
 
@@ -39,19 +47,30 @@ def band_powers(img):
 def variants(cfg):
     """(name, config) from cutem's own model to TEM-simulator's, one piece at a time."""
     sim = cfg.simulation
-    base_sim = dataclasses.replace(sim, absorption_model="ratio", inelastic_background=False, b_factor_floor_A2=0.0)
+    base_sim = dataclasses.replace(sim, absorption_model="ratio", inelastic_background=False, b_factor_floor_A2=0.0,
+                                   solvent_model="displaced")
+    displaced = dataclasses.replace(sim, solvent_model="displaced")
     no_h = tuple(dataclasses.replace(p, implicit_hydrogens=False) for p in cfg.particles)
     steps = [("cutem model (TOML defaults)", dataclasses.replace(cfg, simulation=base_sim, particles=no_h)),
              ("+ hydrogens", dataclasses.replace(cfg, simulation=base_sim)),
              ("+ B floor", dataclasses.replace(cfg, simulation=dataclasses.replace(
                  base_sim, b_factor_floor_A2=sim.b_factor_floor_A2))),
              ("+ cross-section absorption", dataclasses.replace(cfg, simulation=dataclasses.replace(
-                 sim, inelastic_background=False))),
-             ("+ inelastic background (= TEM-simulator input)", cfg),
+                 displaced, inelastic_background=False))),
+             ("+ inelastic background", dataclasses.replace(cfg, simulation=displaced)),
+             ("+ clamped particle map (= TEM-simulator input)", cfg),
              ("TEM-simulator input without hydrogens", dataclasses.replace(cfg, particles=no_h)),
              ("TEM-simulator input without B floor", dataclasses.replace(cfg, simulation=dataclasses.replace(
                  sim, b_factor_floor_A2=0.0)))]
     return steps
+
+
+def to_cutem_grid(ref):
+    """The reference moved by +½ pixel in x and y (module docstring, Grids): a Fourier shift."""
+    x = np.asarray(ref, dtype=np.float64)
+    fy = np.fft.fftfreq(x.shape[0])[:, None]
+    fx = np.fft.fftfreq(x.shape[1])[None, :]
+    return np.real(np.fft.ifft2(np.fft.fft2(x) * np.exp(-1j * np.pi * (fy + fx))))
 
 
 def load_image(path):
@@ -68,14 +87,18 @@ def load_image(path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", default=str(DEFAULT_INPUT))
-    ap.add_argument("--reference", default=None, help="noise-free reference image of tilt 0 (.npy or .mrc)")
+    ap.add_argument("--tilt", type=int, default=None, help="tilt index (default: the 0° tilt, else 0)")
+    ap.add_argument("--reference", default=None, help="noise-free reference image of that tilt (.npy or .mrc)")
     ap.add_argument("--out", default=None, help="write the table here (else print)")
     a = ap.parse_args(argv)
     cfg = load_temsim(a.input)
+    angles = list(cfg.geometry.tilt_angles_deg)
+    tilt = a.tilt if a.tilt is not None else (angles.index(0.0) if 0.0 in angles else 0)
     ref = load_image(a.reference) if a.reference else None
+    ref_aligned = to_cutem_grid(ref) if ref is not None else None
     rows, base = [], None
     for name, c in variants(cfg):
-        img = np.asarray(ImageModel.from_config(c, 0, dtype="float64").noise_free(), dtype=np.float64)
+        img = np.asarray(ImageModel.from_config(c, tilt, dtype="float64").noise_free(), dtype=np.float64)
         bp = band_powers(img)
         if base is None:
             base = (img.mean(), bp)
@@ -83,13 +106,15 @@ def main(argv=None):
         row += [f"{bp[k] / base[1][k]:.3g}" for k in BANDS]
         if ref is not None:
             rp = band_powers(ref)
-            corr = float(np.corrcoef(ref.ravel(), img.ravel())[0, 1])
-            row += [f"{corr:.3f}", f"{ref.mean() / img.mean():.3f}"] + [f"{rp[k] / bp[k]:.3g}" for k in BANDS]
+            corr = float(np.corrcoef(ref_aligned.ravel(), img.ravel())[0, 1])
+            raw = float(np.corrcoef(ref.ravel(), img.ravel())[0, 1])
+            row += [f"{corr:.3f}", f"{raw:.3f}", f"{ref.mean() / img.mean():.3f}"] + [f"{rp[k] / bp[k]:.3g}"
+                                                                                      for k in BANDS]
         rows.append(row)
     head = ["model", "mean", "mean/first"] + [f"P_{k}/first" for k in BANDS]
     if ref is not None:
-        head += ["corr(ref)", "mean ref/cutem"] + [f"P_{k} ref/cutem" for k in BANDS]
-    lines = [f"# {Path(a.input).name}, tilt 0, noise-free; bands (cycles/px): "
+        head += ["corr(ref)", "corr raw", "mean ref/cutem"] + [f"P_{k} ref/cutem" for k in BANDS]
+    lines = [f"# {Path(a.input).name}, tilt index {tilt} ({angles[tilt]:g}°), noise-free; bands (cycles/px): "
              + ", ".join(f"{k} {lo}-{hi}" for k, (lo, hi) in BANDS.items()),
              " | ".join(head)] + [" | ".join(r) for r in rows]
     text = "\n".join(lines) + "\n"
