@@ -363,12 +363,14 @@ def load_temsim(path):
                 ignored.append(f"{kind}.{k}")
     # TEM-simulator's image model: absorption from the cross sections (use_imag_pot, default
     # yes), the scattered electrons as blurred background, its map's blur B ≥ 200 × voxel², the
-    # particle map clamped from below by the ice's potential (pdb.c, get_pot_from_pdb)
+    # particle map clamped from below by the ice's potential (pdb.c, get_pot_from_pdb), and its
+    # detector's pixel centres at (i − (n−1)/2)·pixel (Simulation.grid_origin)
     p0 = next(iter(kinds.values()), {})
     simulation = Simulation(absorption_model="cross_section" if _yes(p0, "use_imag_pot", True) else "ratio",
                             inelastic_background=True,
                             b_factor_floor_A2=200.0 * (_num(p0, "voxel_size", source, 0.1) * 10) ** 2,
-                            solvent_model="clamp", solvent_map_voxel_A=_num(p0, "voxel_size", source, 0.1) * 10)
+                            solvent_model="clamp", solvent_map_voxel_A=_num(p0, "voxel_size", source, 0.1) * 10,
+                            grid_origin="middle")
     seed = _num(every["simulation"], "rand_seed", source, 0, int)
     out = Path(det.get("image_file_out", ("micrograph.mrc", 0))[0]).stem
     return RunConfig(optics=optics, detector=detector, sample=sample, geometry=geometry,

@@ -7,6 +7,18 @@ The intensity is cropped back to the field and each detector pixel averages its
 ``oversampling²`` sub-pixels. Pixel convention: :mod:`cutem.potential` (pixel (i, j) of an
 (ny, nx) grid at x = (j − nx/2)·px, y = (i − ny/2)·px; scene (0, 0) is the field centre, so
 the padded grid and the detector grid share their centre).
+
+Origin (``Simulation.grid_origin``): with ``"fft"`` (cutem's own) the scene's x = y = 0 lies on
+the simulation grid's pixel (ny/2, nx/2) as above. With ``"middle"`` (TEM-simulator's detector,
+whose pixel i is centred at (i − (n−1)/2)·pixel, DiffTEM ``detector.py``) the scene is moved by
+:attr:`Grid.scene_shift_A` = −½ simulation pixel in x and y before it is projected — the atoms,
+the particle maps of ``solvent_model = "clamp"``, the ice's hole and tilt, the contaminants: every
+microscope-frame (x, y) that meets the grid — so that simulation pixel k shows the scene at
+(k − (n−1)/2)·px and, averaging its o sub-pixels k = o·j … o·j + o − 1, detector pixel j at
+(j − (n_det − 1)/2)·pixel. The ``positions`` inputs of the image model stay in the microscope
+frame and get the shift added on the way to the stages (:meth:`cutem.imaging.ImageModel`): a
+translation, so their cotangent passes through unchanged. ``"fft"`` adds nothing anywhere (TOML
+images are bit for bit those of before the option, tests/test_grid_origin.py).
 """
 from __future__ import annotations
 
@@ -15,6 +27,13 @@ from dataclasses import dataclass
 
 from adjoints import ops
 from adjoints.stage import unwrap
+
+
+def detector_shift_A(cfg) -> float:
+    """The scene's shift in x and y (Å) as the detector sees it: −½ detector pixel with
+    ``Simulation.grid_origin = "middle"`` (detector pixel j then shows x = (j − (n−1)/2)·pixel),
+    else 0 (module docstring, Origin). For coordinates written beside an image (ground truth)."""
+    return -0.5 * cfg.detector.pixel_size_A if cfg.simulation.grid_origin == "middle" else 0.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +45,8 @@ class Grid:
     pad: int                #: padding pixels on each side (of the fine grid)
     oversampling: int
     detector_shape: tuple   #: (ny, nx) of the detector
+    #: added to the scene's microscope-frame x and y before projection (Å; module docstring, Origin)
+    scene_shift_A: float = 0.0
 
     @classmethod
     def from_config(cls, cfg):
@@ -35,7 +56,8 @@ class Grid:
         px = det.pixel_size_A / os_
         pad = int(math.ceil(sim.padding_A / px)) if sim.padding_A > 0 else 0
         shape = (det.ny * os_ + 2 * pad, det.nx * os_ + 2 * pad)
-        return cls(shape, px, pad, os_, (det.ny, det.nx))
+        shift = -0.5 * px if sim.grid_origin == "middle" else 0.0
+        return cls(shape, px, pad, os_, (det.ny, det.nx), shift)
 
     @property
     def field_shape(self) -> tuple:

@@ -21,7 +21,9 @@ Frames (:mod:`cutem.specimen`): a particle's body-frame atoms p (centred on thei
 sit at x = R·p + t in the sample frame; tilt k images T_k·x (T_k the right-handed rotation
 by the tilt angle about the axis at ``tilt_axis_deg`` from image x); the beam runs along +z
 and image pixel (i, j) lies at x = (j − nx/2)·px, y = (i − ny/2)·px (:mod:`cutem.potential`).
-Hence the micrograph coordinate of a particle is (T t)_{x,y}/px + (nx/2, ny/2).
+Hence the micrograph coordinate of a particle is (T t)_{x,y}/px + (nx/2, ny/2); with
+``Simulation.grid_origin = "middle"`` (TEM-simulator input files: pixel j at (j − (nx−1)/2)·px)
+(T t)_{x,y}/px + ((nx−1)/2, (ny−1)/2) (:func:`cutem.grid.detector_shift_A`).
 
 Orientation: RELION's ``Euler_angles2matrix(rot, tilt, psi)`` is
 A = Rz(−psi)·Ry(−tilt)·Rz(−rot) with R_a(α) the active right-handed rotation (RELION
@@ -65,6 +67,7 @@ import numpy as np
 
 from . import io
 from .errors import InputError
+from .grid import detector_shift_A
 from .specimen import ice_thickness_A, tilt_matrix
 
 _EPS = 1e-9
@@ -127,6 +130,12 @@ def _identity_columns(scene, cfg):
             "cutemStructureFile": [kinds[p.name][1] for p in scene.particles]}
 
 
+def _shift(cfg):
+    """(3,) the scene's shift on the micrograph (:func:`cutem.grid.detector_shift_A`, in x and y)."""
+    s = detector_shift_A(cfg)
+    return np.array([s, s, 0.0])
+
+
 def micrograph_particles(scene, cfg, k=0, micrograph_name="micrograph.mrc"):
     """RELION 5 particle table (a dict of columns) of tilt ``k`` of ``cfg`` as one micrograph."""
     from .pipeline import tilt_settings
@@ -135,7 +144,7 @@ def micrograph_particles(scene, cfg, k=0, micrograph_name="micrograph.mrc"):
     det = cfg.detector
     T = tilt_matrix(angle, cfg.geometry.tilt_axis_deg)
     n = len(scene)
-    x = np.array([T @ p.translation for p in scene.particles]).reshape(n, 3)
+    x = np.array([T @ p.translation for p in scene.particles]).reshape(n, 3) + _shift(cfg)
     A = np.array([T @ p.rotation for p in scene.particles]).reshape(n, 3, 3)
     rot, tilt, psi = matrix2euler(A)
     dz = x[:, 2] if cfg.simulation.method == "multislice" else np.zeros(n)
@@ -185,7 +194,7 @@ def project_tomogram_coordinates(xyz_vox, cfg, k, tomo_shape):
     px = cfg.detector.pixel_size_A
     xyz = (np.asarray(xyz_vox, dtype=np.float64) - np.array([nx / 2, ny / 2, nz / 2])) * px
     angle = tilt_settings(cfg, k)[0]
-    m = xyz @ tilt_matrix(angle, cfg.geometry.tilt_axis_deg).T
+    m = xyz @ tilt_matrix(angle, cfg.geometry.tilt_axis_deg).T + _shift(cfg)
     return np.stack([m[..., 0] / px + cfg.detector.nx / 2, m[..., 1] / px + cfg.detector.ny / 2], -1)
 
 
@@ -271,7 +280,7 @@ def label_image(scene, cfg, k=0):
     T = tilt_matrix(angle, axis)
     labels, best = np.zeros((ny, nx), np.int32), np.zeros((ny, nx), np.float32)
     for idx, p in enumerate(scene.particles):
-        c = T @ p.translation
+        c = T @ p.translation + _shift(cfg)
         j0, i0, b = int(round(c[0] / px + nx / 2)), int(round(c[1] / px + ny / 2)), _box(p, px)
         atoms = p.atoms.transformed(T @ p.rotation, c - [(j0 - nx / 2) * px, (i0 - ny / 2) * px, 0], np.float64)
         v = projected_potential(atoms, (b, b), px, b_factor_A2=LABEL_B_A2)[0]

@@ -4,7 +4,10 @@ One image (PHYSICS.md; TEM-simulator, Rullgård et al., J. Microsc. 243:234, 201
 composition of five pieces, each the module of its physics:
 
 1. **grid** (:class:`cutem.grid.Grid`): the detector grid refined ``oversampling`` times and
-   padded; the intensity is binned back to the detector at the end;
+   padded; the intensity is binned back to the detector at the end; with
+   ``Simulation.grid_origin = "middle"`` (TEM-simulator's pixel centres) every piece of the
+   specimen below is moved by ``Grid.scene_shift_A`` in x and y as it meets the grid, while the
+   ``positions`` inputs stay in the microscope frame;
 2. **specimen**: the scene's atoms rotated for the tilt (:meth:`cutem.specimen.Scene.atoms`)
    → projected potential per slice in V·Å (:mod:`cutem.potential`, global B included), plus
    the ice layer (each atom subtracts the ice it displaces), plus the absorptive part
@@ -117,7 +120,8 @@ def specimen_z_extent(cfg, grid: Grid, tilt_deg, particles_z=None, pad_A=1.0):
     no surface lies on the extent's ends."""
     lo, hi = (particles_z[0] - pad_A, particles_z[1] + pad_A) if particles_z is not None else (math.inf, -math.inf)
     if cfg.sample.ice:
-        s0, s1 = slab_z_range(cfg.sample, grid.shape, grid.pixel_size_A, tilt_deg, cfg.geometry.tilt_axis_deg)
+        s0, s1 = slab_z_range(cfg.sample, grid.shape, grid.pixel_size_A, tilt_deg, cfg.geometry.tilt_axis_deg,
+                              grid.scene_shift_A)
         lo, hi = min(lo, s0 - pad_A), max(hi, s1 + pad_A)
     if not lo < hi:
         lo, hi = -pad_A, pad_A
@@ -249,10 +253,27 @@ class ImageModel:
         if any(k in params for k in _ATOM_PARAMS):
             st = ProjectedPotentialStage(self.atoms, self.grid.shape, self.grid.pixel_size_A, **kw)
             d = self.inputs() if not all(k in params for k in _ATOM_PARAMS) else {}
-            return st(*(params[k] if k in params else d[k] for k in _ATOM_PARAMS))
+            a = [params[k] if k in params else d[k] for k in _ATOM_PARAMS]
+            return st(self._on_grid(a[0]), *a[1:])
         if "atoms" not in self._cache:
             self._cache["atoms"] = self._chunked_potential(kw)
         return self._cache["atoms"]
+
+    def _on_grid(self, positions):
+        """Microscope-frame positions (array or Var) moved by the grid's scene shift in x and y
+        (:attr:`cutem.grid.Grid.scene_shift_A`; the same object when there is none)."""
+        s = self.grid.scene_shift_A
+        if not s:
+            return positions
+        dt = B.real_dtype(unwrap(positions).dtype)
+        return positions + self.xp.asarray(np.array([s, s, 0.0], dtype=dt))
+
+    def _grid_atoms(self, atoms):
+        """:meth:`_on_grid` of an :class:`cutem.structure.Atoms`."""
+        if not self.grid.scene_shift_A:
+            return atoms
+        s, pos = self.grid.scene_shift_A, atoms.positions
+        return dataclasses.replace(atoms, positions=pos + np.array([s, s, 0.0], dtype=pos.dtype))
 
     def _clamp_on(self):
         """TEM-simulator's particle maps in place of the atoms' own potential (``solvent_model = "clamp"``
@@ -280,7 +301,7 @@ class ImageModel:
                 b_factor_floor_A2=sim.b_factor_floor_A2, b_factor_A2=sim.b_factor_A2, slice_of=slice_of,
                 n_slices=n, voltage_kV=self.optics.voltage_kV if cs else None,
                 defocus_corrected={p.name for p in self.config.particles if p.defocus_correction},
-                wave_number_per_A=wavenumber_per_A(self.optics.voltage_kV))
+                wave_number_per_A=wavenumber_per_A(self.optics.voltage_kV), shift_A=self.grid.scene_shift_A)
             v, va = v if cs else (v, None)
             self._cache["atoms"] = self.xp.asarray(v.astype(self.dtype))
             if va is not None:
@@ -295,8 +316,8 @@ class ImageModel:
         v = None
         for s in range(0, max(n, 1), max(step, 1)):
             part = self.atoms if step >= n else self.atoms.select(slice(s, s + step))
-            vk = projected_potential(part, self.grid.shape, self.grid.pixel_size_A, xp=self.xp, dtype=self.dtype,
-                                     **kw)
+            vk = projected_potential(self._grid_atoms(part), self.grid.shape, self.grid.pixel_size_A, xp=self.xp,
+                                     dtype=self.dtype, **kw)
             if v is None:
                 v = vk
             else:
@@ -310,7 +331,8 @@ class ImageModel:
         def stage():   # built only when used: its per-pixel geometry costs as much as a forward FFT pair
             return IcePotentialStage(cfg.sample, self.grid.shape, self.grid.pixel_size_A,
                                      slice_thickness_A=self.slice_thickness_A, z_range_A=self.z_range_A,
-                                     tilt_deg=self.angle_deg, tilt_axis_deg=cfg.geometry.tilt_axis_deg)
+                                     tilt_deg=self.angle_deg, tilt_axis_deg=cfg.geometry.tilt_axis_deg,
+                                     shift_A=self.grid.scene_shift_A)
 
         if any(k in params for k in _ICE_PARAMS):
             d = self.inputs()
@@ -332,10 +354,10 @@ class ImageModel:
         st = self._cache["abs_stage"]
         if "positions" in params or "b_factors" in params:
             d = self.inputs()
-            return st(params.get("positions", d["positions"]), params.get("b_factors", d["b_factors"]))
+            return st(self._on_grid(params.get("positions", d["positions"])), params.get("b_factors", d["b_factors"]))
         if "abs" not in self._cache:
             d = self.inputs()
-            self._cache["abs"] = st(d["positions"], d["b_factors"])
+            self._cache["abs"] = st(self._on_grid(d["positions"]), d["b_factors"])
         return self._cache["abs"]
 
     def potential(self, params=None):

@@ -398,6 +398,11 @@ class Simulation(_Params):
                                choices=("displaced", "clamp"), tem_note="TEM-simulator input files: clamp")
     solvent_map_voxel_A: float = param(1.0, "Å", (0.05, 100.0), "lo", doc="voxel of the particle map "
                                        "(solvent_model clamp)", tem_note="particle.voxel_size")
+    grid_origin: str = param("fft", doc="where the scene's x = y = 0 falls on the image: fft (simulation pixel "
+                             "(ny/2, nx/2): pixel j at x = (j − nx/2)·px) or middle (the field's middle: simulation "
+                             "and detector pixel j at x = (j − (nx−1)/2)·px, TEM-simulator's detector; the scene "
+                             "moves by −½ simulation pixel in x and y before it is projected, cutem.grid)",
+                             choices=("fft", "middle"), tem_note="TEM-simulator input files: middle")
 
 
 @dataclass(frozen=True)

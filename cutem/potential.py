@@ -1072,16 +1072,18 @@ def exact_fourier_potential(atoms, shape, pixel_size_A, *, b_factor_A2=0.0, solv
 
 
 # ----------------------------------------------------------------------------------- ice
-def _ice_geometry(sample, shape, px, tilt_deg, tilt_axis_deg):
+def _ice_geometry(sample, shape, px, tilt_deg, tilt_axis_deg, shift_A=0.0):
     """Per pixel: sample-plane (x, y) where the beam line crosses the mid-plane, its z in the
-    microscope frame, and 1/|n_z| (path length per unit slab thickness)."""
+    microscope frame, and 1/|n_z| (path length per unit slab thickness). ``shift_A``: the scene
+    moved by that in x and y (:attr:`cutem.grid.Grid.scene_shift_A`), i.e. pixel (i, j) sees the
+    scene at ((j − nx/2)·px − shift, (i − ny/2)·px − shift)."""
     ny, nx = (int(n) for n in shape)
     T = tilt_matrix(tilt_deg, tilt_axis_deg)
     nrm = T[:, 2]  # the sample normal in the microscope frame
     if abs(nrm[2]) < 1e-6:
         raise InputError(f"tilt {tilt_deg}° puts the ice layer edge-on to the beam")
-    x = (np.arange(nx) - nx / 2) * px
-    y = (np.arange(ny) - ny / 2) * px
+    x = (np.arange(nx) - nx / 2) * px - shift_A
+    y = (np.arange(ny) - ny / 2) * px - shift_A
     X, Y = np.meshgrid(x, y)
     zm = -(nrm[0] * X + nrm[1] * Y) / nrm[2]
     P = np.stack([X, Y, zm], -1) @ T  # T^T applied to each point (row vectors)
@@ -1116,19 +1118,20 @@ def _slice_bounds(slice_thickness_A, z_range_A):
     return [(z0 + k * slice_thickness_A, z0 + (k + 1) * slice_thickness_A) for k in range(n)]
 
 
-def _contaminant_chords(sample, shape, px, tilt_deg, tilt_axis_deg):
+def _contaminant_chords(sample, shape, px, tilt_deg, tilt_axis_deg, shift_A=0.0):
     """The balls of ``sample.contaminants`` whose disc meets the field, each as (rows, cols,
     centre z, chord): the pixel ranges of its disc's bounding box, the centre's z in the
     microscope frame, and the chord 2·sqrt(r² − d²) through it along the beam per pixel of the
     box (d: the pixel centre's distance from the centre's projection). A ball is a ball in
-    every frame, so the tilt only moves its centre, x_mic = T·x_sample."""
+    every frame, so the tilt only moves its centre, x_mic = T·x_sample (+ ``shift_A`` in x, y:
+    :func:`_ice_geometry`)."""
     if not sample.contaminants:
         return []
     ny, nx = (int(n) for n in shape)
     T = tilt_matrix(tilt_deg, tilt_axis_deg)
     out = []
     for x, y, z, r in sample.contaminants:
-        cx, cy, cz = T @ np.array([x, y, z])
+        cx, cy, cz = T @ np.array([x, y, z]) + np.array([shift_A, shift_A, 0.0])
         # pixel j sits at (j − nx/2)·px: the columns whose centres lie within r of cx
         j0, j1 = max(0, int(math.ceil((cx - r) / px + nx / 2))), min(nx, int(math.floor((cx + r) / px + nx / 2)) + 1)
         i0, i1 = max(0, int(math.ceil((cy - r) / px + ny / 2))), min(ny, int(math.floor((cy + r) / px + ny / 2)) + 1)
@@ -1141,10 +1144,11 @@ def _contaminant_chords(sample, shape, px, tilt_deg, tilt_axis_deg):
     return out
 
 
-def contaminant_path_A(sample, shape, pixel_size_A, tilt_deg=0.0, tilt_axis_deg=0.0):
+def contaminant_path_A(sample, shape, pixel_size_A, tilt_deg=0.0, tilt_axis_deg=0.0, shift_A=0.0):
     """(ny, nx) path length (Å) of the beam through the balls of ``sample.contaminants``."""
     out = np.zeros(tuple(int(n) for n in shape))
-    for rows, cols, _, chord, _ in _contaminant_chords(sample, shape, float(pixel_size_A), tilt_deg, tilt_axis_deg):
+    for rows, cols, _, chord, _ in _contaminant_chords(sample, shape, float(pixel_size_A), tilt_deg, tilt_axis_deg,
+                                                       shift_A):
         out[rows, cols] += chord
     return out
 
@@ -1167,23 +1171,24 @@ class IcePotentialStage(Stage):
     top surface stays where it was put when the layer thickens), so they add a constant to
     the forward and nothing to the VJP; with ``Sample.ice_absorption`` they absorb as the ice,
     and the energy filter, the ice's inelastic scattering and its amorphous fluctuations all
-    read their path length from these slices.
+    read their path length from these slices. ``shift_A``: the scene moved by that in x and y
+    before it is sampled (:attr:`cutem.grid.Grid.scene_shift_A`; geometry only, no input).
     """
 
     def __init__(self, sample, shape, pixel_size_A, *, slice_thickness_A=None, z_range_A=None,
-                 tilt_deg=0.0, tilt_axis_deg=0.0, ice_V=None):
+                 tilt_deg=0.0, tilt_axis_deg=0.0, ice_V=None, shift_A=0.0):
         self.sample = sample
         self.shape = tuple(int(n) for n in shape)
         self.px = float(pixel_size_A)
         self.bounds = _slice_bounds(slice_thickness_A, z_range_A)
-        xs, ys, self.zm, self.inv_nz = _ice_geometry(sample, self.shape, self.px, tilt_deg, tilt_axis_deg)
+        xs, ys, self.zm, self.inv_nz = _ice_geometry(sample, self.shape, self.px, tilt_deg, tilt_axis_deg, shift_A)
         dx, dy = xs - sample.offset_x_A, ys - sample.offset_y_A
         self.rho2 = (dx * dx + dy * dy) * (4.0 / sample.diameter_A ** 2)
         self.inside = self.rho2 <= 1.0
         self.ice_V = ice_potential_V() if ice_V is None else float(ice_V)
         self.carbon = support_thickness_A(sample, xs, ys) * self.inv_nz  # path length in the film
         self.carbon_out = sample.support_film == "carbon"
-        self.balls = _contaminant_chords(sample, self.shape, self.px, tilt_deg, tilt_axis_deg)
+        self.balls = _contaminant_chords(sample, self.shape, self.px, tilt_deg, tilt_axis_deg, shift_A)
 
     def _h(self, tc, te):
         h_out = 0.0 if self.carbon_out else te
@@ -1232,7 +1237,10 @@ class IcePotentialStage(Stage):
                      tilt_axis_deg=17.0), (tc, te)),
                 (cls(s, (16, 16), 3.0), (tc, te)),
                 (cls(sc, (24, 28), 2.0, slice_thickness_A=7.0, z_range_A=(-40.0, 48.0), tilt_deg=23.0,
-                     tilt_axis_deg=17.0), (tc, te))]
+                     tilt_axis_deg=17.0), (tc, te)),
+                # TEM-simulator's pixel centres (grid_origin = "middle"): the scene half a pixel over
+                (cls(sc, (24, 28), 2.0, slice_thickness_A=7.0, z_range_A=(-40.0, 48.0), tilt_deg=23.0,
+                     tilt_axis_deg=17.0, shift_A=-1.0), (tc, te))]
 
 
 def ice_potential(sample, shape, pixel_size_A, *, slice_thickness_A=None, z_range_A=None, tilt_deg=0.0,
@@ -1250,23 +1258,24 @@ def ice_potential(sample, shape, pixel_size_A, *, slice_thickness_A=None, z_rang
     return out
 
 
-def slab_z_range(sample, shape, pixel_size_A, tilt_deg=0.0, tilt_axis_deg=0.0):
+def slab_z_range(sample, shape, pixel_size_A, tilt_deg=0.0, tilt_axis_deg=0.0, shift_A=0.0):
     """(z0, z1) in the microscope frame holding the ice layer (and support film) over the
     field: the tilted mid-plane's height at the field's corners (it is linear in x, y) ± half
     the longest path through the slab (the thickest of centre, edge and film over |n_z|), and
-    the contaminants whose disc meets the field (centre z ± radius)."""
+    the contaminants whose disc meets the field (centre z ± radius); ``shift_A`` as
+    :class:`IcePotentialStage`'s."""
     ny, nx = (int(n) for n in shape)
     nrm = tilt_matrix(tilt_deg, tilt_axis_deg)[:, 2]
     if abs(nrm[2]) < 1e-6:
         raise InputError(f"tilt {tilt_deg}° puts the ice layer edge-on to the beam")
-    x = np.array([-nx / 2, nx / 2 - 1, -nx / 2, nx / 2 - 1]) * pixel_size_A
-    y = np.array([-ny / 2, -ny / 2, ny / 2 - 1, ny / 2 - 1]) * pixel_size_A
+    x = np.array([-nx / 2, nx / 2 - 1, -nx / 2, nx / 2 - 1]) * pixel_size_A - shift_A
+    y = np.array([-ny / 2, -ny / 2, ny / 2 - 1, ny / 2 - 1]) * pixel_size_A - shift_A
     zm = -(nrm[0] * x + nrm[1] * y) / nrm[2]
     t = max(sample.thickness_center_A, sample.thickness_edge_A,
             sample.support_thickness_A if sample.support_film == "carbon" else 0.0)
     half = 0.5 * t / abs(nrm[2])
     lo, hi = float(zm.min()) - half, float(zm.max()) + half
-    for _, _, cz, _, r in _contaminant_chords(sample, shape, float(pixel_size_A), tilt_deg, tilt_axis_deg):
+    for _, _, cz, _, r in _contaminant_chords(sample, shape, float(pixel_size_A), tilt_deg, tilt_axis_deg, shift_A):
         lo, hi = min(lo, cz - r), max(hi, cz + r)
     return lo, hi
 

@@ -381,7 +381,7 @@ class DiscreteLaplacian(Stage):
 
 def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_size_A, solvent_V, *,
                                b_factor_floor_A2=0.0, b_factor_A2=0.0, slice_of=None, n_slices=1, dtype=np.float64,
-                               voltage_kV=None, defocus_corrected=(), wave_number_per_A=None):
+                               voltage_kV=None, defocus_corrected=(), wave_number_per_A=None, shift_A=0.0):
     """Σ over the scene's particles of their TEM-simulator maps, projected: (n_slices, ny, nx) V·Å.
 
     Copies sharing one :class:`cutem.structure.Atoms` share one map (TEM-simulator computes one
@@ -389,7 +389,8 @@ def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_si
     ``voltage_kV``: ``(V, V′)``, V′ the imaginary maps (:func:`absorption_map`) clamped from
     below by the ice's (:func:`cutem.absorption.ice_absorption_V`) and projected the same way.
     ``defocus_corrected``: names of the particles whose copies get the defocus correction
-    (module docstring; needs ``wave_number_per_A``, k = 2π/λ).
+    (module docstring; needs ``wave_number_per_A``, k = 2π/λ). ``shift_A``: every copy moved by
+    that in x and y (:attr:`cutem.grid.Grid.scene_shift_A`).
     """
     from .absorption import ice_absorption_V
 
@@ -417,7 +418,8 @@ def clamped_particle_potential(scene, tilt_matrix, shape, pixel_size_A, voxel_si
             return clamp(vol), bx
 
         m_re, box = once(ck, real_map)   # clamped maps are in the particle frame: the same for every tilt
-        placements = [(tilt_matrix @ p.rotation, tilt_matrix @ p.translation) for p in parts]
+        shift = np.array([shift_A, shift_A, 0.0])
+        placements = [(tilt_matrix @ p.rotation, tilt_matrix @ p.translation + shift) for p in parts]
         slices = [0 if slice_of is None else slice_of(t[2]) for _, t in placements]
         keep = [k for k, s in enumerate(slices) if 0 <= s < n_slices]
         proj = MapProjection(box, voxel_size_A, [placements[k] for k in keep], shape, pixel_size_A,

@@ -7,8 +7,9 @@ by the tilt, ``x_mic = T(θ, φ)·x_sample``, with T the right-handed rotation b
 about the in-plane axis (cos φ, sin φ, 0) — φ = ``tilt_axis_deg`` measured counter-clockwise
 from the image x axis; φ = 0 is TEM-simulator's default (tilt about x). The beam runs along +z
 of the microscope frame; image pixel (i, j) sits at x = (j − nx/2)·px, y = (i − ny/2)·px
-(cutem.potential). The atoms are rotated, never a voxel map: :meth:`Scene.atoms` is what the
-pipeline calls once per tilt.
+(cutem.potential; TEM-simulator input files: (j − (nx−1)/2)·px, cutem.grid's ``grid_origin``).
+The atoms are rotated, never a voxel map: :meth:`Scene.atoms` is what the pipeline calls once
+per tilt.
 
 Orientations: TEM-simulator Euler angles (φ, θ, ψ) in degrees, R = Rz(ψ)·Rx(θ)·Rz(φ)
 (:func:`cutem.structure.euler_matrix`, which cites the convention). Coordinate files

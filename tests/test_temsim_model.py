@@ -96,8 +96,9 @@ def test_temsim_reader_turns_on_temsims_model_and_toml_keeps_cutems(tmv_input):
     assert c.simulation.solvent_model == "clamp" and c.simulation.solvent_map_voxel_A == pytest.approx(1.0)
     assert all(p.implicit_hydrogens for p in c.particles)          # add_hydrogen defaults to yes
     d = default_config().simulation
-    assert (d.absorption_model, d.inelastic_background, d.b_factor_floor_A2, d.solvent_model) == \
-        ("ratio", False, 0.0, "displaced")
+    assert c.simulation.grid_origin == "middle"                   # pixel i at (i − (n−1)/2)·pixel
+    assert (d.absorption_model, d.inelastic_background, d.b_factor_floor_A2, d.solvent_model, d.grid_origin) == \
+        ("ratio", False, 0.0, "displaced", "fft")
 
 
 def test_map_projection_adjoint_passes_the_dot_test():

@@ -7,18 +7,21 @@ example's −2°, 0°, 2°) noise-free (``ImageModel.noise_free``) with the piec
 switched on one at a time, starting from cutem's own model (the TOML defaults): implicit
 hydrogens (``add_hydrogen``), the map blur B ≥ 200 × voxel² (``Simulation.b_factor_floor_A2``),
 absorption from the cross sections (``absorption_model = "cross_section"``), the
-scattered electrons as background (``inelastic_background``) and the particle map clamped
-from below by the ice (``solvent_model = "clamp"``); the row marked ``= TEM-simulator input``
+scattered electrons as background (``inelastic_background``), the particle map clamped
+from below by the ice (``solvent_model = "clamp"``) and TEM-simulator's pixel centres
+(``grid_origin = "middle"``); the row marked ``= TEM-simulator input``
 is what ``cutem simulate input_TMV.txt`` renders. Each row gives the mean and the
 mean-normalised power in three radial bands relative to the first row; with ``--reference`` (a
 noise-free image of the same tilt from DiffTEM or TEM-simulator, .npy or .mrc, same
 orientation) also the correlation, the mean ratio and the band power ratios reference/cutem.
 
 Grids: TEM-simulator's detector puts its pixel centres at (i − (n−1)/2)·pixel (its image's
-offset is the detector centre; DiffTEM ``detector.py``, ``vvf_offset = 0``), cutem's at
-(i − n/2)·pixel, so the specimen's origin sits at pixel index n/2 − ½ there and n/2 here.
-``corr(ref)`` is taken after moving the reference by +½ pixel in x and y onto cutem's grid (a
-Fourier shift); ``corr raw`` without. The band powers do not depend on it.
+offset is the detector centre; DiffTEM ``detector.py``, ``vvf_offset = 0``), cutem's own
+(``Simulation.grid_origin = "fft"``, every TOML config) at (i − n/2)·pixel, so the specimen's
+origin sits at pixel index n/2 − ½ there and n/2 here; a TEM-simulator input file gets
+TEM-simulator's (``grid_origin = "middle"``). ``corr(ref)`` is taken with the reference on the
+row's grid: for the rows on cutem's grid moved by +½ pixel in x and y (a Fourier shift), for the
+others as it is; ``corr raw`` always as it is. The band powers do not depend on it.
 """
 from __future__ import annotations
 
@@ -48,8 +51,8 @@ def variants(cfg):
     """(name, config) from cutem's own model to TEM-simulator's, one piece at a time."""
     sim = cfg.simulation
     base_sim = dataclasses.replace(sim, absorption_model="ratio", inelastic_background=False, b_factor_floor_A2=0.0,
-                                   solvent_model="displaced")
-    displaced = dataclasses.replace(sim, solvent_model="displaced")
+                                   solvent_model="displaced", grid_origin="fft")
+    displaced = dataclasses.replace(sim, solvent_model="displaced", grid_origin="fft")
     no_h = tuple(dataclasses.replace(p, implicit_hydrogens=False) for p in cfg.particles)
     steps = [("cutem model (TOML defaults)", dataclasses.replace(cfg, simulation=base_sim, particles=no_h)),
              ("+ hydrogens", dataclasses.replace(cfg, simulation=base_sim)),
@@ -58,7 +61,9 @@ def variants(cfg):
              ("+ cross-section absorption", dataclasses.replace(cfg, simulation=dataclasses.replace(
                  displaced, inelastic_background=False))),
              ("+ inelastic background", dataclasses.replace(cfg, simulation=displaced)),
-             ("+ clamped particle map (= TEM-simulator input)", cfg),
+             ("+ clamped particle map", dataclasses.replace(cfg, simulation=dataclasses.replace(
+                 sim, grid_origin="fft"))),
+             ("+ TEM-simulator's pixel centres (= TEM-simulator input)", cfg),
              ("TEM-simulator input without hydrogens", dataclasses.replace(cfg, particles=no_h)),
              ("TEM-simulator input without B floor", dataclasses.replace(cfg, simulation=dataclasses.replace(
                  sim, b_factor_floor_A2=0.0)))]
@@ -66,7 +71,8 @@ def variants(cfg):
 
 
 def to_cutem_grid(ref):
-    """The reference moved by +½ pixel in x and y (module docstring, Grids): a Fourier shift."""
+    """The reference moved by +½ pixel in x and y onto cutem's own grid (module docstring, Grids):
+    a Fourier shift."""
     x = np.asarray(ref, dtype=np.float64)
     fy = np.fft.fftfreq(x.shape[0])[:, None]
     fx = np.fft.fftfreq(x.shape[1])[None, :]
@@ -106,7 +112,8 @@ def main(argv=None):
         row += [f"{bp[k] / base[1][k]:.3g}" for k in BANDS]
         if ref is not None:
             rp = band_powers(ref)
-            corr = float(np.corrcoef(ref_aligned.ravel(), img.ravel())[0, 1])
+            on_grid = ref if c.simulation.grid_origin == "middle" else ref_aligned
+            corr = float(np.corrcoef(on_grid.ravel(), img.ravel())[0, 1])
             raw = float(np.corrcoef(ref.ravel(), img.ravel())[0, 1])
             row += [f"{corr:.3f}", f"{raw:.3f}", f"{ref.mean() / img.mean():.3f}"] + [f"{rp[k] / bp[k]:.3g}"
                                                                                       for k in BANDS]
