@@ -377,3 +377,37 @@ def test_instrument_pairs_span_real_instruments_with_clean_level_matched_targets
     assert noisy.shape == target.shape == (32, 32)
     # the target: no ice fluctuations, at the input's mean level
     assert abs(noisy.mean() / target.mean() - 1) < 0.05
+
+
+def test_cli_twin_trains_around_the_twin_and_boxes_train_on_whole_boxes(tmp_path):
+    """--twin: dose, defocus and ice drawn within ±30 % of the twin's own values, its optics and
+    detector kept; --boxes: ParticleBoxPairs, the patch the whole box."""
+    import json
+
+    import h5py
+    from click.testing import CliRunner
+
+    from cutem.cli import main
+    from validation.fuzz_cli import CONFIG, pdb_text
+
+    (tmp_path / "tiny.pdb").write_text(pdb_text())
+    (tmp_path / "twin.toml").write_text(CONFIG)
+    from cutem.config import load_config
+
+    twin = load_config(tmp_path / "twin.toml")
+    small = ["--steps", "2", "--batch", "1", "--pool", "1", "--depth", "1", "--width", "2", "-q", "--device", "cpu",
+             "--structure", str(tmp_path / "tiny.pdb")]
+    res = CliRunner().invoke(main, ["train-denoiser", "--twin", str(tmp_path / "twin.toml"), "-o",
+                                    str(tmp_path / "t.h5"), "--patch", "16", "--image-size", "32", *small])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "t.h5") as f:
+        src = json.loads(f.attrs["source"])
+    d = twin.detector.dose_e_per_A2
+    np.testing.assert_allclose(src["dose_range"], [0.7 * d, 1.3 * d])
+    assert src["pixel_size_A"] == twin.detector.pixel_size_A and "span" not in src
+    res = CliRunner().invoke(main, ["train-denoiser", "--boxes", "32", "-o", str(tmp_path / "b.h5"), *small])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "b.h5") as f:
+        src = json.loads(f.attrs["source"])
+        assert json.loads(f.attrs["train_config"])["patch"] == 32
+    assert src["span"]["box"] == 32 and src["image_size"] == 32
