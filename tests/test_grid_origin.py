@@ -163,7 +163,7 @@ def toml_images():
     return {k: np.asarray(ImageModel.from_config(c, 0).noise_free()) for k, c in cases.items()}
 
 
-def test_toml_images_are_bit_for_bit_those_of_the_code_before():
+def test_toml_images_are_those_of_the_code_before_the_option():
     ref = np.load(REF)
     got = toml_images()
     assert sorted(got) == sorted(ref.files)
