@@ -203,7 +203,8 @@ def denoise(input, out, method, model_path, tile, overlap, det_file, gain, beta,
 
         particles = Path(input).suffix.lower() == ".mrcs"  # RELION's particle stacks
         net, params, info = load_denoiser(model_path or str(default_model_path(particles)), xp)
-        result = denoise_stack(net, params, data, tile=tile, overlap=overlap, progress=not quiet)
+        result = denoise_stack(net, params, data, tile=tile, overlap=overlap, progress=not quiet,
+                               symmetries=16 if particles else 2)
     else:
         det = detector_from_toml(det_file) if det_file else None
         if gain is not None:

@@ -741,14 +741,42 @@ def denoise_image(net: UNet, params, image, tile=256, overlap=64, batch=4, xp=No
     return denormalise(out / wsum, st)[:h, :w].astype(np.float32)
 
 
-def denoise_stack(net, params, data, tile=256, overlap=64, batch=4, progress=False):
-    """Denoise a 2D image or each section of a (n, ny, nx) stack."""
+#: the symmetries averaged at inference: 2 = the image and its negation (the network was
+#: trained on both contrasts and is not exactly odd; their mean is); 16 = those times the 8
+#: symmetries of the square (for small particle boxes, where 16 passes cost little). On the
+#: real β-gal particles (validation/real_particles.py) 1 → 2 → 16 raised the particle model's
+#: corr 0.597 → 0.608 → 0.612 and FRC 0.061 → 0.067 → 0.070.
+SYMMETRIES = (1, 2, 16)
+
+
+def denoise_symmetric(net, params, image, symmetries=2, **kw):
+    """:func:`denoise_image` averaged over ``symmetries`` (:data:`SYMMETRIES`) transforms of
+    the input, each undone on the output."""
+    if symmetries not in SYMMETRIES:
+        raise InputError(f"symmetries must be one of {SYMMETRIES}, not {symmetries!r}")
+    img = np.asarray(B.to_numpy(image), dtype=np.float32)
+    acc, n = np.zeros(img.shape, np.float64), 0
+    for k in range(4 if symmetries == 16 else 1):
+        for flip in ((False, True) if symmetries == 16 else (False,)):
+            for sign in ((1.0, -1.0) if symmetries > 1 else (1.0,)):
+                t = np.rot90(img, k)
+                t = t[:, ::-1] if flip else t
+                d = sign * denoise_image(net, params, sign * np.ascontiguousarray(t), **kw)
+                d = d[:, ::-1] if flip else d
+                acc += np.rot90(d, -k)
+                n += 1
+    return (acc / n).astype(np.float32)
+
+
+def denoise_stack(net, params, data, tile=256, overlap=64, batch=4, progress=False, symmetries=2):
+    """Denoise a 2D image or each section of a (n, ny, nx) stack (:func:`denoise_symmetric`)."""
     from tqdm import tqdm
 
     arr = np.asarray(data)
+    kw = dict(symmetries=symmetries, tile=tile, overlap=overlap, batch=batch)
     if arr.ndim == 2:
-        return denoise_image(net, params, arr, tile, overlap, batch)
-    return np.stack([denoise_image(net, params, s, tile, overlap, batch)
+        return denoise_symmetric(net, params, arr, **kw)
+    return np.stack([denoise_symmetric(net, params, s, **kw)
                      for s in tqdm(arr, disable=not progress, desc="denoise", unit="image")])
 
 
@@ -911,7 +939,7 @@ def _lowpass_host(a, sigma):
     return gaussian_filter(a, sigma, mode="wrap")
 
 
-__all__ = ["default_model_path", "TrainConfig", "Trainer", "train", "load_denoiser", "export_model", "DEFAULT_NET", "denoise_image", "denoise_stack",
+__all__ = ["default_model_path", "TrainConfig", "Trainer", "train", "load_denoiser", "export_model", "DEFAULT_NET", "denoise_image", "denoise_stack", "denoise_symmetric", "SYMMETRIES",
            "model_denoise", "ModelDenoiseResult", "mtf_transfer", "image_stats", "normalise",
            "denormalise", "CHECKPOINT_KIND", "detector_from_toml", "SimulatorPairs",
            "default_structures", "InstrumentPairs", "ParticleBoxPairs", "REAL_DETECTORS", "binned_detector"]

@@ -95,8 +95,24 @@ def test_tiles_blend_to_the_whole_image_result(rng):
     err = np.abs(whole - tiled)
     assert np.std(whole - img) > 0.01  # the network does change the image
     assert np.max(err) < 1e-5
-    stack = denoise_stack(net, p, np.stack([img, img]), tile=32, overlap=16)
+    stack = denoise_stack(net, p, np.stack([img, img]), tile=32, overlap=16, symmetries=1)
     assert np.array_equal(stack[1], tiled)
+
+
+def test_symmetric_denoising_is_odd_and_equivariant_to_the_square_symmetries(rng):
+    """With the negation (2) and the 8 square symmetries (16) averaged, the result of a
+    transformed input is the transformed result, for any network."""
+    from cutem.denoise import denoise_symmetric
+
+    net = UNet(UNetConfig(depth=1, width=4, convs=1))
+    p = net.init(4)
+    img = rng.normal(0, 1, (32, 32)).astype(np.float32)
+    d2 = denoise_symmetric(net, p, img, 2)
+    np.testing.assert_allclose(denoise_symmetric(net, p, -img, 2), -d2, atol=1e-6)
+    d16 = denoise_symmetric(net, p, img, 16)
+    np.testing.assert_allclose(denoise_symmetric(net, p, np.rot90(img).copy(), 16), np.rot90(d16), atol=1e-5)
+    np.testing.assert_allclose(denoise_symmetric(net, p, -img[:, ::-1].copy(), 16), -d16[:, ::-1], atol=1e-5)
+    assert not np.allclose(denoise_image(net, p, -img), -denoise_image(net, p, img), atol=1e-3)  # the net alone is not
 
 
 def test_mtf_matches_tem_simulator_reference_values():

@@ -16,8 +16,10 @@ the 1,157 particles of micrographs 00021-00025 of EMPIAR-10204. Rows:
   reflecting filter is not a ring-wise multiplier;
 - BM3D (``bm3d`` package, Mäkinen et al., IEEE TIP 29:8339, 2020) with its noise σ chosen on
   these particles by corr, on the particle in units of its background σ (RELION normalised it);
-- cutem's learned denoiser, the given model (default: the packaged one), on each 64² particle
-  through ``cutem.denoise.denoise_stack``, the same code as ``cutem denoise``;
+- cutem's learned denoisers, the given models (default: the two packaged ones, the particle
+  model that ``cutem denoise particles.mrcs`` uses and the micrograph model), on each 64²
+  particle through ``cutem.denoise.denoise_stack`` with the 16 symmetries, as ``cutem denoise``
+  does for a .mrcs stack;
 - Topaz-Denoise's pretrained 'unet' (Bepler et al., Nat. Commun. 11:5208, 2020) when
   ``--topaz-python`` names a Python with ``topaz-em`` installed (its own environment; no ML
   framework is imported here).
@@ -92,7 +94,7 @@ def cutem_rows(model, stack, tool, which):
 
     net, params, info = load_denoiser(model)
     t = time.perf_counter()
-    out = denoise_stack(net, params, stack)
+    out = denoise_stack(net, params, stack, symmetries=16)  # as `cutem denoise particles.mrcs`
     dt = time.perf_counter() - t
     return tool.score(out, which), dt
 
@@ -120,7 +122,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     from cutem.denoise import default_model_path
 
-    models = a.model or [str(default_model_path())]
+    models = a.model or [str(default_model_path(particles=True)), str(default_model_path())]
     tool = load_tool(a.score_tool)
     _, raw = tool.load_particles()
     stack = raw[tool.split_index(a.which)]
