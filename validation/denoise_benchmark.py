@@ -133,6 +133,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="trained denoiser (cutem train-denoiser)")
     ap.add_argument("--doses", default="10,20,40")
+    ap.add_argument("--defocus-range", default=None,
+                    help="test defocus LO,HI in Å (default: 10%% wider than the model's training range); "
+                         "give it to score two models on the same test images")
     ap.add_argument("--n-test", type=int, default=6)
     ap.add_argument("--n-val", type=int, default=2)
     ap.add_argument("--model-iterations", type=int, default=200)
@@ -149,7 +152,8 @@ def main(argv=None):
     size = int(src_info.get("image_size", 192))
     px = float(src_info.get("pixel_size_A", 3.0))
     d_lo, d_hi = src_info.get("defocus_range", [5000.0, 30000.0])
-    test_defocus = (0.9 * d_lo, 1.1 * d_hi)
+    test_defocus = (tuple(float(v) for v in args.defocus_range.split(",")) if args.defocus_range
+                    else (0.9 * d_lo, 1.1 * d_hi))
     structures = test_structures()
     particles = tuple(int(v) for v in args.particles.split(","))
     doses = [float(d) for d in args.doses.split(",")]
