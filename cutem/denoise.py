@@ -743,9 +743,7 @@ def denoise_image(net: UNet, params, image, tile=256, overlap=64, batch=4, xp=No
 
 #: the symmetries averaged at inference: 2 = the image and its negation (the network was
 #: trained on both contrasts and is not exactly odd; their mean is); 16 = those times the 8
-#: symmetries of the square (for small particle boxes, where 16 passes cost little). On the
-#: real β-gal particles (validation/real_particles.py) 1 → 2 → 16 raised the particle model's
-#: corr 0.597 → 0.608 → 0.612 and FRC 0.061 → 0.067 → 0.070.
+#: symmetries of the square (for small particle boxes, where 16 passes cost little).
 SYMMETRIES = (1, 2, 16)
 
 

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +35,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "real" / "micrograph" / "Ucsf_stack_1142_DW.mrc"
-
-TOPAZ_SCRIPT = """
-import sys, numpy as np
-from topaz.denoise import Denoise, denoise_image
-x = np.load(sys.argv[1]).astype(np.float32)
-np.save(sys.argv[2], denoise_image(x, [Denoise("unet")]).astype(np.float32))
-"""
-
 
 def regions(raw):
     from scipy import ndimage as ndi
@@ -108,12 +98,9 @@ def main(argv=None):
     outs = {"raw": raw, f"Gaussian σ={a.gaussian:g} px": gaussian_filter(raw.astype(np.float64), a.gaussian),
             f"cutem learned ({Path(model).name})": denoise_stack(net, params, raw)}
     if a.topaz_python:
-        with tempfile.TemporaryDirectory() as d:
-            src, dst, script = Path(d, "in.npy"), Path(d, "out.npy"), Path(d, "t.py")
-            np.save(src, raw)
-            script.write_text(TOPAZ_SCRIPT)
-            subprocess.run([a.topaz_python, str(script), str(src), str(dst)], check=True)
-            outs["Topaz-Denoise pretrained 'unet'"] = np.load(dst)
+        from validation.real_particles import run_topaz
+
+        outs["Topaz-Denoise pretrained 'unet'"] = run_topaz(a.topaz_python, raw[None])[0][0]
     lines = ["# A real micrograph with an ice contaminant (micrograph_cleaner_em test data), denoised",
              f"# command: python validation/real_micrograph.py {' '.join(argv if argv is not None else sys.argv[1:])}",
              f"# machine: {os.uname().machine}, {os.cpu_count()} CPU cores, load {os.getloadavg()[0]:.1f}; "
