@@ -9,10 +9,17 @@ from .io import atomic_path
 
 def plot_fit_png(path, x, data, model, residual, title="", xlabel="", ylabel="", logy=False,
                  residual_label="residual", size=(720, 560)):
-    """A two-panel PNG (data vs fit; residuals) drawn with Pillow (no matplotlib needed).
+    """A two-panel PNG (data vs fit; residuals) drawn with Pillow (no matplotlib needed):
+    :func:`fit_image` written to ``path``."""
+    img = fit_image(x, data, model, residual, title, xlabel, ylabel, logy, residual_label, size)
+    with atomic_path(path, suffix=".png") as tmp:
+        img.save(tmp, format="PNG")
 
-    Data are grey dots, the fit a red line, residuals a blue line about a zero line.
-    """
+
+def fit_image(x, data, model, residual, title="", xlabel="", ylabel="", logy=False, residual_label="residual",
+              size=(720, 560)):
+    """The two-panel plot of :func:`plot_fit_png` as a Pillow RGB image: data are grey dots,
+    the fit a red line, residuals a blue line about a zero line."""
     x = np.asarray(x, dtype=np.float64)
     d = np.asarray(data, dtype=np.float64)
     m = np.asarray(model, dtype=np.float64)
@@ -70,5 +77,4 @@ def plot_fit_png(path, x, data, model, residual, title="", xlabel="", ylabel="",
     dr.text((left, bot2 + 6), f"{x0:.3g}", fill="black")
     dr.text((right - 60, bot2 + 6), f"{x1:.3g}", fill="black")
     dr.text(((left + right) // 2 - 40, bot2 + 20), xlabel, fill="black")
-    with atomic_path(path, suffix=".png") as tmp:
-        img.save(tmp, format="PNG")
+    return img

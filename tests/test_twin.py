@@ -61,3 +61,25 @@ def test_second_order_ice_power_grows_faster_than_the_thickness():
     # second order in the ice's phase variance (∝ L): ∝ L² less the ice filter's damping
     # (measured 5.9); the first-order power (∝ L) would give 3
     assert band[0] > 0 and 4.0 < band[1] / band[0] < 12.0
+
+
+def test_cli_fit_twin_writes_the_config_its_report_and_png(tmp_path):
+    """`cutem fit-twin` end to end on a small spectrum: exit 0, and the twin's TOML (which
+    `cutem` loads), its text report and its PNG are written (the PNG's profile panel is drawn in
+    memory: a temporary file inside the command's output transaction would not exist yet)."""
+    from click.testing import CliRunner
+
+    from cutem.cli import main
+    from cutem.config import load_config
+    from cutem.io import write_mrc
+
+    n = 128
+    S, _ = SpecimenModel(twin_config(n, PX, KV, CS, TRUE))({})
+    spec = tmp_path / "spec.mrc"
+    write_mrc(spec, to_centre(np.asarray(unwrap(S))).astype(np.float32), PX)
+    out = tmp_path / "twin.toml"
+    r = CliRunner().invoke(main, ["fit-twin", str(spec), "--voltage", str(KV), "--cs", str(CS), "--pixel-size",
+                                  str(PX), "--maxiter", "2", "--images", "2", "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    assert out.with_suffix(".png").stat().st_size > 1000 and "defocus_u_A" in out.with_suffix(".txt").read_text()
+    assert len(load_config(out).geometry.tilt_angles_deg) == 2

@@ -289,22 +289,17 @@ def profile_agreement(ps_a, ps_b, pixel_size_A, q_range=(1 / 30, 1 / 5), centred
 def write_report_png(path, ps_real, ps_twin, pixel_size_A, q_range=(1 / 30, 1 / 5), title="", label="twin"):
     """A PNG: the log radial profiles of ``ps_real`` and ``ps_twin`` (both centred) over ``q_range``
     with their difference, beside the two spectra (log, the same grey scale, ``q_range`` ring
-    marked by the crop to its outer edge). Drawn with Pillow (:func:`cutem.plots.plot_fit_png`)."""
-    import tempfile
-
+    marked by the crop to its outer edge). Drawn with Pillow (:func:`cutem.plots.fit_image`)."""
     from PIL import Image
 
     from ..io import atomic_path
-    from ..plots import plot_fit_png
+    from ..plots import fit_image
 
     q, a = log_profile(ps_real, pixel_size_A, q_range)
     _, b = log_profile(ps_twin, pixel_size_A, q_range)
     a, b = a - a.mean(), b - b.mean()
-    with tempfile.TemporaryDirectory() as tmp:
-        f = Path(tmp) / "profile.png"
-        plot_fit_png(f, q, a, b, a - b, title=title, xlabel="spatial frequency (1/A)",
+    prof = fit_image(q, a, b, a - b, title=title, xlabel="spatial frequency (1/A)",
                      ylabel=f"log radial PS (grey real, red {label})", residual_label=f"real - {label}")
-        prof = Image.open(f).convert("RGB")
     n = ps_real.shape[0]
     h = min(n // 2, int(math.ceil(q_range[1] * n * pixel_size_A)) + 4)   # crop to the fitted rings
 
