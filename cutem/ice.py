@@ -130,6 +130,64 @@ def spectral_kernel(shape, pixel_size_A, b_factor_A2=0.0):
     return np.fft.ifft2(math.sqrt(n) * amp).real
 
 
+
+# ------------------------------------------------------------ the particles' continuum
+#: correlation length (Å) of the particles' continuum (:func:`particle_continuum_spectrum`)
+PARTICLE_CORRELATION_A = 50.0
+#: the frequency (cycles/Å) at which ``Sample.particle_continuum_power`` gives the spectrum
+PARTICLE_Q_REF = 1.0 / 20.0
+
+
+def particle_continuum_spectrum(q, power_ref=1.0, a_A=PARTICLE_CORRELATION_A):
+    """P(q) = P_ref · [(1 + (2π q_ref a)²) / (1 + (2π q a)²)]² (V²·Å⁴; q in cycles/Å).
+
+    The scattering of a random two-phase medium with correlation length a (Debye, Anderson &
+    Brumberger, J. Appl. Phys. 28:679, 1957): flat below 1/(2πa), Porod's q⁻⁴ above it (Porod,
+    Kolloid-Z. 124:83, 1951: sharp interfaces), which is what randomly placed particles of
+    protein in ice give a micrograph's spectrum between the particle size and the atomic
+    scale. It stands for a real field's particles in a twin (:mod:`cutem.fitting.twin`): a
+    spectrum, not a placement of molecules. ``power_ref``: P at :data:`PARTICLE_Q_REF`."""
+    x = (2 * np.pi * a_A) ** 2
+    q = np.asarray(q, dtype=np.float64)
+    return float(power_ref) * ((1 + x * PARTICLE_Q_REF ** 2) / (1 + x * q * q)) ** 2
+
+
+@functools.lru_cache(maxsize=8)
+def _particle_amplitude(shape, pixel_size_A):
+    """sqrt(P(q)/a) of :func:`particle_continuum_spectrum` at P_ref = 1 on the FFT grid (DC zero;
+    the same normalisation as :func:`_amplitude`)."""
+    ny, nx = (int(n) for n in shape)
+    qy = np.fft.fftfreq(ny, d=pixel_size_A)[:, None]
+    qx = np.fft.fftfreq(nx, d=pixel_size_A)[None, :]
+    amp = np.sqrt(particle_continuum_spectrum(np.hypot(qy, qx)) / pixel_size_A ** 2)
+    amp[0, 0] = 0.0
+    amp.flags.writeable = False
+    return amp
+
+
+def particle_rng(seed, tilt):
+    """The generator of tilt ``tilt``'s draw of the particles' continuum (its own stream)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(tilt), 0x9A47]))
+
+
+def particle_field(shape, pixel_size_A, rng, power_ref=1.0):
+    """(ny, nx) float64: a draw of the particles' continuum (V·Å), spectrum
+    :func:`particle_continuum_spectrum` with ``power_ref``."""
+    if pixel_size_A <= 0:
+        raise InputError(f"particle continuum: pixel size {pixel_size_A} Å must be positive")
+    amp = _particle_amplitude(tuple(int(n) for n in shape), float(pixel_size_A))
+    w = rng.standard_normal(tuple(int(n) for n in shape))
+    return math.sqrt(float(power_ref)) * np.fft.ifft2(np.fft.fft2(w) * amp).real
+
+
+def particle_kernel(shape, pixel_size_A):
+    """(ny, nx) the field k with |FFT k|² = N·P/a at P_ref = 1: the expected periodogram (×N) of
+    :func:`particle_field`, for the closed form (as :func:`spectral_kernel`)."""
+    n = int(shape[0]) * int(shape[1])
+    amp = _particle_amplitude(tuple(int(n) for n in shape), float(pixel_size_A))
+    return np.fft.ifft2(math.sqrt(n) * amp).real
+
+
 @register
 class AmorphousIceStage(Stage):
     """The ice's slices with their density fluctuation: v ↦ v + sqrt(L)·g, L = max(v, 0)/V_ice.
@@ -168,5 +226,6 @@ class AmorphousIceStage(Stage):
 
 
 __all__ = ["structure_factor", "molecule_transform", "ice_power_spectrum", "unit_field", "spectral_kernel", "ice_rng",
-           "ice_layer_rng",
+           "ice_layer_rng", "particle_continuum_spectrum", "particle_field", "particle_kernel", "particle_rng",
+           "PARTICLE_CORRELATION_A", "PARTICLE_Q_REF",
            "AmorphousIceStage", "ICE_DENSITY_PER_A3", "PY_ETA", "PY_SIGMA_A"]

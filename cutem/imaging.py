@@ -69,7 +69,7 @@ from .damage import DamageFilter, mid_exposure
 from .energyfilter import ZeroLossFilter, inelastic_mfp_A
 from .errors import InputError
 from .grid import Grid
-from .ice import AmorphousIceStage, ice_layer_rng, ice_rng, unit_field
+from .ice import AmorphousIceStage, ice_layer_rng, ice_rng, particle_field, particle_rng, unit_field
 from .potential import (IcePotentialStage, ProjectedPotentialStage, ice_potential_V, n_slices, projected_potential,
                         slab_z_range)
 from .propagation import exit_wave
@@ -180,6 +180,8 @@ class ImageModel:
     #: with ``Sample.ice_model = "amorphous"``: the ice's unit-slab fluctuation per slice (:mod:`cutem.ice`;
     #: None: drawn from the tilt's seed)
     ice_field: object = None
+    #: with ``Sample.particle_continuum_power``: its field (V·Å, (ny, nx); None: drawn from the tilt's seed)
+    particle_field: object = None
     #: the run's :class:`cutem.specimen.Scene` (its particles one by one: ``Simulation.solvent_model = "clamp"``)
     scene: object = field(default=None, compare=False, repr=False)
 
@@ -381,9 +383,25 @@ class ImageModel:
             v = v + self._amorphous_ice(vi)
             if s.ice_absorption > 0:
                 v_abs = vi * s.ice_absorption if v_abs is None else v_abs + vi * s.ice_absorption
+        if s.particle_continuum_power > 0 or self.particle_field is not None:
+            v = v + self._particle_continuum(unwrap(v).shape)
         if "potential" in params:
             v = params["potential"]
         return v, v_abs
+
+    def _particle_continuum(self, shape):
+        """The particles' continuum (``Sample.particle_continuum_power``, :func:`cutem.ice.particle_field`)
+        in the middle slice, zero elsewhere: a fixed field, like the ice's draw."""
+        if "particle_field" not in self._cache:
+            g = self.particle_field
+            if g is None:
+                cfg = self.config
+                g = particle_field(shape[1:], self.grid.pixel_size_A, particle_rng(cfg.seed, self.tilt),
+                                   cfg.sample.particle_continuum_power)
+            full = np.zeros(shape)
+            full[shape[0] // 2] = B.to_numpy(g)
+            self._cache["particle_field"] = self.xp.asarray(full.astype(self.dtype))
+        return self._cache["particle_field"]
 
     def _amorphous_ice(self, vi):
         """The ice's density fluctuations added to its continuum slices (``Sample.ice_model``,

@@ -324,6 +324,11 @@ class Sample(_Params):
     ice_model: str = param("continuum", doc="the ice's structure: continuum (its mean potential only: no "
                            "scattering at q > 0) or amorphous (plus the density fluctuations of vitreous water, "
                            "drawn per tilt: cutem.ice)", choices=("continuum", "amorphous"))
+    particle_continuum_power: float = param(0.0, "V²·Å⁴", (0.0, 1e12),
+                                            doc="the particles of a real field as a random potential (a twin's "
+                                            "spectrum, cutem.ice.particle_continuum_spectrum: Porod's q⁻⁴ above "
+                                            "1/(2π·50 Å)), its power at q = 1/20 Å⁻¹; 0: none",
+                                            tem_note="none in TEM-simulator")
     contaminants: tuple = param((), "Å", doc="ice contaminants: balls (x, y, z, radius) in the sample frame (z = 0 "
                                 "the layer's mid-plane: a ball resting on the top of a layer t thick has z = t/2 + "
                                 "radius), with the ice's potential and absorption along their chords "

@@ -81,3 +81,40 @@ def test_closed_form_spectrum_matches_the_mean_periodogram_of_noise_free_amorpho
     ratio = b.average(np.mean(per, 0))[sel] / b.average(S)[sel]
     assert abs(ratio.mean() - 1) < 0.03 and abs(np.median(ratio) - 1) < 0.03
     assert np.percentile(ratio, 90) < 1.1 and np.percentile(ratio, 10) > 0.95
+
+
+def test_particle_continuum_has_its_spectrum_and_the_closed_form_matches_its_images():
+    """The particles' continuum: a draw's radial power follows particle_continuum_spectrum (Porod's
+    q⁻⁴ above 1/(2π·50 Å)), and the closed form's particle term (P_ref × the response to the
+    kernel) matches the mean periodogram of noise-free images with it (thin ice, weak phase)."""
+    from adjoints import unwrap
+    from cutem.fitting.specimen import SpecimenModel
+    from cutem.ice import PARTICLE_Q_REF, particle_continuum_spectrum, particle_field
+    from cutem.params import Optics, Simulation
+
+    n, px = 96, 1.5
+    b = RadialBins((n, n), px)
+    sel = (b.q > 1 / 30) & (b.q < 1 / 4)
+    rng = np.random.default_rng(1)
+    per = np.mean([np.abs(np.fft.fft2(particle_field((n, n), px, rng, 3.0))) ** 2 for _ in range(60)], 0)
+    # E|FFT g|² = N·P/a (the field's normalisation, as the ice's)
+    ratio = b.average(per)[sel] / (n * n * particle_continuum_spectrum(b.q[sel], 3.0) / px ** 2)
+    assert abs(np.median(ratio) - 1) < 0.04
+    assert particle_continuum_spectrum(PARTICLE_Q_REF, 3.0) == 3.0
+    assert abs(particle_continuum_spectrum(0.2) / particle_continuum_spectrum(0.1) - 1 / 16) < 0.002
+
+    cfg = RunConfig(optics=Optics(defocus_u_A=15000.0, defocus_v_A=14000.0),
+                    detector=Detector(nx=n, ny=n, pixel_size_A=px, quantized=False),
+                    sample=Sample(diameter_A=1e6, thickness_center_A=30.0, thickness_edge_A=30.0,
+                                  ice_model="amorphous", particle_continuum_power=2e4),
+                    simulation=Simulation(dtype="float64"))
+    S = np.asarray(unwrap(SpecimenModel(cfg)({})[0]))
+    S0 = np.asarray(unwrap(SpecimenModel(cfg.replace(sample=cfg.sample.replace(particle_continuum_power=0.0)))({})[0]))
+    low = (b.q > 1 / 30) & (b.q < 1 / 10)
+    assert b.average(S)[low].mean() > 3 * b.average(S0)[low].mean()   # the continuum dominates there
+    per = []
+    for sd in range(40):
+        im = ImageModel.from_config(cfg.replace(seed=sd), 0, xp=np, dtype=np.float64).render(estimator="none").image
+        per.append(np.abs(np.fft.fft2(im - im.mean())) ** 2 / n ** 2)
+    ratio = b.average(np.mean(per, 0))[sel] / b.average(S)[sel]
+    assert abs(np.median(ratio) - 1) < 0.05 and np.percentile(ratio, 90) < 1.15 and np.percentile(ratio, 10) > 0.9

@@ -21,7 +21,7 @@ from .. import optics as O
 from ..errors import InputError
 from ..electron import interaction_constant
 from ..grid import Grid
-from ..ice import spectral_kernel
+from ..ice import particle_kernel, spectral_kernel
 from ..imaging import ImageModel, stack_z_range, tilt_settings
 from ..optics import optics_inputs
 from ..params import bounds
@@ -35,13 +35,14 @@ from .mtf import MTFFit
 
 #: pseudo-parameters of :func:`fit_mtf_specimen` besides the detector fields
 SPECIMEN_FIT_NAMES = ("ice_thickness_A", "thickness_center_A", "thickness_edge_A", "defocus_A",
-                      "defocus_u_A", "defocus_v_A")
+                      "defocus_u_A", "defocus_v_A", "particle_continuum_power")
 #: the declared ranges (:func:`cutem.params.bounds`); the pseudo-names take their field's
 _SPECIMEN_BOUNDS = {k: bounds(f) for k, f in (("ice_thickness_A", "sample.thickness_center_A"),
                                               ("thickness_center_A", "sample.thickness_center_A"),
                                               ("thickness_edge_A", "sample.thickness_edge_A"),
                                               ("defocus_A", "optics.defocus_u_A"), ("defocus_u_A", "optics.defocus_u_A"),
-                                              ("defocus_v_A", "optics.defocus_v_A"))}
+                                              ("defocus_v_A", "optics.defocus_v_A"),
+                                              ("particle_continuum_power", "sample.particle_continuum_power"))}
 
 
 class SpecimenModel:
@@ -71,6 +72,10 @@ class SpecimenModel:
     (:func:`cutem.ice.spectral_kernel`). That response is computed by the pipeline itself as a
     central difference (m(+εk) − m(−εk))/(2ε) (second order cancels; ε: 1e-4 rad of phase), and
     its periodogram is added to S; the mean of the two renders is m at g = 0 to O(ε²).
+    The particles' continuum (``Sample.particle_continuum_power`` P_ref, :func:`cutem.ice.particle_field`)
+    is a second independent Gaussian field: its expected spectrum is P_ref times the periodogram
+    of the response to :func:`cutem.ice.particle_kernel` (another central-difference pair, with
+    no ice fluctuation), linear in P_ref, so P_ref can be fitted (``particle_continuum_power``).
     Exact to first order in σ·δV: the quadratic terms (a few % of the ring power at 300 Å of
     ice) are left out. Projection approximation only (one slice). Parameters (``theta``) are the detector
     fields (:data:`cutem.detector.PARAM_NAMES`, Vars where free), optics fields
@@ -103,6 +108,11 @@ class SpecimenModel:
                                         scene.z_extent(angle, cfg.geometry.tilt_axis_deg) if len(scene) else None)
         self.model = ImageModel.from_config(cfg, tilt, scene=scene, xp=np, dtype=np.float64, z_range_A=z_range)
         self.grid, self.angle = self.model.grid, self.model.angle_deg
+        self.particles_pair = None
+        if s.particle_continuum_power > 0 or "particle_continuum_power" in free:
+            # its spectrum is a term of its own (below): the other renders see none of it
+            self.model = dataclasses.replace(self.model, particle_field=np.zeros(self.grid.shape), _cache={})
+            self.particles_pair = self._particles_pair()
         self.pair = self._amorphous_pair(cfg) if s.ice and s.ice_model == "amorphous" else None
         self.optics, self.detector, self.atoms = self.model.optics, self.model.detector, self.model.atoms
 
@@ -119,13 +129,27 @@ class SpecimenModel:
         self.ice_eps = eps
         return tuple(dataclasses.replace(self.model, ice_field=sgn * eps * k, _cache={}) for sgn in (1.0, -1.0))
 
+    def _particles_pair(self):
+        """The model with the particles' continuum replaced by ±ε·k (:func:`cutem.ice.particle_kernel`,
+        at P_ref = 1) and no ice fluctuation: its linear response, whose power × P_ref is the
+        continuum's expected spectrum (first order, as the ice's)."""
+        if self.model.n_slices != 1:
+            raise InputError("fit: the particles' continuum is for the projection approximation (one slice)")
+        g = self.grid
+        k = particle_kernel(g.shape, g.pixel_size_A)
+        eps = 1e-4 / (interaction_constant(self.model.optics.voltage_kV) * np.abs(k).max())
+        self.particles_eps = eps
+        no_ice = np.zeros((1,) + tuple(g.shape))
+        return tuple(dataclasses.replace(self.model, particle_field=sgn * eps * k, ice_field=no_ice, _cache={})
+                     for sgn in (1.0, -1.0))
+
     def theta0(self):
         """Every parameter the model knows, at the config's values (floats)."""
         th = detector_theta(self.detector)
         th.update({k: float(v) for k, v in optics_inputs(self.optics).items()})
         s = self.cfg.sample
         th.update({"thickness_center_A": s.thickness_center_A, "thickness_edge_A": s.thickness_edge_A,
-                   "ice_thickness_A": s.thickness_center_A,
+                   "ice_thickness_A": s.thickness_center_A, "particle_continuum_power": s.particle_continuum_power,
                    "defocus_A": 0.5 * (self.optics.defocus_u_A + self.optics.defocus_v_A)})
         return th
 
@@ -155,6 +179,10 @@ class SpecimenModel:
             img, counts = (dp.image + dm.image) * 0.5, (dp.expected_counts + dm.expected_counts) * 0.5
             lin = (dp.image - dm.image) * (0.5 / self.ice_eps)
             S = ops.abs2(ops.fft2(lin - ops.mean(lin))) * (1.0 / n)
+        if self.particles_pair is not None:
+            pp, pm = (m.render(params, estimator="none") for m in self.particles_pair)
+            lin = (pp.image - pm.image) * (0.5 / self.particles_eps)
+            S = S + ops.abs2(ops.fft2(lin - ops.mean(lin))) * (th["particle_continuum_power"] * (1.0 / n))
         mean_img = ops.mean(img)
         S = ops.abs2(ops.fft2(img - mean_img)) * (1.0 / n) + S
         if self.detector.quantized:

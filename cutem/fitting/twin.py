@@ -45,6 +45,7 @@ from ..params import Detector, Geometry, Optics, Sample, Simulation
 from ..spectra import RadialBins, radial_average, to_centre, to_corner, welch_power_spectrum
 from .ctf import fit_ctf
 from .detector_model import detector_free_params, expand_ratios
+from ..ice import PARTICLE_Q_REF, ice_power_spectrum
 from .specimen import SpecimenModel
 
 #: optics fields fitted (internal names of :data:`cutem.optics.PARAM_NAMES`) and their bounds/scales
@@ -97,7 +98,8 @@ def twin_config(n, pixel_size_A, voltage_kV, cs_mm, params, images=1):
     t = p["thickness_A"]
     # a hole far wider than the field: the ice is flat over it
     sample = Sample(diameter_A=1e6, thickness_center_A=t, thickness_edge_A=t, ice=True,
-                    ice_absorption=p.get("ice_absorption", 0.0), ice_model="amorphous")
+                    ice_absorption=p.get("ice_absorption", 0.0), ice_model="amorphous",
+                    particle_continuum_power=p.get("particle_continuum_power", 0.0))
     sim = Simulation(method="projection", inelastic_background=True, dtype="float32")
     return RunConfig(optics=optics, detector=det, sample=sample, geometry=Geometry(tilt_angles_deg=(0.0,) * images),
                      simulation=sim, output="twin")
@@ -136,8 +138,10 @@ def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 
              "astigmatism_angle_deg": ctf.astigmatism_angle_deg, "amplitude_contrast": ctf.amplitude_contrast,
              "energy_spread_eV": 0.7, "illumination_angle_mrad": 0.1, "thickness_A": float(thickness_A),
              "dose_e_per_A2": 40.0, "mtf_a": 0.6, "mtf_b": 0.3, "mtf_c": 0.1, "mtf_alpha": 5.0, "mtf_beta": 40.0}
+    # the particles' continuum starts at the ice's own power there
+    start["particle_continuum_power"] = float(ice_power_spectrum(PARTICLE_Q_REF, thickness_A))
     cfg = twin_config(n, pixel_size_A, voltage_kV, cs_mm, start)
-    model = SpecimenModel(cfg, free=("ice_thickness_A",))
+    model = SpecimenModel(cfg, free=("ice_thickness_A", "particle_continuum_power"))
     bins, sel = _ring_selection((n, n), pixel_size_A, q_range)
     data_log = np.log(np.maximum(bins.average(to_corner(ps))[sel], 1e-300))
     data_log = data_log - data_log.mean()
@@ -149,6 +153,8 @@ def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 
     start["defocus_mean_A"] = 0.5 * (ctf.defocus_u_A + ctf.defocus_v_A)
     free = [FreeParam(k, float(start[k]), lo, hi, "bounds", sc) for k, (lo, hi, sc) in _OPTICS_FREE.items()]
     free.append(FreeParam("ice_thickness_A", float(start["thickness_A"]), 50.0, 3000.0, "bounds", 100.0))
+    p0 = start["particle_continuum_power"]
+    free.append(FreeParam("particle_continuum_power", p0, 0.0, 1e3 * p0, "bounds", p0))
 
     def with_defocus(theta):
         th = dict(theta)
@@ -236,6 +242,7 @@ def second_order_spectrum(cfg, draws=8, seed=0):
     cfg = cfg.replace(simulation=cfg.simulation.replace(dtype="float64"))
     base = ImageModel.from_config(cfg, 0, xp=np, dtype=np.float64)
     g0, px = base.grid, base.grid.pixel_size_A
+    base = dataclasses.replace(base, particle_field=np.zeros(g0.shape))   # the ice's terms only
     n = float(np.prod(g0.detector_shape))
 
     def image(field):
