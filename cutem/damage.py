@@ -93,15 +93,22 @@ class DamageFilter(Stage):
         self.exposure = float(exposure_e_per_A2)
         self.b_rate = float(b_per_exposure_A2)
 
+    def _filter(self, xp, dt):
+        key = (self.shape, self.pixel_size_A, self.exposure, self.b_rate, np.dtype(dt).str, xp.__name__)
+        return _FILTERS.get(key, lambda: damage_filter(self.shape, self.pixel_size_A, self.exposure, self.b_rate,
+                                                       xp, dt))
+
     def _apply(self, x):
-        xp = B.array_module(x)
-        dt = B.real_dtype(x.dtype)
-        key = (self.shape, self.pixel_size_A, self.exposure, self.b_rate, dt.str, xp.__name__)
-        w = _FILTERS.get(key, lambda: damage_filter(self.shape, self.pixel_size_A, self.exposure, self.b_rate, xp, dt))
         # in the input's precision (scipy.fft keeps float32 single; numpy's own fft made complex128)
         spec = B.rfft2(x)
-        spec *= w
+        spec *= self._filter(B.array_module(x), B.real_dtype(x.dtype))
         return B.irfft2(spec, s=self.shape).astype(x.dtype, copy=False)
+
+    def from_spectrum(self, spectrum):
+        """The forward given the rfft2 of V (plain arrays, no tape): F⁻¹[w · spectrum]. For the
+        frames of a movie, which filter one potential at N exposures (cutem.movie)."""
+        dt = B.real_dtype(spectrum.dtype)
+        return B.irfft2(spectrum * self._filter(B.array_module(spectrum), dt), s=self.shape).astype(dt, copy=False)
 
     def forward(self, ctx, v):
         return self._apply(v)

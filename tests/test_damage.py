@@ -105,3 +105,15 @@ def test_damage_leaves_the_ice_alone():
     b = ImageModel.from_config(cfg.replace(sample=cfg.sample.replace(damage=False))).noise_free()
     np.testing.assert_allclose(a, b, rtol=1e-12)
     assert tilt_doses(cfg)[0] == 12.0
+
+
+def test_movie_frames_filter_one_cached_spectrum_like_the_stage():
+    import dataclasses
+
+    model = ImageModel.from_config(_movie_config())
+    v = model._atom_potential({})
+    for e in (2.0, 6.0, 10.0):
+        frame = dataclasses.replace(model, exposure_e_per_A2=e)
+        want = DamageFilter(v.shape, model.grid.pixel_size_A, e)(v)
+        np.testing.assert_allclose(frame.potential()[0], want, rtol=0, atol=1e-12 * np.abs(want).max())
+    assert model._cache["atoms_spectrum"][0] is v   # the frames share the model's cache
