@@ -18,7 +18,8 @@ smooth local deformation), in Å, seeded by ``SeedSequence([seed, k, 0])``:
   ``motion_jitter_A_per_frame`` (a random walk); g_0 = 0;
 - local: ℓ_f(x) = s·f·u(x), s = ``motion_local_A_per_frame``, u a smooth random vector
   field (white noise low-passed by a Gaussian of σ = field/8, each component scaled to
-  RMS 1), zero at f = 0.
+  RMS 1; drawn on at most 64² points and interpolated exactly, :func:`local_field`), zero
+  at f = 0.
 
 Frame f records I_f(x) = I(x − g_f − ℓ_f(x)) (the specimen content moved by g_f + ℓ_f):
 the global part as a Fourier phase ramp (exact for a band-limited periodic field), the local
@@ -128,9 +129,9 @@ def displace(image, shift_px, local_px=None):
     by cubic B-splines with wrap-around, whose coefficients solve c ⊛ (1/6, 4/6, 1/6) = I along
     each axis; on a periodic grid that convolution is diagonal in Fourier space, so the
     coefficients are the same inverse FFT with the ramp divided by the B-spline's DFT per axis
-    (:func:`_bspline_dft`; what ``scipy.ndimage.spline_filter`` with ``grid-wrap`` computes
-    recursively, in one pass that was also a second float64 copy). Everything in the image's
-    precision."""
+    (:func:`_bspline_dft`; ``scipy.ndimage.spline_filter`` with ``grid-wrap`` solves the same
+    system by recursive filtering, single-threaded, on a float64 copy). Everything in the
+    image's precision."""
     xp = B.array_module(image)
     ny, nx = image.shape
     sx, sy = float(shift_px[0]), float(shift_px[1])
@@ -145,6 +146,7 @@ def displace(image, shift_px, local_px=None):
     spec = B.rfft2(image)
     spec *= xp.asarray(ry.astype(cdt))[:, None]
     spec *= xp.asarray(rx.astype(cdt))[None, :]
+    # with a local field: the spline coefficients of the shifted image, else the image itself
     out = B.irfft2(spec, s=(ny, nx)).astype(image.dtype, copy=False)
     if local_px is None:
         return out

@@ -22,7 +22,8 @@ tilt: ``atoms`` (scene → microscope frame), ``potential``, ``exit_wave``, ``op
 ``detector`` (binning, noise, MTF). ``cold`` is the first call in this process (plans,
 caches); ``warm`` the sum of the stages on the second. ``peak`` is the tracemalloc peak of a
 whole :func:`cutem.pipeline.simulate` call (scene building included) and ``estimate`` the
-memory plan's (:mod:`cutem.memory`) for it.
+memory plan's (:mod:`cutem.memory`) for it. A movie's lower bound (the per-frame Poisson field,
+MTF and interpolation that no frame can share) is timed by validation/bench_movie_floor.py.
 
 ``--process`` also times ``cutem simulate`` on a TOML of the 30-fragment 4096² scene as a
 fresh process (cold start: interpreter, imports, reading the PDB, writing the files) with
