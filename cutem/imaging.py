@@ -417,10 +417,11 @@ class ImageModel:
         if not s.damage:
             return v_atoms
         st = DamageFilter(self.grid.shape, self.grid.pixel_size_A, self.exposure(), s.damage_b_per_exposure_A2)
-        if self.exposure_e_per_A2 is None or unwrap(v_atoms) is not v_atoms:
+        if self.exposure_e_per_A2 is None or unwrap(v_atoms) is not v_atoms or v_atoms.shape[0] != 1:
             return st(v_atoms)
         # a movie's frames (cutem.movie: exposure set, the cache shared) filter the same plain
-        # potential at N exposures: its spectrum is taken once, for the price of the potential's memory again
+        # potential at N exposures: its spectrum is taken once. Only for one slice (67 MB at
+        # 4096²): a multislice stack's spectrum would double the run's largest array
         hit = self._cache.get("atoms_spectrum")
         if hit is None or hit[0] is not v_atoms:
             hit = self._cache["atoms_spectrum"] = (v_atoms, B.rfft2(v_atoms))
