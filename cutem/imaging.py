@@ -495,13 +495,14 @@ class ImageModel:
             i = c["ice_scatter"](i, L)
         return i
 
-    def detect(self, intensity, params=None, *, rng=None, draws=None, estimator="score"):
-        """The detector's response to ``intensity`` (:func:`cutem.detector.detect`)."""
+    def detect(self, intensity, params=None, *, rng=None, draws=None, estimator="score", noise_free=True):
+        """The detector's response to ``intensity`` (:func:`cutem.detector.detect`; ``noise_free``:
+        with its noise-free twin, one more MTF)."""
         dp = {k: p for k, p in (params or {}).items() if k in D.PARAM_NAMES}
         if estimator == "score" and not self.detector.quantized:
             estimator = "none"
         return D.detect(intensity, self.detector, rng=rng, estimator=estimator, params=dp, draws=draws,
-                        noise_free=True)
+                        noise_free=noise_free)
 
     def noise_free(self, params=None):
         """gain · MTF ⊛ N̄ of this tilt (array or Var, detector grid)."""

@@ -47,7 +47,9 @@ from pathlib import Path
 import numpy as np
 
 import adjoints.backend as B
+from adjoints.stage import unwrap
 
+from . import detector as D
 from . import io
 from .damage import mid_exposure
 from .imaging import ImageModel, tilt_doses
@@ -186,10 +188,12 @@ def patch_centres_A(shape, pixel_size_A):
     return xy, IY.ravel(), IX.ravel()
 
 
-def movie_tilt(model: ImageModel, seed: int, params=None):
+def movie_tilt(model: ImageModel, seed: int, params=None, twins=True):
     """Frames of one tilt: (frames (N, ny, nx), noise-free frames, global shifts (N, 2) Å,
     local field u (2, ny, nx), exposures (N,)) as host arrays. ``params``: image-model inputs
-    instead of the config's (:meth:`cutem.imaging.ImageModel.inputs`)."""
+    instead of the config's (:meth:`cutem.imaging.ImageModel.inputs`). ``twins=False``: the
+    noise-free frames' sum (ny, nx) instead of the frames, as one MTF of the summed expected
+    counts (the MTF is linear: the same sum to rounding, for one FFT pair instead of N)."""
     cfg, det = model.config, model.detector
     n = det.frames
     doses = tilt_doses(cfg)
@@ -201,7 +205,8 @@ def movie_tilt(model: ImageModel, seed: int, params=None):
     px = det.pixel_size_A
     exposures = np.array([mid_exposure(doses, model.tilt, f, n) for f in range(n)])
     frames = np.empty((n, *det.shape), model.dtype)
-    clean = np.empty_like(frames)
+    clean = np.empty_like(frames) if twins else None
+    counts_sum = None
     intensity = None
     for f in range(n):
         m = dataclasses.replace(model, detector=frame_det, exposure_e_per_A2=float(exposures[f]))
@@ -210,9 +215,17 @@ def movie_tilt(model: ImageModel, seed: int, params=None):
         # ℓ_0 = 0: frame 0 needs no interpolation (the spline interpolates its own samples)
         local = None if u is None or f == 0 else u_img * model.dtype.type(det.motion_local_A_per_frame * f / px)
         moved = displace(intensity, shifts[f] / px, local)
-        d = m.detect(moved, rng=B.default_rng(frame_seed(seed, model.tilt, f), model.xp), estimator="score")
+        d = m.detect(moved, rng=B.default_rng(frame_seed(seed, model.tilt, f), model.xp), estimator="score",
+                     noise_free=twins)
         frames[f] = B.to_numpy(d.image)
-        clean[f] = B.to_numpy(d.noise_free)
+        if twins:
+            clean[f] = B.to_numpy(d.noise_free)
+        else:
+            nb = unwrap(d.expected_counts)
+            counts_sum = nb.copy() if counts_sum is None else counts_sum + nb
+    if not twins:
+        prm = D.detector_inputs(frame_det, model.xp, model.dtype)
+        clean = B.to_numpy(D.MTF()(counts_sum, *(prm[k] for k in D.MTF_PARAM_NAMES)))
     return frames, clean, shifts, u, exposures
 
 
@@ -262,8 +275,8 @@ def simulate_movies(cfg, out_dir, device=None, progress=False, scene=None):
         it = tqdm(it, desc="movies", unit="tilt", leave=False)
     for k in it:
         model = ImageModel.from_config(cfg, k, scene=scene, xp=xp, atom_chunk=plan.atom_chunk)
-        frames, nf, shifts, u, exposures = movie_tilt(model, cfg.seed)
-        images[k], clean[k] = frames.sum(0), nf.sum(0)
+        frames, clean[k], shifts, u, exposures = movie_tilt(model, cfg.seed, twins=False)
+        images[k] = frames.sum(0)
         path = out / (f"{cfg.output}_frames.mrc" if n_tilts == 1 else f"{cfg.output}_frames_{k:03d}.mrc")
         _write_frames(path, frames, det.pixel_size_A, det.frames_as_counts,
                       f"cutem {cfg.output} seed={cfg.seed} tilt {k} frames")

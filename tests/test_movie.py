@@ -190,3 +190,14 @@ def test_large_local_field_interpolates_its_coarse_draw_exactly():
     k = np.abs(np.fft.fftfreq(256) * 256)
     spec = np.abs(np.fft.fft2(u))
     assert spec[:, k >= 32].max() < 1e-9 * spec.max() and spec[:, :, k >= 32].max() < 1e-9 * spec.max()
+
+
+def test_noise_free_sum_by_one_mtf_equals_the_sum_of_the_twins():
+    cfg = _config(n=48, frames=4, dose=20.0, motion_drift_A_per_frame=1.0, motion_local_A_per_frame=0.5)
+    cfg = cfg.replace(sample=cfg.sample.replace(damage=True))
+    model = ImageModel.from_config(cfg)
+    frames, clean, *_ = movie_tilt(model, cfg.seed)
+    frames2, clean_sum, *_ = movie_tilt(model, cfg.seed, twins=False)
+    assert clean.shape == (4, 48, 48) and clean_sum.shape == (48, 48)
+    np.testing.assert_array_equal(frames, frames2)
+    np.testing.assert_allclose(clean_sum, clean.sum(0), rtol=1e-12)

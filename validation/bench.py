@@ -219,7 +219,7 @@ def run_stages(scene, cfg, xp):
     if cfg.detector.frames > 1:  # the whole movie: per-frame damage, motion and detection
         from cutem.movie import movie_tilt
 
-        img = movie_tilt(model, cfg.seed)[0].sum(0)
+        img = movie_tilt(model, cfg.seed, twins=False)[0].sum(0)   # as cutem simulate (cutem.movie.simulate_movies)
     else:
         res = model.detect(inten, rng=B.default_rng(tilt_seed(cfg.seed, 0), xp), estimator="score")
         img = B.to_numpy(res.image)
