@@ -435,7 +435,15 @@ class ImageModel:
         if not s.damage:
             return v_atoms
         st = DamageFilter(self.grid.shape, self.grid.pixel_size_A, self.exposure(), s.damage_b_per_exposure_A2)
-        return st(v_atoms)
+        if self.exposure_e_per_A2 is None or unwrap(v_atoms) is not v_atoms or v_atoms.shape[0] != 1:
+            return st(v_atoms)
+        # a movie's frames (cutem.movie: exposure set, the cache shared) filter the same plain
+        # potential at N exposures: its spectrum is taken once. Only for one slice (67 MB at
+        # 4096²): a multislice stack's spectrum would double the run's largest array
+        hit = self._cache.get("atoms_spectrum")
+        if hit is None or hit[0] is not v_atoms:
+            hit = self._cache["atoms_spectrum"] = (v_atoms, B.rfft2(v_atoms))
+        return st.from_spectrum(hit[1])
 
     def energy_filter(self, wave, params=None):
         """Zero-loss filtering of the exit wave over the ice path (:mod:`cutem.energyfilter`)."""
@@ -505,13 +513,14 @@ class ImageModel:
             i = c["ice_scatter"](i, L)
         return i
 
-    def detect(self, intensity, params=None, *, rng=None, draws=None, estimator="score"):
-        """The detector's response to ``intensity`` (:func:`cutem.detector.detect`)."""
+    def detect(self, intensity, params=None, *, rng=None, draws=None, estimator="score", noise_free=True):
+        """The detector's response to ``intensity`` (:func:`cutem.detector.detect`; ``noise_free``:
+        with its noise-free twin, one more MTF)."""
         dp = {k: p for k, p in (params or {}).items() if k in D.PARAM_NAMES}
         if estimator == "score" and not self.detector.quantized:
             estimator = "none"
         return D.detect(intensity, self.detector, rng=rng, estimator=estimator, params=dp, draws=draws,
-                        noise_free=True)
+                        noise_free=noise_free)
 
     def noise_free(self, params=None):
         """gain · MTF ⊛ N̄ of this tilt (array or Var, detector grid)."""

@@ -31,3 +31,12 @@ def test_bench_grad_writes_the_ratio_table_to_the_working_directory(tmp_path, mo
         # a loss and its gradient cost at least a fraction of a forward, and not a hundred
         assert 0.1 < float(rows[0][f"{k}_median"]) < 100, (k, rows[0])
     assert "value_and_grad_image" in (tmp_path / "cutem_bench_grad.txt").read_text()
+
+
+def test_option_sets_name_their_options():
+    from validation.bench import case_toml, parse_case
+
+    assert parse_case("tmv30_4096_projection_still")[3] == {"ice", "efilter", "damage", "tilt60"}
+    assert parse_case("tmv30_4096_projection_all")[3] == {"ice", "efilter", "damage", "tilt60", "frames10"}
+    toml = case_toml("tmv1_64_projection_still")
+    assert "frames" not in toml and "damage = true" in toml and "[60.0]" in toml

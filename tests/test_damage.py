@@ -36,6 +36,28 @@ def test_filter_keeps_the_mean_and_adds_the_b_growth():
     assert w[3, 0] == pytest.approx(want, rel=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(16, 12), (15, 9)])
+def test_filter_matches_the_formula_on_the_whole_grid_in_both_precisions(shape):
+    qy = np.fft.fftfreq(shape[0], d=1.5)[:, None]
+    qx = np.fft.rfftfreq(shape[1], d=1.5)[None, :]
+    q2 = qy * qy + qx * qx
+    with np.errstate(divide="ignore"):
+        want = np.exp(-7.0 / (2 * critical_exposure(np.sqrt(q2))) - 0.25 * 0.4 * 7.0 * q2)
+    want[0, 0] = 1.0
+    np.testing.assert_allclose(damage_filter(shape, 1.5, 7.0, 0.4), want, rtol=1e-12)
+    w32 = damage_filter(shape, 1.5, 7.0, 0.4, dtype=np.float32)
+    assert w32.dtype == np.float32
+    np.testing.assert_allclose(w32, want, rtol=2e-6)
+
+
+def test_float32_damage_runs_in_single_precision_and_matches_float64():
+    v = np.random.default_rng(1).standard_normal((2, 20, 18))
+    st = DamageFilter((20, 18), 1.2, 15.0, 0.2)
+    a, b = st(v.astype(np.float32)), st(v)
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max())
+
+
 def test_exposure_accumulates_in_acquisition_order():
     d = [2.0, 3.0, 5.0]
     assert mid_exposure(d, 0) == 1.0 and mid_exposure(d, 2) == 7.5
@@ -83,3 +105,15 @@ def test_damage_leaves_the_ice_alone():
     b = ImageModel.from_config(cfg.replace(sample=cfg.sample.replace(damage=False))).noise_free()
     np.testing.assert_allclose(a, b, rtol=1e-12)
     assert tilt_doses(cfg)[0] == 12.0
+
+
+def test_movie_frames_filter_one_cached_spectrum_like_the_stage():
+    import dataclasses
+
+    model = ImageModel.from_config(_movie_config())
+    v = model._atom_potential({})
+    for e in (2.0, 6.0, 10.0):
+        frame = dataclasses.replace(model, exposure_e_per_A2=e)
+        want = DamageFilter(v.shape, model.grid.pixel_size_A, e)(v)
+        np.testing.assert_allclose(frame.potential()[0], want, rtol=0, atol=1e-12 * np.abs(want).max())
+    assert model._cache["atoms_spectrum"][0] is v   # the frames share the model's cache

@@ -11,7 +11,7 @@ import adjoints.backend as B
 from cutem.config import ParticleSpec, RunConfig
 from cutem.errors import InputError
 from cutem.imaging import ImageModel, tilt_seed
-from cutem.movie import displace, global_shifts, movie_tilt
+from cutem.movie import displace, global_shifts, local_field, movie_tilt
 from cutem.params import Detector, Geometry, Optics, Sample, Simulation
 from cutem.run import run_simulation
 
@@ -134,14 +134,70 @@ def test_counts_frames_are_int16_and_a_series_writes_one_movie_per_tilt(tmp_path
 
 
 def test_local_motion_on_row_blocks_equals_one_interpolation(engine_threads):
-    from scipy import ndimage
-
     rng = np.random.default_rng(3)
     img = rng.random((37, 29)).astype(np.float32)
     local = 0.8 * rng.standard_normal((2, 37, 29)).astype(np.float32)
     engine_threads(3)
-    blocked = displace(img, (0.0, 0.0), local)
-    yy, xx = np.meshgrid(np.arange(37, dtype=np.float32), np.arange(29, dtype=np.float32), indexing="ij")
-    whole = ndimage.map_coordinates(displace(img, (0.0, 0.0)), np.stack([yy - local[1], xx - local[0]]),
-                                    order=3, mode="grid-wrap")
-    assert np.array_equal(blocked, whole)
+    blocked = displace(img, (0.4, -1.3), local)
+    engine_threads(1)
+    assert np.array_equal(blocked, displace(img, (0.4, -1.3), local))
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_fourier_spline_coefficients_give_the_spline_filter_interpolation(dtype, tol):
+    """The B-spline prefilter folded into the shift's FFT pair equals the former shift, then
+    scipy's grid-wrap spline_filter (float64), then map_coordinates, to the dtype's precision."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    for shape in ((37, 29), (32, 48)):
+        img = rng.random(shape).astype(dtype)
+        local = (1.7 * rng.standard_normal((2, *shape))).astype(dtype)
+        shifted = displace(img, (2.6, -0.7))
+        yy, xx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+        want = ndimage.map_coordinates(shifted.astype(np.float64), np.stack([yy - local[1], xx - local[0]]),
+                                       order=3, mode="grid-wrap")
+        got = displace(img, (2.6, -0.7), local)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
+        # no local motion at all: the spline interpolates its own samples
+        np.testing.assert_allclose(displace(img, (2.6, -0.7), 0 * local), shifted, rtol=0, atol=tol)
+
+
+def _field_on_its_grid(noise, sigma_px, n_full):
+    """The former construction: the noise low-passed by FFTs on its own grid, RMS 1 per component
+    (σ in pixels of a field of n_full pixels per axis; the noise has m points per axis)."""
+    m = noise.shape[-1]
+    q = np.fft.fftfreq(m) * m / n_full
+    lowpass = np.exp(-2 * (np.pi * sigma_px) ** 2 * (q[:, None] ** 2 + q[None, :] ** 2))
+    u = np.fft.ifft2(np.fft.fft2(noise) * lowpass).real
+    return u / np.sqrt((u * u).mean(axis=(1, 2), keepdims=True))
+
+
+def test_small_local_field_is_the_full_grid_construction():
+    u = local_field((48, 48), np.random.default_rng(5))
+    want = _field_on_its_grid(np.random.default_rng(5).standard_normal((2, 48, 48)), 48 / 8, 48)
+    np.testing.assert_allclose(u, want, rtol=0, atol=1e-12)
+
+
+def test_large_local_field_interpolates_its_coarse_draw_exactly():
+    """256²: drawn on 64², the full field passes through the coarse field's values at every fourth
+    pixel, is band-limited to the coarse grid's band and has RMS 1."""
+    u = local_field((256, 256), np.random.default_rng(6))
+    coarse = _field_on_its_grid(np.random.default_rng(6).standard_normal((2, 64, 64)), 256 / 8, 256)
+    np.testing.assert_allclose(u[:, ::4, ::4], coarse, rtol=0, atol=1e-10)
+    np.testing.assert_allclose((u * u).mean(axis=(1, 2)), 1.0, rtol=1e-12)
+    k = np.abs(np.fft.fftfreq(256) * 256)
+    spec = np.abs(np.fft.fft2(u))
+    assert spec[:, k >= 32].max() < 1e-9 * spec.max() and spec[:, :, k >= 32].max() < 1e-9 * spec.max()
+
+
+def test_noise_free_sum_by_one_mtf_equals_the_sum_of_the_twins():
+    cfg = _config(n=48, frames=4, dose=20.0, motion_drift_A_per_frame=1.0, motion_local_A_per_frame=0.5)
+    cfg = cfg.replace(sample=cfg.sample.replace(damage=True))
+    model = ImageModel.from_config(cfg)
+    frames, clean, *_ = movie_tilt(model, cfg.seed)
+    frames2, clean_sum, *_ = movie_tilt(model, cfg.seed, twins=False)
+    assert clean.shape == (4, 48, 48) and clean_sum.shape == (48, 48)
+    np.testing.assert_array_equal(frames, frames2)
+    np.testing.assert_allclose(clean_sum, clean.sum(0), rtol=1e-12)

@@ -13,15 +13,17 @@ defocus (1/(4λq²) at ⅔ Nyquist: a quarter-period of the outer ring per slab)
 fourth part of the case name lists the realism options, joined by ``-`` (issue 14):
 ``ice`` (400 Å of ice), ``efilter`` (ice + zero-loss energy filter), ``damage`` (exposure
 damage), ``frames10`` (a 10-frame movie with 2 Å/frame drift, 0.5 Å/frame jitter and local
-motion; the ``detector`` column then times the whole movie), ``tilt60`` (60° tilt), ``all``
-(every one of them); e.g. ``tmv30_4096_slabs_all``. The default detector, 40 e⁻/Å², 1.5 µm
+motion; the ``detector`` column then times the whole movie), ``tilt60`` (60° tilt), ``still``
+(every option of a still image: ice, efilter, damage, tilt60), ``all`` (every one of them, the
+movie too); e.g. ``tmv30_4096_slabs_all``. The default detector, 40 e⁻/Å², 1.5 µm
 underfocus, 300 kV. A case is one micrograph
 through the pipeline's own functions, each stage timed after a warm-up call of the whole
 tilt: ``atoms`` (scene → microscope frame), ``potential``, ``exit_wave``, ``optics`` (CTF),
 ``detector`` (binning, noise, MTF). ``cold`` is the first call in this process (plans,
 caches); ``warm`` the sum of the stages on the second. ``peak`` is the tracemalloc peak of a
 whole :func:`cutem.pipeline.simulate` call (scene building included) and ``estimate`` the
-memory plan's (:mod:`cutem.memory`) for it.
+memory plan's (:mod:`cutem.memory`) for it. A movie's lower bound (the per-frame Poisson field,
+MTF and interpolation that no frame can share) is timed by validation/bench_movie_floor.py.
 
 ``--process`` also times ``cutem simulate`` on a TOML of the 30-fragment 4096² scene as a
 fresh process (cold start: interpreter, imports, reading the PDB, writing the files) with
@@ -75,11 +77,13 @@ DEFAULT_CASES = [
 REALISM_CASES = [
     "tmv30_4096_projection_ice", "tmv30_4096_projection_efilter", "tmv30_4096_projection_damage",
     "tmv30_4096_projection_frames10", "tmv30_4096_slabs", "tmv30_4096_slabs_tilt60",
-    "tmv30_4096_projection_all", "tmv30_4096_slabs_all",
+    "tmv30_4096_projection_still", "tmv30_4096_projection_all", "tmv30_4096_slabs_all",
 ]
 DEFAULT_CASES += REALISM_CASES
 QUICK_CASES = ["tmv1_512_projection", "tmv1_512_multislice"]
 OPTIONS = ("ice", "efilter", "damage", "frames10", "tilt60")
+#: names for sets of options (module docstring)
+OPTION_SETS = {"all": set(OPTIONS), "still": {"ice", "efilter", "damage", "tilt60"}}
 STAGES = ("atoms", "potential", "exit_wave", "optics", "detector")
 #: the gradient table's parameter families (issue 18)
 GRAD_WRT = {"defocus": ("defocus_u_A",), "mtf": ("mtf_a", "mtf_b", "gain", "dqe"), "positions": ("positions",),
@@ -146,12 +150,13 @@ def parse_case(case):
     parts = case.split("_")
     scene, n, method = parts[:3] if len(parts) in (3, 4) else ("?", "0", "?")
     options = set(parts[3].split("-")) if len(parts) == 4 else set()
-    if "all" in options:
-        options = (options - {"all"}) | set(OPTIONS)
+    for name, members in OPTION_SETS.items():
+        if name in options:
+            options = (options - {name}) | members
     if (scene not in SCENES or method not in ("projection", "multislice", "slabs") or not n.isdigit() or int(n) < 16
             or not options <= set(OPTIONS)):
         raise SystemExit(f"unknown case {case!r}: SCENE_N_METHOD[_OPTIONS] with SCENE in {sorted(SCENES)}, "
-                         f"METHOD projection, multislice or slabs, OPTIONS of {OPTIONS + ('all',)} joined by -")
+                         f"METHOD projection, multislice or slabs, OPTIONS of {OPTIONS + tuple(OPTION_SETS)} joined by -")
     return scene, int(n), method, options
 
 
@@ -214,7 +219,7 @@ def run_stages(scene, cfg, xp):
     if cfg.detector.frames > 1:  # the whole movie: per-frame damage, motion and detection
         from cutem.movie import movie_tilt
 
-        img = movie_tilt(model, cfg.seed)[0].sum(0)
+        img = movie_tilt(model, cfg.seed, twins=False)[0].sum(0)   # as cutem simulate (cutem.movie.simulate_movies)
     else:
         res = model.detect(inten, rng=B.default_rng(tilt_seed(cfg.seed, 0), xp), estimator="score")
         img = B.to_numpy(res.image)
