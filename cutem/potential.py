@@ -161,26 +161,55 @@ class _Plan:
             b = self.__dict__["_band"] = _band(self.px, (self.ny, self.nx))
         return b
 
-    #: bytes of Fourier kernels kept per plan (they are reused across calls and tilts)
-    KERNEL_CACHE_BYTES = 512 * 2 ** 20
+    #: complex values per row block of :meth:`apply` on the CPU (1 MiB of complex64): the block's
+    #: kernel rows, its spectrum and the accumulator's stay in the cache between the product and
+    #: the sum, instead of streaming a materialised (ny, nx/2+1) kernel and the spectrum through
+    #: memory twice (34 kernels of 32 MiB for 1F2N at 4096² did not fit any cache worth keeping)
+    APPLY_BLOCK = 2 ** 17
+
+    def factors(self, z, b_level, solvent_V=0.0, d_b=False):
+        """The separable factors (ey (ny, m), ex (m, nxh)) of :meth:`kernel` (cached: they are
+        (ny + nxh)·m numbers). ``b_level`` a tuple ((B̃, c), ...): the kernel Σ c·kernel(B̃)."""
+        key = (int(z), b_level if isinstance(b_level, tuple) else float(b_level), float(solvent_V), bool(d_b))
+        cache = self.__dict__.setdefault("_fcache", {})
+        f = cache.get(key)
+        if f is None:
+            if isinstance(b_level, tuple):
+                parts = [self._factors(z, bk, solvent_V, d_b) for bk, _ in b_level]
+                ey = np.hstack([c * a for (_, c), (a, _) in zip(b_level, parts)])
+                ex = np.vstack([b for _, b in parts])
+            else:
+                ey, ex = self._factors(z, b_level, solvent_V, d_b)
+            if len(cache) > 4096:
+                cache.clear()
+            xp = self.xp
+            f = cache[key] = (xp.asarray(ey.astype(self.dtype)), xp.asarray(ex.astype(self.dtype)))
+        return f
 
     def kernel(self, z, b_level, solvent_V=0.0, d_b=False):
-        key = (int(z), float(b_level), float(solvent_V), bool(d_b))
-        cache = self.__dict__.setdefault("_kcache", {})
-        k = cache.get(key)
-        if k is None:
-            k = self._kernel(z, b_level, solvent_V, d_b)
-            if (len(cache) + 1) * k.nbytes > self.KERNEL_CACHE_BYTES:
-                cache.clear()
-            if k.nbytes <= self.KERNEL_CACHE_BYTES:
-                cache[key] = k
-        return k
+        """K f_Z(q/2) e^{−B q²/4} / T(q) / px² on the rfft half grid (float, on xp), materialised
+        (:meth:`apply` multiplies by it without)."""
+        ey, ex = self.factors(z, b_level, solvent_V, d_b)
+        return ey @ ex
 
-    def _kernel(self, z, b_level, solvent_V=0.0, d_b=False):
-        """K f_Z(q/2) e^{−B q²/4} / T(q) / px² on the rfft half grid (float, on xp); with ``d_b``
-        its derivative d/dB (the factor −q²/4 = −(q_y² + q_x²)/4; the solvent term has no B).
+    def apply(self, spec, z, b_level, solvent_V=0.0, d_b=False, acc=None):
+        """``spec`` × :meth:`kernel` (in place, returned), or with ``acc``: acc += spec × kernel
+        (``spec`` is overwritten). The kernel is made row block by row block from its separable
+        factors (one (rows×m)·(m×nxh) product each); on the GPU one block."""
+        ey, ex = self.factors(z, b_level, solvent_V, d_b)
+        step = self.ny if self.xp is not np else max(1, self.APPLY_BLOCK // self.nxh)
+        for r in range(0, self.ny, step):
+            blk = spec[r:r + step]
+            blk *= ey[r:r + step] @ ex
+            if acc is not None:
+                acc[r:r + step] += blk
+        return spec if acc is None else acc
 
-        Built as (ny×m)·(m×nxh) with m = 5 (+1 for the solvent; ×2 for d/dB): every term is
+    def _factors(self, z, b_level, solvent_V=0.0, d_b=False):
+        """Host float64 factors of K f_Z(q/2) e^{−B q²/4} / T(q) / px²; with ``d_b`` those of its
+        derivative d/dB (the factor −q²/4 = −(q_y² + q_x²)/4; the solvent term has no B).
+
+        The kernel is (ny×m)·(m×nxh) with m = 5 (+1 for the solvent; ×2 for d/dB): every term is
         separable.
         """
         a, b = E.scattering_params(z)
@@ -196,8 +225,7 @@ class _Plan:
         ex = np.exp(-np.outer(widths, self.qx2)) * self.inv_tx[None, :]
         if d_b:
             ey, ex = np.hstack([-0.25 * self.qy2[:, None] * ey, ey]), np.vstack([ex, -0.25 * self.qx2[None, :] * ex])
-        xp = self.xp
-        return xp.asarray(ey.astype(self.dtype)) @ xp.asarray(ex.astype(self.dtype))
+        return ey, ex
 
 
 _PLANS: dict = {}
@@ -806,11 +834,7 @@ def _forward_slice(plan, sa, solvent_V, xp):
             grid.fill(0)
         _spread(plan, grid, iy, ix, ty, tx, w, xp, spare)
         spec = B.rfft2(grid.reshape(plan.ny, plan.nx))
-        spec *= plan.kernel(z, b_level, solvent_V)
-        if acc is None:
-            acc = spec
-        else:
-            acc += spec
+        acc = plan.apply(spec, z, b_level, solvent_V, acc=acc)
         del spec
     if acc is None:
         return xp.zeros((plan.ny, plan.nx), dtype=dtype)
@@ -841,11 +865,9 @@ def _backward_slice(plan, sa, g, solvent_V, xp, need_xy=True, need_b=True):
     inside = B.to_numpy(sa.inside)
 
     def adjoint(z, b_level, d_b=False):
-        if isinstance(b_level, tuple):   # a combination of pivots ((B̃, weight), ...)
-            kern = sum(c * plan.kernel(z, bk, solvent_V) for bk, c in b_level)
-        else:
-            kern = plan.kernel(z, b_level, solvent_V, d_b)
-        return B.irfft2(G * kern, s=(plan.ny, plan.nx)).astype(dtype, copy=False).ravel()
+        # b_level a tuple: a combination of pivots ((B̃, weight), ...), one kernel Σ weight·kernel
+        spec = plan.apply(G.copy(), z, b_level, solvent_V, d_b)
+        return B.irfft2(spec, s=(plan.ny, plan.nx)).astype(dtype, copy=False).ravel()
 
     for z, b_level, idx, wl, dwl, value in sa.groups.entries(derivative=True):
         multi = dwl is not None and not isinstance(dwl, str)   # its own B derivative
