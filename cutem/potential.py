@@ -468,13 +468,19 @@ def _windows(piv, b, p):
     return start
 
 
-def _window_fits(z, piv, p, band, b):
-    """Constrained least-squares coefficients of e^{−Bs} on each B's window of ``p`` pivots.
+def _window_fits(z, piv, p, band, b, ref=None):
+    """Constrained least-squares coefficients of element ``z``'s f_z(q/2) e^{−Bs} on each B's
+    window of ``p`` pivots f_ref(q/2) e^{−B̃ₖs} of the basis element ``ref`` (default ``z``: the
+    pivots are e^{−B̃ₖs} times the atom's own form factor), with Σ cₖ = f_z(0)/f_ref(0) (1 for
+    ``ref`` = ``z``: the atom's integral exact).
 
     Returns (window starts (n,), coefficients (n, p), dB derivatives (n, p), relative errors of
     the values and of the derivatives (n,))."""
     s = band[0]
     root = _root_weight(z, band)
+    ref = z if ref is None else ref
+    base = root if ref == z else _root_weight(ref, band)
+    total = 1.0 if ref == z else E.f0(z) / E.f0(ref)
     start = _windows(piv, b, p)
     y = np.exp(-np.outer(s, b)) * root[:, None]
     d = -s[:, None] * y
@@ -482,14 +488,15 @@ def _window_fits(z, piv, p, band, b):
     err, d_err = np.empty(len(b)), np.empty(len(b))
     for j0 in np.unique(start):
         sel = start == j0
-        A = np.exp(-np.outer(s, piv[j0:j0 + p])) * root[:, None]
-        M = A[:, :-1] - A[:, -1:]          # Σ c = 1 eliminated: c_last = 1 − Σ_{<last} c
+        A = np.exp(-np.outer(s, piv[j0:j0 + p])) * base[:, None]
+        M = A[:, :-1] - A[:, -1:]          # Σ c = total eliminated: c_last = total − Σ_{<last} c
         pinv = np.linalg.pinv(M)
-        c = pinv @ (y[:, sel] - A[:, -1:])
+        c = pinv @ (y[:, sel] - total * A[:, -1:])
         dc = pinv @ d[:, sel]
-        coef[sel] = np.vstack([c, 1.0 - c.sum(0)]).T
+        coef[sel] = np.vstack([c, total - c.sum(0)]).T
         dcoef[sel] = np.vstack([dc, -dc.sum(0)]).T
-        err[sel] = np.linalg.norm(M @ c - (y[:, sel] - A[:, -1:]), axis=0) / np.linalg.norm(y[:, sel], axis=0)
+        err[sel] = (np.linalg.norm(M @ c - (y[:, sel] - total * A[:, -1:]), axis=0)
+                    / np.linalg.norm(y[:, sel], axis=0))
         d_err[sel] = np.linalg.norm(M @ dc - d[:, sel], axis=0) / np.linalg.norm(d[:, sel], axis=0)
     return start, coef, dcoef, err, d_err
 
@@ -497,24 +504,31 @@ def _window_fits(z, piv, p, band, b):
 _BASES: dict = {}
 
 
-def _b_pivots(z, lo, hi, band, tol, p):
+def _b_pivots(z, lo, hi, band, tol, p, targets=None, cap=_MAX_B_PIVOTS):
     """Pivots of element ``z`` over [lo, hi] for windows of ``p`` (cached): p evenly spaced, then
     greedily the midpoint of the widest gap in the window of the candidate (97 points of
     [lo, hi]) with the worst error, until every candidate's
     value error is ≤ ``tol`` and its dB derivative's ≤ ``_B_DERIVATIVE_TOLERANCE`` (the errors
-    are smooth in B, so the dense candidates stand for the whole range). Returns
-    (pivots, worst value error)."""
-    key = (z, lo, hi, tol, p, band[0].tobytes(), band[1].tobytes())
+    are smooth in B, so the dense candidates stand for the whole range). ``targets``: the
+    elements whose atoms are written on them (:func:`_window_fits` with ``ref`` = ``z``; default
+    ``z`` alone); the worst of them decides. ``cap``: stop beyond that many pivots (more would
+    not pay). Returns (pivots, worst value error)."""
+    targets = (z,) if targets is None else tuple(int(t) for t in targets)
+    cap = min(int(cap), _MAX_B_PIVOTS)
+    key = (z, targets, lo, hi, tol, p, cap, band[0].tobytes(), band[1].tobytes())
     hit = _BASES.get(key)
     if hit is not None:
         return hit
     cand = np.linspace(lo, hi, 97)
     piv = np.linspace(lo, hi, p)
     while True:
-        start, _, _, err, d_err = _window_fits(z, piv, p, band, cand)
+        fits = [_window_fits(t, piv, p, band, cand, ref=z) for t in targets]
+        start = fits[0][0]
+        err = np.max([f[3] for f in fits], axis=0)
+        d_err = np.max([f[4] for f in fits], axis=0)
         # half the tolerances on the candidates: the B values between them stay within them
         bad = np.maximum(err / (0.5 * tol), d_err / (0.5 * _B_DERIVATIVE_TOLERANCE))
-        if bad.max() <= 1.0 or len(piv) >= _MAX_B_PIVOTS:
+        if bad.max() <= 1.0 or len(piv) >= cap:
             break
         # split the widest gap of the worst candidate's window
         j0 = int(start[np.argmax(bad)])
@@ -543,19 +557,34 @@ def _b_fit(z, b_values, band, tol, fft_cost_atoms, spread=False):
     """
     b_values = np.asarray(b_values, dtype=np.float64)
     lo, hi = float(b_values.min()), float(b_values.max())
-    n = len(b_values)
     if hi - lo <= 1e-12 * max(1.0, hi) and not spread:
         return _BFit(np.array([lo]))
+    lo, hi = _b_range(lo, hi)
+    p, piv, err = _b_window(int(z), lo, hi, band, tol, len(b_values), fft_cost_atoms)
+    return _b_fit_on(z, b_values, lo, hi, band, tol, p, piv, err)
+
+
+def _b_range(lo, hi):
+    """[lo, hi] widened by ``_B_MARGIN_A2`` and snapped outwards (:func:`_b_fit`)."""
     m, o = _B_MARGIN_A2, _B_SNAP_OFFSET
-    lo, hi = max(0.0, (math.floor(lo / m - o) - 1 + o) * m), (math.ceil(hi / m - o) + 1 + o) * m
+    return max(0.0, (math.floor(lo / m - o) - 1 + o) * m), (math.ceil(hi / m - o) + 1 + o) * m
+
+
+def _b_window(z, lo, hi, band, tol, n, fft_cost_atoms):
+    """(p, pivots, worst error) of the window p of ``_B_WINDOWS`` with the least cost
+    n·p + ``fft_cost_atoms``·K."""
     best = None
     for p in _B_WINDOWS:
         piv, err = _b_pivots(int(z), lo, hi, band, float(tol), p)
         cost = n * p + fft_cost_atoms * len(piv)
         if best is None or cost < best[0]:
             best = (cost, p, piv, err)
-    _, p, piv, err = best
-    nodes, left, right = _b_table(int(z), lo, hi, band, float(tol), p)
+    return best[1:]
+
+
+def _b_fit_on(z, b_values, lo, hi, band, tol, p, piv, err, ref=None, targets=None, cap=_MAX_B_PIVOTS):
+    """The :class:`_BFit` of element ``z``'s atoms on the pivots ``piv`` (of ``ref``, :func:`_b_table`)."""
+    nodes, left, right = _b_table(int(z), lo, hi, band, float(tol), p, ref=ref, targets=targets, cap=cap)
     # the coefficients are read off a table over the range, linearly interpolated: O(n) for
     # millions of atoms, smooth in B, and their derivative is the table's slope exactly
     step = nodes[1] - nodes[0]
@@ -589,7 +618,8 @@ class _BFit:
             first = used.argmax(axis=0)                          # each cell's first pivot ...
             last = n_piv - 1 - used[::-1].argmax(axis=0)         # ... and last
             self.width = int((last - first + 1).max())
-            self.key = (first * n_piv + last).astype(np.int32)[cell]
+            # int16 (≤ 48² keys): NumPy's stable argsort is a radix sort for 16-bit keys
+            self.key = (first * n_piv + last).astype(np.int16)[cell]
             order = np.argsort(self.key, kind="stable")
             self.order = None if (np.diff(order) > 0).all() else order
             self.bounds = np.searchsorted(self.key[order], np.arange(n_piv * n_piv + 1))
@@ -604,35 +634,42 @@ class _BFit:
         pivot with atoms, for exactly the atoms that use it; the atoms must be in :attr:`order`.
         A pivot whose atoms are not one range (not met with windows that move by one pivot
         at a time) yields one entry per range, consecutively."""
+        for k in range(len(self.piv)):
+            yield from self.pivot(k, b0)
+
+    def pivot(self, k, b0):
+        """:meth:`groups` of pivot ``k`` alone."""
         if self.order is not None:
             raise RuntimeError("_BFit.groups needs the atoms sorted by their first pivot")
-        n_piv = len(self.piv)
-        for k, bk in enumerate(self.piv):
-            runs = []
-            for j in range(max(k - self.width + 1, 0), k + 1):   # the atoms k0 = j, k1 ≥ k
-                a, b = int(self.bounds[j * n_piv + k]), int(self.bounds[(j + 1) * n_piv])
-                if a < b:
-                    if runs and runs[-1][1] == a:
-                        runs[-1][1] = b
-                    else:
-                        runs.append([a, b])
-            for a, b in runs:
-                c = self.cell[a:b]
-                d = self.slope[k][c]
-                yield float(bk), slice(b0 + a, b0 + b), self.left[k][c] + (self.frac[a:b] * self.step) * d, d
+        n_piv, bk = len(self.piv), self.piv[k]
+        runs = []
+        for j in range(max(k - self.width + 1, 0), k + 1):   # the atoms k0 = j, k1 ≥ k
+            a, b = int(self.bounds[j * n_piv + k]), int(self.bounds[(j + 1) * n_piv])
+            if a < b:
+                if runs and runs[-1][1] == a:
+                    runs[-1][1] = b
+                else:
+                    runs.append([a, b])
+        for a, b in runs:
+            c = self.cell[a:b]
+            d = self.slope[k][c]
+            yield float(bk), slice(b0 + a, b0 + b), self.left[k][c] + (self.frac[a:b] * self.step) * d, d
 
 
-def _b_table(z, lo, hi, band, tol, p, n_nodes=1025):
+def _b_table(z, lo, hi, band, tol, p, n_nodes=1025, ref=None, targets=None, cap=_MAX_B_PIVOTS):
     """Coefficients of :func:`_window_fits` on ``n_nodes`` evenly spaced B of [lo, hi] (cached):
     (nodes, left (K, cells), right (K, cells)), the coefficients of every pivot at each cell's
-    left and right node (0 outside the node's window)."""
-    key = (z, lo, hi, tol, p, n_nodes, band[0].tobytes(), band[1].tobytes())
+    left and right node (0 outside the node's window). ``ref``, ``targets``: element ``z``
+    written on the pivots of :func:`_b_pivots` (``ref``, ``targets``)."""
+    ref = z if ref is None else ref
+    targets = None if targets is None else tuple(int(t) for t in targets)
+    key = (z, ref, targets, lo, hi, tol, p, cap, n_nodes, band[0].tobytes(), band[1].tobytes())
     hit = _BASES.get(key)
     if hit is not None:
         return hit
-    piv, _ = _b_pivots(z, lo, hi, band, tol, p)
+    piv, _ = _b_pivots(ref, lo, hi, band, tol, p, targets, cap)
     nodes = np.linspace(lo, hi, n_nodes)
-    start, coef, _, _, _ = _window_fits(z, piv, p, band, nodes)
+    start, coef, _, _, _ = _window_fits(z, piv, p, band, nodes, ref=ref)
     dense = np.zeros((n_nodes, len(piv)))
     np.put_along_axis(dense, start[:, None] + np.arange(p)[None, :], coef, axis=1)
     out = _BASES[key] = (nodes, np.ascontiguousarray(dense[:-1].T), np.ascontiguousarray(dense[1:].T))
@@ -646,9 +683,18 @@ class _Groups:
     (:func:`_b_fit`; one pivot at the atoms' own B when they share one value); a group is one
     (element, pivot) pair and holds the atoms whose window includes that pivot.
     ``npix``: the grid's pixels (the transform's cost, against the scatter's).
+
+    ``shared``: the elements with several B values may share one set of pivots, the
+    Gaussians f_ref(q/2) e^{−B̃ₖs} of the element with the most atoms (``ref``): every such
+    atom's f_Z(q/2) e^{−Bs} is written on them (:func:`_window_fits` with ``ref``; the pivots
+    are added until every element meets the tolerances), so that a pivot is one group of the
+    atoms of all those elements: one FFT per pivot instead of one per (element, pivot) (1F2N
+    at 1 Å, 4096²: 9 instead of 34, each element within 4e-4 of its own transform). Taken when
+    it meets ``tol`` and costs less (scatters + transforms, :func:`_b_window`). Only without
+    a solvent term, whose per-element Gaussian is not B-dependent (the caller decides).
     """
 
-    def __init__(self, elements, species, b_total, band, tol=B_TOLERANCE, npix=2 ** 22):
+    def __init__(self, elements, species, b_total, band, tol=B_TOLERANCE, npix=2 ** 22, shared=False):
         if not (tol > 0):
             raise InputError(f"b_tolerance {tol!r} must be > 0")
         self.species = species
@@ -657,10 +703,74 @@ class _Groups:
         self.band, self.tol, self.fft_cost = band, tol, _FFT_PER_PIXEL_IN_ATOMS * npix
         self.bounds = np.concatenate([[0], np.cumsum(np.bincount(self.elements, minlength=len(species)))])
         self.fits = {}
+        self.shared = None   # (basis element ref, pivots, elements e written on them)
+        multi = {}
         for e, z in enumerate(species):
             b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
-            if b1 > b0:
-                self.fits[e] = _b_fit(z, self.b_total[b0:b1], band, tol, self.fft_cost)
+            if b1 <= b0:
+                continue
+            bv = self.b_total[b0:b1]
+            lo, hi = float(bv.min()), float(bv.max())
+            if shared and hi - lo > 1e-12 * max(1.0, hi):
+                multi[e] = (lo, hi)
+            else:
+                self.fits[e] = _b_fit(z, bv, band, tol, self.fft_cost)
+        if len(multi) > 1:
+            self._share(multi)
+        for e in multi:
+            if e not in self.fits:
+                b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
+                self.fits[e] = _b_fit(species[e], self.b_total[b0:b1], band, tol, self.fft_cost)
+        self.fits = dict(sorted(self.fits.items()))
+
+    def _share(self, multi):
+        """Fit elements of ``multi`` ({e: (B min, B max)}) on shared pivots when that meets the
+        tolerance and costs less than their own pivots; False when none. The basis is the
+        element with the most atoms; while the shared pivots miss the tolerance or cost more,
+        the element that fits on them worst is left out (Ca on carbon's: 3e-2); when fewer
+        than two are left, the next element is tried as the basis (hydrogens, the most atoms of a model that has them, take no
+        other element)."""
+        size = {e: int(self.bounds[e + 1] - self.bounds[e]) for e in multi}
+        own = {}
+        for e, (elo, ehi) in multi.items():   # the cost of the element's own pivots
+            elo, ehi = _b_range(elo, ehi)
+            pe, pive, _ = _b_window(int(self.species[e]), elo, ehi, self.band, self.tol, size[e], self.fft_cost)
+            own[e] = size[e] * pe + self.fft_cost * len(pive)
+        for ref_e in sorted(multi, key=lambda e: -size[e]):
+            ref = int(self.species[ref_e])
+            members = dict(multi)
+            while len(members) > 1:
+                zs = tuple(int(self.species[e]) for e in members)
+                lo, hi = _b_range(min(v[0] for v in members.values()), max(v[1] for v in members.values()))
+                n, budget = sum(size[e] for e in members), sum(own[e] for e in members)
+                best, widest = None, None
+                for p in _B_WINDOWS:
+                    # pivots beyond what would cost less than the members' own are not searched
+                    cap = int((budget - n * p) / max(self.fft_cost, 1e-300) - 1e-9)
+                    if cap < p:
+                        continue
+                    piv, err = _b_pivots(ref, lo, hi, self.band, float(self.tol), p, zs, cap)
+                    widest = (p, piv)
+                    if err <= self.tol and len(piv) <= cap and len(piv) < _MAX_B_PIVOTS:
+                        cost = n * p + self.fft_cost * len(piv)
+                        if best is None or cost < best[0]:
+                            best = (cost, p, piv, err, cap)
+                if best is not None:
+                    _, p, piv, err, cap = best
+                    for e in members:
+                        b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
+                        self.fits[e] = _b_fit_on(self.species[e], self.b_total[b0:b1], lo, hi, self.band, self.tol,
+                                                 p, piv, err, ref=ref, targets=zs, cap=cap)
+                    self.shared = (ref, piv, tuple(sorted(members)))
+                    return True
+                if widest is None:
+                    break
+                # leave out the element that fits worst on the widest window's pivots
+                pw, pivw = widest
+                cand = np.linspace(lo, hi, 97)
+                del members[max((e for e in members if e != ref_e), key=lambda e: _window_fits(
+                    int(self.species[e]), pivw, pw, self.band, cand, ref=ref)[3].max())]
+        return False
 
     def order(self):
         """The permutation that sorts each element's atoms by first pivot (None: sorted), applied
@@ -683,7 +793,8 @@ class _Groups:
 
     @property
     def n_groups(self) -> int:
-        return sum(len(f.piv) for f in self.fits.values())
+        own = sum(len(f.piv) for e, f in self.fits.items() if self.shared is None or e not in self.shared[2])
+        return own + (0 if self.shared is None else len(self.shared[1]))
 
     @property
     def worst_error(self) -> float:
@@ -705,7 +816,15 @@ class _Groups:
         exact whatever its B: d coefficients/dB is the string ``"exact"``, the cotangent of the
         exact dB kernel.
         """
+        if self.shared is not None:   # pivot by pivot, the ranges of every element on it
+            ref, piv, members = self.shared
+            for k in range(len(piv)):
+                for e in members:
+                    for bk, idx, wl, dwl in self.fits[e].pivot(k, int(self.bounds[e])):
+                        yield (ref, bk, idx, wl, dwl, True) if derivative else (ref, bk, idx, wl)
         for e, fit in self.fits.items():
+            if self.shared is not None and e in self.shared[2]:
+                continue
             b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
             z = self.species[e]
             if len(fit.piv) > 1:
@@ -725,13 +844,13 @@ class _Groups:
             yield z, combo, sl, None, np.ones(b1 - b0), False
 
 
-def group_count(species, elements, b_total, pixel_size_A, shape, tol=B_TOLERANCE) -> int:
+def group_count(species, elements, b_total, pixel_size_A, shape, tol=B_TOLERANCE, solvent_V=0.0) -> int:
     """(element, B pivot) groups, i.e. Fourier transforms, of a projected potential of these
     atoms on a grid of ``shape``."""
     order = np.argsort(np.asarray(elements), kind="stable")
     ny, nx = (int(k) for k in shape)
     return _Groups(np.asarray(elements)[order], species, np.asarray(b_total)[order],
-                   _band(float(pixel_size_A), shape), tol, ny * nx).n_groups
+                   _band(float(pixel_size_A), shape), tol, ny * nx, shared=not solvent_V).n_groups
 
 
 def n_slices(z_range_A, slice_thickness_A=None) -> int:
@@ -787,7 +906,7 @@ class _SliceAtoms:
     to the caller's order.
     """
 
-    def __init__(self, plan, xy, elements, species, weights, b_total, b_tolerance, xp):
+    def __init__(self, plan, xy, elements, species, weights, b_total, b_tolerance, xp, solvent_V=0.0):
         self.n = len(xy)
         self.species = species
         elements = np.asarray(elements)
@@ -797,8 +916,9 @@ class _SliceAtoms:
             xy, elements = xy[perm], elements[perm]
             weights, b_total = np.asarray(weights)[perm], np.asarray(b_total)[perm]
         self.elements = elements
-        self.groups = (_Groups(self.elements, species, b_total, plan.band, b_tolerance, plan.ny * plan.nx)
-                       if self.n else None)
+        # shared pivots only without the solvent term (_Groups)
+        self.groups = (_Groups(self.elements, species, b_total, plan.band, b_tolerance, plan.ny * plan.nx,
+                               shared=not solvent_V) if self.n else None)
         # then by first B pivot within each element, so that each group's atoms are one range
         sub = self.groups.order() if self.n else None
         if sub is not None:
@@ -987,7 +1107,7 @@ def projected_potential(atoms, shape, pixel_size_A, *, slice_thickness_A=None, z
         whole = len(idx) == a.n
         sl = slice(None) if whole else idx
         sa = _SliceAtoms(plan, pos[sl].astype(dtype, copy=False), a.elements[sl], a.species, w[sl],
-                         b_total[sl], b_tolerance, xp)
+                         b_total[sl], b_tolerance, xp, solvent_V)
         out[k] = _forward_slice(plan, sa, solvent_V, xp)
     return out
 
@@ -1030,7 +1150,7 @@ class ProjectedPotentialStage(Stage):
         for idx in groups:
             out.append((idx, _SliceAtoms(plan, pos[idx, :2].astype(plan.dtype), self.elements[idx],
                                          self.species, self.occupancies[idx], b_total[idx], self.b_tolerance,
-                                         xp)))
+                                         xp, self.solvent_V)))
         return out
 
     def forward(self, ctx, positions, b_factors, scale):
