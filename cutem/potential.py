@@ -20,7 +20,8 @@ divided by the transfer function of the spreading itself, sinc⁴(k_y/n_y)·sinc
 transform of the cubic B-spline; sinc² for ``spread_order=1``, the bilinear "tent") → summed
 over the groups in Fourier space → one inverse rfft2 → ÷ px² (a Fourier series over the
 field area). The per-group transforms are separable (every factor is a Gaussian in q_x times
-one in q_y), so each is one small matrix product (ny×5)·(5×nx/2+1).
+one in q_y), so each is (ny×5)·(5×nx/2+1): it is made row block by row block while it
+multiplies the group's spectrum into the sum (:meth:`_Plan.apply`), never as a whole grid.
 The division by sinc⁴ corrects the spreading's mean transfer but not its aliases (the error at
 frequency q is of order the atom's transform times sinc⁴(1 − q·px)/sinc⁴(q·px)).
 validation/potential_checks.py measures the result against the exact band-limited Fourier sum
@@ -40,14 +41,21 @@ weighted by f_Z(q/2)²) ≤ ``b_tolerance`` (default 1e-3) and its dB derivative
 (2 to 4) is chosen to minimise scatters + transforms for the atom count and grid. Atoms that
 share one B (cryo-EM models; all TMV atoms have 90 Å²) get one exact Gaussian at that B. The
 forward is smooth in B while the pivots stay put (between snap points) and the B cotangent is
-its derivative. Measured on PDB 1F2N (B from 2 to 100 Å², tests/test_potential.py): 34 groups
-at 1 Å (256² and 4096² grids), 52 at 0.5 Å (a 5 Å² lattice: 70), relative L2 against the exact sum 2.95e-2 at
-1 Å and 3.9e-3 at 0.5 Å (lattice: 2.97e-2, 4.9e-3) — at 1 Å the scatter's aliasing of the
+its derivative. Without a solvent term the elements with several B values share one set of
+pivots (:class:`_Groups`): f_ref(q/2) e^{−B̃ₖs} of the element with the most atoms, on which
+every element's f_Z(q/2) e^{−Bs} is fitted the same way (Σₖ cₖ = f_Z(0)/f_ref(0): integrals
+exact), the pivots added until each element meets the tolerances; an element that does not fit
+keeps its own. A group is then one pivot with the atoms of all those elements. Measured on PDB
+1F2N (B from 2 to 100 Å², tests/test_potential.py): 13 groups at 1 Å (256² and 4096²: C, N, O,
+S on carbon's 9 pivots, within 4e-4 of their own transforms; Ca, 3e-2 on them, on its own 4);
+34 with every element on its own pivots (with a solvent term), 52 at 0.5 Å, where N does not fit
+on carbon's (a 5 Å² lattice: 70); relative L2 against the exact sum 2.95e-2 at 1 Å (shared or
+not) and 3.9e-3 at 0.5 Å (lattice: 2.97e-2, 4.9e-3) — at 1 Å the scatter's aliasing of the
 B = 2 Å² atoms dominates (6.4e-3 even with every B = 50 Å²), not the B representation.
 
-Cost: one forward rfft2 per (element, pivot) group and slice, one inverse per slice, plus a
-scatter of 4 (bilinear) or 16 (cubic) weights per atom and pivot it uses (1 with a single B;
-2–4 otherwise).
+Cost: one forward rfft2 per group and slice, one inverse per slice, plus a scatter of 4
+(bilinear) or 16 (cubic) weights per atom and pivot it uses (1 with a single B; 2–5 otherwise,
+the pivots of the atom's cell of the coefficient table and no other).
 
 Solvent: :func:`ice_potential` gives the projected potential of the ice layer, V_ice·(length of
 ice in the slice), V_ice = K·n·(f_O(0) + 2 f_H(0)) = 4.877 V for n = 0.0335 Å⁻³. So that ice is
