@@ -746,19 +746,27 @@ class _Groups:
             own[e] = size[e] * pe + self.fft_cost * len(pive)
         for ref_e in sorted(multi, key=lambda e: -size[e]):
             ref = int(self.species[ref_e])
-            members = dict(multi)
+            # first leave out the elements far off the basis element's own pivots (10× the
+            # tolerance, e.g. Ca on carbon's), before the searches over several elements
+            lo, hi = _b_range(min(v[0] for v in multi.values()), max(v[1] for v in multi.values()))
+            pw, cand = _B_WINDOWS[-1], np.linspace(lo, hi, 97)
+            pivw, _ = _b_pivots(ref, lo, hi, self.band, float(self.tol), pw)
+            members = {e: v for e, v in multi.items() if e == ref_e or _window_fits(
+                int(self.species[e]), pivw, pw, self.band, cand, ref=ref)[3].max() <= 10 * self.tol}
             while len(members) > 1:
                 zs = tuple(int(self.species[e]) for e in members)
                 lo, hi = _b_range(min(v[0] for v in members.values()), max(v[1] for v in members.values()))
                 n, budget = sum(size[e] for e in members), sum(own[e] for e in members)
                 best, widest = None, None
-                for p in _B_WINDOWS:
-                    # pivots beyond what would cost less than the members' own are not searched
+                for p in _B_WINDOWS[::-1]:
+                    # pivots beyond what would cost less than the members' own are not searched,
+                    # nor windows whose basis element alone needs too many (the others add more)
                     cap = int((budget - n * p) / max(self.fft_cost, 1e-300) - 1e-9)
-                    if cap < p:
+                    alone = len(_b_pivots(ref, lo, hi, self.band, float(self.tol), p)[0])
+                    if cap < max(p, alone) or (best is not None and n * p + self.fft_cost * alone >= best[0]):
                         continue
                     piv, err = _b_pivots(ref, lo, hi, self.band, float(self.tol), p, zs, cap)
-                    widest = (p, piv)
+                    widest = widest or (p, piv)
                     if err <= self.tol and len(piv) <= cap and len(piv) < _MAX_B_PIVOTS:
                         cost = n * p + self.fft_cost * len(piv)
                         if best is None or cost < best[0]:
