@@ -189,7 +189,8 @@ class _Plan:
                 ex = np.vstack([b for _, b in parts])
             else:
                 ey, ex = self._factors(z, b_level, solvent_V, d_b)
-            if len(cache) > 4096:
+            # ≤ 64 MiB of factors (147 KiB per kernel at 4096² in float32)
+            if (len(cache) + 1) * (self.ny + self.nxh) * ey.shape[1] * self.dtype.itemsize > 64 * 2 ** 20:
                 cache.clear()
             xp = self.xp
             f = cache[key] = (xp.asarray(ey.astype(self.dtype)), xp.asarray(ex.astype(self.dtype)))
