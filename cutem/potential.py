@@ -44,13 +44,13 @@ forward is smooth in B while the pivots stay put (between snap points) and the B
 its derivative. Without a solvent term the elements with several B values share one set of
 pivots (:class:`_Groups`): f_ref(q/2) e^{−B̃ₖs} of the element with the most atoms, on which
 every element's f_Z(q/2) e^{−Bs} is fitted the same way (Σₖ cₖ = f_Z(0)/f_ref(0): integrals
-exact), the pivots added until each element meets the tolerances; an element that does not fit
-keeps its own. A group is then one pivot with the atoms of all those elements. Measured on PDB
-1F2N (B from 2 to 100 Å², tests/test_potential.py): 13 groups at 1 Å (256² and 4096²: C, N, O,
-S on carbon's 9 pivots, within 4e-4 of their own transforms; Ca, 3e-2 on them, on its own 4);
-34 with every element on its own pivots (with a solvent term), 52 at 0.5 Å, where N does not fit
-on carbon's (a 5 Å² lattice: 70); relative L2 against the exact sum 2.95e-2 at 1 Å (shared or
-not) and 3.9e-3 at 0.5 Å (lattice: 2.97e-2, 4.9e-3) — at 1 Å the scatter's aliasing of the
+exact), the pivots added until each element meets the tolerances; an element with few atoms
+that does not fit may take wider windows of them, else it keeps its own pivots. A group is then
+one pivot with the atoms of all those elements. Measured on PDB 1F2N (B from 2 to 100 Å²,
+tests/test_potential.py): 9 groups at 1 Å (256² and 4096²: C, N, O, S on carbon's 9 pivots,
+within 4e-4 of their own transforms, Ca on windows of 8 of them, 3e-2 on 4); 34 with every
+element on its own pivots (with a solvent term), 52 at 0.5 Å, where N does not fit on carbon's
+(a 5 Å² lattice: 70); relative L2 against the exact sum 2.95e-2 at 1 Å (shared or not) and 3.9e-3 at 0.5 Å (lattice: 2.97e-2, 4.9e-3) — at 1 Å the scatter's aliasing of the
 B = 2 Å² atoms dominates (6.4e-3 even with every B = 50 Å²), not the B representation.
 
 Cost: one forward rfft2 per group and slice, one inverse per slice, plus a scatter of 4
@@ -591,9 +591,10 @@ def _b_window(z, lo, hi, band, tol, n, fft_cost_atoms):
     return best[1:]
 
 
-def _b_fit_on(z, b_values, lo, hi, band, tol, p, piv, err, ref=None, targets=None, cap=_MAX_B_PIVOTS):
+def _b_fit_on(z, b_values, lo, hi, band, tol, p, piv, err, ref=None, targets=None, cap=_MAX_B_PIVOTS, window=None):
     """The :class:`_BFit` of element ``z``'s atoms on the pivots ``piv`` (of ``ref``, :func:`_b_table`)."""
-    nodes, left, right = _b_table(int(z), lo, hi, band, float(tol), p, ref=ref, targets=targets, cap=cap)
+    nodes, left, right = _b_table(int(z), lo, hi, band, float(tol), p, ref=ref, targets=targets, cap=cap,
+                                  window=window)
     # the coefficients are read off a table over the range, linearly interpolated: O(n) for
     # millions of atoms, smooth in B, and their derivative is the table's slope exactly
     step = nodes[1] - nodes[0]
@@ -665,22 +666,24 @@ class _BFit:
             yield float(bk), slice(b0 + a, b0 + b), self.left[k][c] + (self.frac[a:b] * self.step) * d, d
 
 
-def _b_table(z, lo, hi, band, tol, p, n_nodes=1025, ref=None, targets=None, cap=_MAX_B_PIVOTS):
+def _b_table(z, lo, hi, band, tol, p, n_nodes=1025, ref=None, targets=None, cap=_MAX_B_PIVOTS, window=None):
     """Coefficients of :func:`_window_fits` on ``n_nodes`` evenly spaced B of [lo, hi] (cached):
     (nodes, left (K, cells), right (K, cells)), the coefficients of every pivot at each cell's
     left and right node (0 outside the node's window). ``ref``, ``targets``: element ``z``
-    written on the pivots of :func:`_b_pivots` (``ref``, ``targets``)."""
+    written on the pivots of :func:`_b_pivots` (``ref``, ``targets``, ``p``), with windows of
+    ``window`` pivots (default ``p``)."""
     ref = z if ref is None else ref
     targets = None if targets is None else tuple(int(t) for t in targets)
-    key = (z, ref, targets, lo, hi, tol, p, cap, n_nodes, band[0].tobytes(), band[1].tobytes())
+    w = p if window is None else int(window)
+    key = (z, ref, targets, lo, hi, tol, p, cap, w, n_nodes, band[0].tobytes(), band[1].tobytes())
     hit = _BASES.get(key)
     if hit is not None:
         return hit
     piv, _ = _b_pivots(ref, lo, hi, band, tol, p, targets, cap)
     nodes = np.linspace(lo, hi, n_nodes)
-    start, coef, _, _, _ = _window_fits(z, piv, p, band, nodes, ref=ref)
+    start, coef, _, _, _ = _window_fits(z, piv, w, band, nodes, ref=ref)
     dense = np.zeros((n_nodes, len(piv)))
-    np.put_along_axis(dense, start[:, None] + np.arange(p)[None, :], coef, axis=1)
+    np.put_along_axis(dense, start[:, None] + np.arange(w)[None, :], coef, axis=1)
     out = _BASES[key] = (nodes, np.ascontiguousarray(dense[:-1].T), np.ascontiguousarray(dense[1:].T))
     return out
 
@@ -698,8 +701,8 @@ class _Groups:
     atom's f_Z(q/2) e^{−Bs} is written on them (:func:`_window_fits` with ``ref``; the pivots
     are added until every element meets the tolerances), so that a pivot is one group of the
     atoms of all those elements: one FFT per pivot instead of one per (element, pivot) (1F2N
-    at 1 Å, 4096²: 13 groups instead of 34, C, N, O and S on carbon's 9 pivots within 4e-4 of
-    their own transforms, Ca on its own 4). Taken when
+    at 1 Å, 4096²: 9 groups instead of 34, C, N, O and S on carbon's 9 pivots within 4e-4 of
+    their own transforms, Ca, 3e-2 on 4-wide windows of them, on 8-wide ones). Taken when
     it meets ``tol`` and costs less (scatters + transforms, :func:`_b_window`). Only without
     a solvent term, whose per-element Gaussian is not B-dependent (the caller decides).
     """
@@ -775,11 +778,28 @@ class _Groups:
                             best = (cost, p, piv, err, cap)
                 if best is not None:
                     _, p, piv, err, cap = best
-                    for e in members:
+                    window = dict.fromkeys(members, p)
+                    # a left-out element with few atoms may still fit on a wider window of the
+                    # shared pivots (1F2N's Ca: 1e-4 with 8 of the 9), cheaper than its own
+                    for e in sorted(set(multi) - set(members)):
+                        elo, ehi = _b_range(*multi[e])
+                        if elo < lo or ehi > hi:
+                            continue
+                        cand = np.linspace(elo, ehi, 97)
+                        for pe in range(p + 1, len(piv) + 1):
+                            if size[e] * pe >= own[e]:
+                                break
+                            _, _, _, e_err, e_derr = _window_fits(int(self.species[e]), piv, pe, self.band, cand,
+                                                                  ref=ref)
+                            if e_err.max() <= 0.5 * self.tol and e_derr.max() <= 0.5 * _B_DERIVATIVE_TOLERANCE:
+                                window[e] = pe
+                                err = max(err, float(e_err.max()))
+                                break
+                    for e, pe in window.items():
                         b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
                         self.fits[e] = _b_fit_on(self.species[e], self.b_total[b0:b1], lo, hi, self.band, self.tol,
-                                                 p, piv, err, ref=ref, targets=zs, cap=cap)
-                    self.shared = (ref, piv, tuple(sorted(members)))
+                                                 p, piv, err, ref=ref, targets=zs, cap=cap, window=pe)
+                    self.shared = (ref, piv, tuple(sorted(window)))
                     return True
                 if widest is None:
                     break
