@@ -170,11 +170,14 @@ class _Plan:
             b = self.__dict__["_band"] = _band(self.px, (self.ny, self.nx))
         return b
 
-    #: complex values per row block of :meth:`apply` on the CPU (1 MiB of complex64): the block's
-    #: kernel rows, its spectrum and the accumulator's stay in the cache between the product and
-    #: the sum, instead of streaming a materialised (ny, nx/2+1) kernel and the spectrum through
-    #: memory twice (34 kernels of 32 MiB for 1F2N at 4096² did not fit any cache worth keeping)
-    APPLY_BLOCK = 2 ** 17
+    #: multiply-adds of the kernel's factors per row block of :meth:`apply` on the CPU (a block of
+    #: 32 rows at 4096² with m = 5): the block's kernel rows, its spectrum and the accumulator's
+    #: stay in the cache between the product and the sum, instead of streaming a materialised
+    #: (ny, nx/2+1) kernel and the spectrum through memory twice (34 kernels of 32 MiB for 1F2N
+    #: at 4096² did not fit any cache worth keeping). Small on purpose: OpenBLAS runs a product
+    #: twice this size on its threads, measured 0.5 s instead of 2 ms for the 4096² kernel on
+    #: the 2 busy cores
+    APPLY_BLOCK = 5 * 2 ** 16
 
     def factors(self, z, b_level, solvent_V=0.0, d_b=False):
         """The separable factors (ey (ny, m), ex (m, nxh)) of :meth:`kernel` (cached: they are
@@ -207,7 +210,7 @@ class _Plan:
         (``spec`` is overwritten). The kernel is made row block by row block from its separable
         factors (one (rows×m)·(m×nxh) product each); on the GPU one block."""
         ey, ex = self.factors(z, b_level, solvent_V, d_b)
-        step = self.ny if self.xp is not np else max(1, self.APPLY_BLOCK // self.nxh)
+        step = self.ny if self.xp is not np else max(1, self.APPLY_BLOCK // (self.nxh * ey.shape[1]))
         for r in range(0, self.ny, step):
             blk = spec[r:r + step]
             blk *= ey[r:r + step] @ ex
