@@ -58,8 +58,9 @@ from .imaging import slice_count
 #: bytes per atom at the start of the atom potential (positions, sorting, per-atom scatter
 #: arrays of every atom at once; the taps are made per block of atoms, not for all) ...
 ATOM_BYTES = 150
-#: ... and while the (element, B pivot) groups are scattered one by one (the cache of Fourier
-#: kernels grows meanwhile)
+#: ... and while the (element, B pivot) groups are scattered one by one (their Fourier kernels
+#: are made row block by row block from separable factors, cutem.potential._Plan.apply: no
+#: kernel grids are kept)
 ATOM_LOOP_BYTES = 46
 #: bytes per atom alive after the potential (the tilt's positions and what is left of them)
 RETAINED_ATOM_BYTES = 40
@@ -67,10 +68,6 @@ RETAINED_ATOM_BYTES = 40
 SCENE_ATOM_BYTES = 12
 #: bytes per pixel of the Fourier accumulation of the atom potential (float32 run)
 POTENTIAL_GRID_BYTES = 25
-#: bytes per pixel of one cached Fourier kernel (real half spectrum, float32) and the cache's cap
-#: (cutem.potential._Plan.KERNEL_CACHE_BYTES); one kernel per (element, B pivot) group
-KERNEL_BYTES = 2
-KERNEL_CACHE_CAP = 512 * 2 ** 20
 #: bytes per pixel that the first image of a grid leaves in caches (plans, frequency grids)
 FIRST_USE_GRID_BYTES = 10
 #: bytes per pixel of the ice geometry (float64 grids) and per pixel and slice
@@ -197,13 +194,11 @@ def estimate(cfg, n_atoms, device=None, *, z_extent_A=None, atom_chunk=None, gro
     """Peak memory of simulating ``cfg`` (module docstring), or with ``gradient`` (the names of
     the parameters differentiated) of one loss-and-gradient of an image.
 
-    ``n_atoms``: the atom count, or the run's :class:`cutem.specimen.Scene` (which also
-    gives the number of (element, B pivot) groups, i.e. cached Fourier kernels; default 6).
+    ``n_atoms``: the atom count, or the run's :class:`cutem.specimen.Scene`. ``groups`` (the
+    (element, B pivot) groups) no longer changes the estimate: no Fourier kernels are cached.
     """
     dev = device if device in ("cpu", "gpu") else _device_name(device)
     n, scene = _counts(n_atoms)
-    if groups is None:
-        groups = kernel_groups(scene, cfg) if scene is not None else 6
     g = Grid.from_config(cfg)
     P = int(g.shape[0]) * int(g.shape[1])
     S = n_slices(cfg, scene, z_extent_A)
@@ -213,14 +208,12 @@ def estimate(cfg, n_atoms, device=None, *, z_extent_A=None, atom_chunk=None, gro
     n_tilts = max(1, len(cfg.geometry.tilt_angles_deg))
     fixed = FIXED_BYTES + SCENE_ATOM_BYTES * n + 8 * ny * nx * n_tilts
     slices = 4 * k * S * P
-    kern = k * KERNEL_BYTES * P
-    cache = min(int(groups), KERNEL_CACHE_CAP // max(kern, 1)) * kern if kern <= KERNEL_CACHE_CAP else 0
     # chunked: the running sum of the slices is alive beside the chunk's output
     acc = slices if chunk < n else 0
     # on the CPU each extra scatter thread fills its own grid (cutem.potential._spread)
     spare = 4 * k * P * (_threads() - 1) if dev == "cpu" else 0
     phases = {"potential": fixed + k * POTENTIAL_GRID_BYTES * P + slices + acc + spare
-              + max(ATOM_BYTES * chunk, ATOM_LOOP_BYTES * chunk + cache)}
+              + max(ATOM_BYTES * chunk, ATOM_LOOP_BYTES * chunk)}
     retained = fixed + RETAINED_ATOM_BYTES * n + k * FIRST_USE_GRID_BYTES * P + slices
     if cfg.sample.ice:
         phases["ice"] = retained + k * (ICE_GRID_BYTES + ICE_SLICE_BYTES * S) * P

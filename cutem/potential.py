@@ -20,7 +20,8 @@ divided by the transfer function of the spreading itself, sinc⁴(k_y/n_y)·sinc
 transform of the cubic B-spline; sinc² for ``spread_order=1``, the bilinear "tent") → summed
 over the groups in Fourier space → one inverse rfft2 → ÷ px² (a Fourier series over the
 field area). The per-group transforms are separable (every factor is a Gaussian in q_x times
-one in q_y), so each is one small matrix product (ny×5)·(5×nx/2+1).
+one in q_y), so each is (ny×5)·(5×nx/2+1): it is made row block by row block while it
+multiplies the group's spectrum into the sum (:meth:`_Plan.apply`), never as a whole grid.
 The division by sinc⁴ corrects the spreading's mean transfer but not its aliases (the error at
 frequency q is of order the atom's transform times sinc⁴(1 − q·px)/sinc⁴(q·px)).
 validation/potential_checks.py measures the result against the exact band-limited Fourier sum
@@ -40,14 +41,21 @@ weighted by f_Z(q/2)²) ≤ ``b_tolerance`` (default 1e-3) and its dB derivative
 (2 to 4) is chosen to minimise scatters + transforms for the atom count and grid. Atoms that
 share one B (cryo-EM models; all TMV atoms have 90 Å²) get one exact Gaussian at that B. The
 forward is smooth in B while the pivots stay put (between snap points) and the B cotangent is
-its derivative. Measured on PDB 1F2N (B from 2 to 100 Å², tests/test_potential.py): 34 groups
-at 1 Å (256² and 4096² grids), 52 at 0.5 Å (a 5 Å² lattice: 70), relative L2 against the exact sum 2.95e-2 at
-1 Å and 3.9e-3 at 0.5 Å (lattice: 2.97e-2, 4.9e-3) — at 1 Å the scatter's aliasing of the
+its derivative. Without a solvent term the elements with several B values share one set of
+pivots (:class:`_Groups`): f_ref(q/2) e^{−B̃ₖs} of the element with the most atoms, on which
+every element's f_Z(q/2) e^{−Bs} is fitted the same way (Σₖ cₖ = f_Z(0)/f_ref(0): integrals
+exact), the pivots added until each element meets the tolerances; an element with few atoms
+that does not fit may take wider windows of them, else it keeps its own pivots. A group is then
+one pivot with the atoms of all those elements. Measured on PDB 1F2N (B from 2 to 100 Å²,
+tests/test_potential.py): 9 groups at 1 Å (256² and 4096²: C, N, O, S on carbon's 9 pivots,
+within 4e-4 of their own transforms, Ca on windows of 8 of them, 3e-2 on 4); 34 with every
+element on its own pivots (with a solvent term), 52 at 0.5 Å, where N does not fit on carbon's
+(a 5 Å² lattice: 70); relative L2 against the exact sum 2.95e-2 at 1 Å (shared or not) and 3.9e-3 at 0.5 Å (lattice: 2.97e-2, 4.9e-3) — at 1 Å the scatter's aliasing of the
 B = 2 Å² atoms dominates (6.4e-3 even with every B = 50 Å²), not the B representation.
 
-Cost: one forward rfft2 per (element, pivot) group and slice, one inverse per slice, plus a
-scatter of 4 (bilinear) or 16 (cubic) weights per atom and pivot it uses (1 with a single B;
-2–4 otherwise).
+Cost: one forward rfft2 per group and slice, one inverse per slice, plus a scatter of 4
+(bilinear) or 16 (cubic) weights per atom and pivot it uses (1 with a single B; 2–5 otherwise,
+the pivots of the atom's cell of the coefficient table and no other).
 
 Solvent: :func:`ice_potential` gives the projected potential of the ice layer, V_ice·(length of
 ice in the slice), V_ice = K·n·(f_O(0) + 2 f_H(0)) = 4.877 V for n = 0.0335 Å⁻³. So that ice is
@@ -83,6 +91,7 @@ with inputs ``(thickness_center_A (), thickness_edge_A ())``.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -161,26 +170,59 @@ class _Plan:
             b = self.__dict__["_band"] = _band(self.px, (self.ny, self.nx))
         return b
 
-    #: bytes of Fourier kernels kept per plan (they are reused across calls and tilts)
-    KERNEL_CACHE_BYTES = 512 * 2 ** 20
+    #: multiply-adds of the kernel's factors per row block of :meth:`apply` on the CPU (a block of
+    #: 32 rows at 4096² with m = 5): the block's kernel rows, its spectrum and the accumulator's
+    #: stay in the cache between the product and the sum, instead of streaming a materialised
+    #: (ny, nx/2+1) kernel and the spectrum through memory twice (34 kernels of 32 MiB for 1F2N
+    #: at 4096² did not fit any cache worth keeping). Small on purpose: OpenBLAS runs a product
+    #: twice this size on its threads, measured 0.5 s instead of 2 ms for the 4096² kernel on
+    #: the 2 busy cores
+    APPLY_BLOCK = 5 * 2 ** 16
+
+    def factors(self, z, b_level, solvent_V=0.0, d_b=False):
+        """The separable factors (ey (ny, m), ex (m, nxh)) of :meth:`kernel` (cached: they are
+        (ny + nxh)·m numbers). ``b_level`` a tuple ((B̃, c), ...): the kernel Σ c·kernel(B̃)."""
+        key = (int(z), b_level if isinstance(b_level, tuple) else float(b_level), float(solvent_V), bool(d_b))
+        cache = self.__dict__.setdefault("_fcache", {})
+        f = cache.get(key)
+        if f is None:
+            if isinstance(b_level, tuple):
+                parts = [self._factors(z, bk, solvent_V, d_b) for bk, _ in b_level]
+                ey = np.hstack([c * a for (_, c), (a, _) in zip(b_level, parts)])
+                ex = np.vstack([b for _, b in parts])
+            else:
+                ey, ex = self._factors(z, b_level, solvent_V, d_b)
+            # ≤ 64 MiB of factors (147 KiB per kernel at 4096² in float32)
+            if (len(cache) + 1) * (self.ny + self.nxh) * ey.shape[1] * self.dtype.itemsize > 64 * 2 ** 20:
+                cache.clear()
+            xp = self.xp
+            f = cache[key] = (xp.asarray(ey.astype(self.dtype)), xp.asarray(ex.astype(self.dtype)))
+        return f
 
     def kernel(self, z, b_level, solvent_V=0.0, d_b=False):
-        key = (int(z), float(b_level), float(solvent_V), bool(d_b))
-        cache = self.__dict__.setdefault("_kcache", {})
-        k = cache.get(key)
-        if k is None:
-            k = self._kernel(z, b_level, solvent_V, d_b)
-            if (len(cache) + 1) * k.nbytes > self.KERNEL_CACHE_BYTES:
-                cache.clear()
-            if k.nbytes <= self.KERNEL_CACHE_BYTES:
-                cache[key] = k
-        return k
+        """K f_Z(q/2) e^{−B q²/4} / T(q) / px² on the rfft half grid (float, on xp), materialised
+        (:meth:`apply` multiplies by it without)."""
+        ey, ex = self.factors(z, b_level, solvent_V, d_b)
+        return ey @ ex
 
-    def _kernel(self, z, b_level, solvent_V=0.0, d_b=False):
-        """K f_Z(q/2) e^{−B q²/4} / T(q) / px² on the rfft half grid (float, on xp); with ``d_b``
-        its derivative d/dB (the factor −q²/4 = −(q_y² + q_x²)/4; the solvent term has no B).
+    def apply(self, spec, z, b_level, solvent_V=0.0, d_b=False, acc=None):
+        """``spec`` × :meth:`kernel` (in place, returned), or with ``acc``: acc += spec × kernel
+        (``spec`` is overwritten). The kernel is made row block by row block from its separable
+        factors (one (rows×m)·(m×nxh) product each); on the GPU one block."""
+        ey, ex = self.factors(z, b_level, solvent_V, d_b)
+        step = self.ny if self.xp is not np else max(1, self.APPLY_BLOCK // (self.nxh * ey.shape[1]))
+        for r in range(0, self.ny, step):
+            blk = spec[r:r + step]
+            blk *= ey[r:r + step] @ ex
+            if acc is not None:
+                acc[r:r + step] += blk
+        return spec if acc is None else acc
 
-        Built as (ny×m)·(m×nxh) with m = 5 (+1 for the solvent; ×2 for d/dB): every term is
+    def _factors(self, z, b_level, solvent_V=0.0, d_b=False):
+        """Host float64 factors of K f_Z(q/2) e^{−B q²/4} / T(q) / px²; with ``d_b`` those of its
+        derivative d/dB (the factor −q²/4 = −(q_y² + q_x²)/4; the solvent term has no B).
+
+        The kernel is (ny×m)·(m×nxh) with m = 5 (+1 for the solvent; ×2 for d/dB): every term is
         separable.
         """
         a, b = E.scattering_params(z)
@@ -196,8 +238,7 @@ class _Plan:
         ex = np.exp(-np.outer(widths, self.qx2)) * self.inv_tx[None, :]
         if d_b:
             ey, ex = np.hstack([-0.25 * self.qy2[:, None] * ey, ey]), np.vstack([ex, -0.25 * self.qx2[None, :] * ex])
-        xp = self.xp
-        return xp.asarray(ey.astype(self.dtype)) @ xp.asarray(ex.astype(self.dtype))
+        return ey, ex
 
 
 _PLANS: dict = {}
@@ -439,13 +480,19 @@ def _windows(piv, b, p):
     return start
 
 
-def _window_fits(z, piv, p, band, b):
-    """Constrained least-squares coefficients of e^{−Bs} on each B's window of ``p`` pivots.
+def _window_fits(z, piv, p, band, b, ref=None):
+    """Constrained least-squares coefficients of element ``z``'s f_z(q/2) e^{−Bs} on each B's
+    window of ``p`` pivots f_ref(q/2) e^{−B̃ₖs} of the basis element ``ref`` (default ``z``: the
+    pivots are e^{−B̃ₖs} times the atom's own form factor), with Σ cₖ = f_z(0)/f_ref(0) (1 for
+    ``ref`` = ``z``: the atom's integral exact).
 
     Returns (window starts (n,), coefficients (n, p), dB derivatives (n, p), relative errors of
     the values and of the derivatives (n,))."""
     s = band[0]
     root = _root_weight(z, band)
+    ref = z if ref is None else ref
+    base = root if ref == z else _root_weight(ref, band)
+    total = 1.0 if ref == z else E.f0(z) / E.f0(ref)
     start = _windows(piv, b, p)
     y = np.exp(-np.outer(s, b)) * root[:, None]
     d = -s[:, None] * y
@@ -453,14 +500,15 @@ def _window_fits(z, piv, p, band, b):
     err, d_err = np.empty(len(b)), np.empty(len(b))
     for j0 in np.unique(start):
         sel = start == j0
-        A = np.exp(-np.outer(s, piv[j0:j0 + p])) * root[:, None]
-        M = A[:, :-1] - A[:, -1:]          # Σ c = 1 eliminated: c_last = 1 − Σ_{<last} c
+        A = np.exp(-np.outer(s, piv[j0:j0 + p])) * base[:, None]
+        M = A[:, :-1] - A[:, -1:]          # Σ c = total eliminated: c_last = total − Σ_{<last} c
         pinv = np.linalg.pinv(M)
-        c = pinv @ (y[:, sel] - A[:, -1:])
+        c = pinv @ (y[:, sel] - total * A[:, -1:])
         dc = pinv @ d[:, sel]
-        coef[sel] = np.vstack([c, 1.0 - c.sum(0)]).T
+        coef[sel] = np.vstack([c, total - c.sum(0)]).T
         dcoef[sel] = np.vstack([dc, -dc.sum(0)]).T
-        err[sel] = np.linalg.norm(M @ c - (y[:, sel] - A[:, -1:]), axis=0) / np.linalg.norm(y[:, sel], axis=0)
+        err[sel] = (np.linalg.norm(M @ c - (y[:, sel] - total * A[:, -1:]), axis=0)
+                    / np.linalg.norm(y[:, sel], axis=0))
         d_err[sel] = np.linalg.norm(M @ dc - d[:, sel], axis=0) / np.linalg.norm(d[:, sel], axis=0)
     return start, coef, dcoef, err, d_err
 
@@ -468,24 +516,31 @@ def _window_fits(z, piv, p, band, b):
 _BASES: dict = {}
 
 
-def _b_pivots(z, lo, hi, band, tol, p):
+def _b_pivots(z, lo, hi, band, tol, p, targets=None, cap=_MAX_B_PIVOTS):
     """Pivots of element ``z`` over [lo, hi] for windows of ``p`` (cached): p evenly spaced, then
     greedily the midpoint of the widest gap in the window of the candidate (97 points of
     [lo, hi]) with the worst error, until every candidate's
     value error is ≤ ``tol`` and its dB derivative's ≤ ``_B_DERIVATIVE_TOLERANCE`` (the errors
-    are smooth in B, so the dense candidates stand for the whole range). Returns
-    (pivots, worst value error)."""
-    key = (z, lo, hi, tol, p, band[0].tobytes(), band[1].tobytes())
+    are smooth in B, so the dense candidates stand for the whole range). ``targets``: the
+    elements whose atoms are written on them (:func:`_window_fits` with ``ref`` = ``z``; default
+    ``z`` alone); the worst of them decides. ``cap``: stop beyond that many pivots (more would
+    not pay). Returns (pivots, worst value error)."""
+    targets = (z,) if targets is None else tuple(int(t) for t in targets)
+    cap = min(int(cap), _MAX_B_PIVOTS)
+    key = (z, targets, lo, hi, tol, p, cap, band[0].tobytes(), band[1].tobytes())
     hit = _BASES.get(key)
     if hit is not None:
         return hit
     cand = np.linspace(lo, hi, 97)
     piv = np.linspace(lo, hi, p)
     while True:
-        start, _, _, err, d_err = _window_fits(z, piv, p, band, cand)
+        fits = [_window_fits(t, piv, p, band, cand, ref=z) for t in targets]
+        start = fits[0][0]
+        err = np.max([f[3] for f in fits], axis=0)
+        d_err = np.max([f[4] for f in fits], axis=0)
         # half the tolerances on the candidates: the B values between them stay within them
         bad = np.maximum(err / (0.5 * tol), d_err / (0.5 * _B_DERIVATIVE_TOLERANCE))
-        if bad.max() <= 1.0 or len(piv) >= _MAX_B_PIVOTS:
+        if bad.max() <= 1.0 or len(piv) >= cap:
             break
         # split the widest gap of the worst candidate's window
         j0 = int(start[np.argmax(bad)])
@@ -514,19 +569,35 @@ def _b_fit(z, b_values, band, tol, fft_cost_atoms, spread=False):
     """
     b_values = np.asarray(b_values, dtype=np.float64)
     lo, hi = float(b_values.min()), float(b_values.max())
-    n = len(b_values)
     if hi - lo <= 1e-12 * max(1.0, hi) and not spread:
         return _BFit(np.array([lo]))
+    lo, hi = _b_range(lo, hi)
+    p, piv, err = _b_window(int(z), lo, hi, band, tol, len(b_values), fft_cost_atoms)
+    return _b_fit_on(z, b_values, lo, hi, band, tol, p, piv, err)
+
+
+def _b_range(lo, hi):
+    """[lo, hi] widened by ``_B_MARGIN_A2`` and snapped outwards (:func:`_b_fit`)."""
     m, o = _B_MARGIN_A2, _B_SNAP_OFFSET
-    lo, hi = max(0.0, (math.floor(lo / m - o) - 1 + o) * m), (math.ceil(hi / m - o) + 1 + o) * m
+    return max(0.0, (math.floor(lo / m - o) - 1 + o) * m), (math.ceil(hi / m - o) + 1 + o) * m
+
+
+def _b_window(z, lo, hi, band, tol, n, fft_cost_atoms):
+    """(p, pivots, worst error) of the window p of ``_B_WINDOWS`` with the least cost
+    n·p + ``fft_cost_atoms``·K."""
     best = None
     for p in _B_WINDOWS:
         piv, err = _b_pivots(int(z), lo, hi, band, float(tol), p)
         cost = n * p + fft_cost_atoms * len(piv)
         if best is None or cost < best[0]:
             best = (cost, p, piv, err)
-    _, p, piv, err = best
-    nodes, left, right = _b_table(int(z), lo, hi, band, float(tol), p)
+    return best[1:]
+
+
+def _b_fit_on(z, b_values, lo, hi, band, tol, p, piv, err, ref=None, targets=None, cap=_MAX_B_PIVOTS, window=None):
+    """The :class:`_BFit` of element ``z``'s atoms on the pivots ``piv`` (of ``ref``, :func:`_b_table`)."""
+    nodes, left, right = _b_table(int(z), lo, hi, band, float(tol), p, ref=ref, targets=targets, cap=cap,
+                                  window=window)
     # the coefficients are read off a table over the range, linearly interpolated: O(n) for
     # millions of atoms, smooth in B, and their derivative is the table's slope exactly
     step = nodes[1] - nodes[0]
@@ -541,9 +612,13 @@ class _BFit:
     left[k, c] + f·step·slope[k, c], its dB derivative slope[k, c]. One pivot: every
     coefficient is 1 (``cell`` None).
 
-    Each atom uses a window of at most ``width`` consecutive pivots from its first, ``k0``;
-    ``order`` sorts the atoms by ``k0`` (stable: file order, i.e. spatial coherence, within),
-    after which (:meth:`permute`) every pivot's atoms are one contiguous range.
+    Each atom uses the pivots ``k0`` to ``k1`` of its cell (the windows of the cell's two
+    nodes: p pivots, p + 1 where the window moves across the cell), at most ``width``;
+    ``order`` sorts the atoms by (``k0``, ``k1``) (stable: file order, i.e. spatial coherence,
+    within), after which (:meth:`permute`) the atoms that use pivot k are one contiguous range
+    (the atoms with k1 = k of the block k0 = k − p, then the blocks k0 = k − p + 1, ..., k) —
+    every atom is scattered onto the pivots it uses and no other (a window of ``width`` from
+    ``k0`` scattered a fifth of 1F2N's atoms with zero coefficients).
     """
 
     def __init__(self, piv, cell=None, frac=None, left=None, slope=None, step=1.0, err=0.0):
@@ -552,45 +627,66 @@ class _BFit:
         self.order = None
         if cell is not None:
             used = (left != 0) | (slope != 0)                    # (K, cells)
-            first = used.argmax(axis=0)                          # each cell's first pivot
-            self.width = int((used.shape[0] - used[::-1].argmax(axis=0) - first).max())
-            self.k0 = first.astype(np.int16)[cell]
-            order = np.argsort(self.k0, kind="stable")
+            n_piv = used.shape[0]
+            first = used.argmax(axis=0)                          # each cell's first pivot ...
+            last = n_piv - 1 - used[::-1].argmax(axis=0)         # ... and last
+            self.width = int((last - first + 1).max())
+            # int16 (≤ 48² keys): NumPy's stable argsort is a radix sort for 16-bit keys
+            self.key = (first * n_piv + last).astype(np.int16)[cell]
+            order = np.argsort(self.key, kind="stable")
             self.order = None if (np.diff(order) > 0).all() else order
-            self.bounds = np.searchsorted(self.k0[order], np.arange(len(piv) + 1))
+            self.bounds = np.searchsorted(self.key[order], np.arange(n_piv * n_piv + 1))
 
     def permute(self, order):
         """Reorder the atoms (``order`` from :attr:`order`)."""
-        self.cell, self.frac, self.k0 = self.cell[order], self.frac[order], self.k0[order]
+        self.cell, self.frac, self.key = self.cell[order], self.frac[order], self.key[order]
         self.order = None
 
     def groups(self, b0):
         """(pivot, atoms (a slice, offset by b0), coefficients, their dB derivatives) of each
-        pivot with atoms; the atoms must be in :attr:`order`."""
+        pivot with atoms, for exactly the atoms that use it; the atoms must be in :attr:`order`.
+        A pivot whose atoms are not one range (not met with windows that move by one pivot
+        at a time) yields one entry per range, consecutively."""
+        for k in range(len(self.piv)):
+            yield from self.pivot(k, b0)
+
+    def pivot(self, k, b0):
+        """:meth:`groups` of pivot ``k`` alone."""
         if self.order is not None:
             raise RuntimeError("_BFit.groups needs the atoms sorted by their first pivot")
-        for k, bk in enumerate(self.piv):
-            a, b = int(self.bounds[max(k - self.width + 1, 0)]), int(self.bounds[k + 1])
-            if a == b:
-                continue
+        n_piv, bk = len(self.piv), self.piv[k]
+        runs = []
+        for j in range(max(k - self.width + 1, 0), k + 1):   # the atoms k0 = j, k1 ≥ k
+            a, b = int(self.bounds[j * n_piv + k]), int(self.bounds[(j + 1) * n_piv])
+            if a < b:
+                if runs and runs[-1][1] == a:
+                    runs[-1][1] = b
+                else:
+                    runs.append([a, b])
+        for a, b in runs:
             c = self.cell[a:b]
             d = self.slope[k][c]
             yield float(bk), slice(b0 + a, b0 + b), self.left[k][c] + (self.frac[a:b] * self.step) * d, d
 
 
-def _b_table(z, lo, hi, band, tol, p, n_nodes=1025):
+def _b_table(z, lo, hi, band, tol, p, n_nodes=1025, ref=None, targets=None, cap=_MAX_B_PIVOTS, window=None):
     """Coefficients of :func:`_window_fits` on ``n_nodes`` evenly spaced B of [lo, hi] (cached):
     (nodes, left (K, cells), right (K, cells)), the coefficients of every pivot at each cell's
-    left and right node (0 outside the node's window)."""
-    key = (z, lo, hi, tol, p, n_nodes, band[0].tobytes(), band[1].tobytes())
+    left and right node (0 outside the node's window). ``ref``, ``targets``: element ``z``
+    written on the pivots of :func:`_b_pivots` (``ref``, ``targets``, ``p``), with windows of
+    ``window`` pivots (default ``p``)."""
+    ref = z if ref is None else ref
+    targets = None if targets is None else tuple(int(t) for t in targets)
+    w = p if window is None else int(window)
+    key = (z, ref, targets, lo, hi, tol, p, cap, w, n_nodes, band[0].tobytes(), band[1].tobytes())
     hit = _BASES.get(key)
     if hit is not None:
         return hit
-    piv, _ = _b_pivots(z, lo, hi, band, tol, p)
+    piv, _ = _b_pivots(ref, lo, hi, band, tol, p, targets, cap)
     nodes = np.linspace(lo, hi, n_nodes)
-    start, coef, _, _, _ = _window_fits(z, piv, p, band, nodes)
+    start, coef, _, _, _ = _window_fits(z, piv, w, band, nodes, ref=ref)
     dense = np.zeros((n_nodes, len(piv)))
-    np.put_along_axis(dense, start[:, None] + np.arange(p)[None, :], coef, axis=1)
+    np.put_along_axis(dense, start[:, None] + np.arange(w)[None, :], coef, axis=1)
     out = _BASES[key] = (nodes, np.ascontiguousarray(dense[:-1].T), np.ascontiguousarray(dense[1:].T))
     return out
 
@@ -602,9 +698,19 @@ class _Groups:
     (:func:`_b_fit`; one pivot at the atoms' own B when they share one value); a group is one
     (element, pivot) pair and holds the atoms whose window includes that pivot.
     ``npix``: the grid's pixels (the transform's cost, against the scatter's).
+
+    ``shared``: the elements with several B values may share one set of pivots, the
+    Gaussians f_ref(q/2) e^{−B̃ₖs} of the element with the most atoms (``ref``): every such
+    atom's f_Z(q/2) e^{−Bs} is written on them (:func:`_window_fits` with ``ref``; the pivots
+    are added until every element meets the tolerances), so that a pivot is one group of the
+    atoms of all those elements: one FFT per pivot instead of one per (element, pivot) (1F2N
+    at 1 Å, 4096²: 9 groups instead of 34, C, N, O and S on carbon's 9 pivots within 4e-4 of
+    their own transforms, Ca, 3e-2 on 4-wide windows of them, on 8-wide ones). Taken when
+    it meets ``tol`` and costs less (scatters + transforms, :func:`_b_window`). Only without
+    a solvent term, whose per-element Gaussian is not B-dependent (the caller decides).
     """
 
-    def __init__(self, elements, species, b_total, band, tol=B_TOLERANCE, npix=2 ** 22):
+    def __init__(self, elements, species, b_total, band, tol=B_TOLERANCE, npix=2 ** 22, shared=False):
         if not (tol > 0):
             raise InputError(f"b_tolerance {tol!r} must be > 0")
         self.species = species
@@ -613,10 +719,99 @@ class _Groups:
         self.band, self.tol, self.fft_cost = band, tol, _FFT_PER_PIXEL_IN_ATOMS * npix
         self.bounds = np.concatenate([[0], np.cumsum(np.bincount(self.elements, minlength=len(species)))])
         self.fits = {}
+        self.shared = None   # (basis element ref, pivots, elements e written on them)
+        multi = {}
         for e, z in enumerate(species):
             b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
-            if b1 > b0:
-                self.fits[e] = _b_fit(z, self.b_total[b0:b1], band, tol, self.fft_cost)
+            if b1 <= b0:
+                continue
+            bv = self.b_total[b0:b1]
+            lo, hi = float(bv.min()), float(bv.max())
+            if shared and hi - lo > 1e-12 * max(1.0, hi):
+                multi[e] = (lo, hi)
+            else:
+                self.fits[e] = _b_fit(z, bv, band, tol, self.fft_cost)
+        if len(multi) > 1:
+            self._share(multi)
+        for e in multi:
+            if e not in self.fits:
+                b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
+                self.fits[e] = _b_fit(species[e], self.b_total[b0:b1], band, tol, self.fft_cost)
+        self.fits = dict(sorted(self.fits.items()))
+
+    def _share(self, multi):
+        """Fit elements of ``multi`` ({e: (B min, B max)}) on shared pivots when that meets the
+        tolerance and costs less than their own pivots; False when none. The basis is the
+        element with the most atoms; while the shared pivots miss the tolerance or cost more,
+        the element that fits on them worst is left out (Ca on carbon's: 3e-2); when fewer
+        than two are left, the next element is tried as the basis (hydrogens, the most atoms of a model that has them, take no
+        other element)."""
+        size = {e: int(self.bounds[e + 1] - self.bounds[e]) for e in multi}
+        own = {}
+        for e, (elo, ehi) in multi.items():   # the cost of the element's own pivots
+            elo, ehi = _b_range(elo, ehi)
+            pe, pive, _ = _b_window(int(self.species[e]), elo, ehi, self.band, self.tol, size[e], self.fft_cost)
+            own[e] = size[e] * pe + self.fft_cost * len(pive)
+        for ref_e in sorted(multi, key=lambda e: -size[e]):
+            ref = int(self.species[ref_e])
+            # first leave out the elements far off the basis element's own pivots (10× the
+            # tolerance, e.g. Ca on carbon's), before the searches over several elements
+            lo, hi = _b_range(min(v[0] for v in multi.values()), max(v[1] for v in multi.values()))
+            pw, cand = _B_WINDOWS[-1], np.linspace(lo, hi, 97)
+            pivw, _ = _b_pivots(ref, lo, hi, self.band, float(self.tol), pw)
+            members = {e: v for e, v in multi.items() if e == ref_e or _window_fits(
+                int(self.species[e]), pivw, pw, self.band, cand, ref=ref)[3].max() <= 10 * self.tol}
+            while len(members) > 1:
+                zs = tuple(int(self.species[e]) for e in members)
+                lo, hi = _b_range(min(v[0] for v in members.values()), max(v[1] for v in members.values()))
+                n, budget = sum(size[e] for e in members), sum(own[e] for e in members)
+                best, widest = None, None
+                for p in _B_WINDOWS[::-1]:
+                    # pivots beyond what would cost less than the members' own are not searched,
+                    # nor windows whose basis element alone needs too many (the others add more)
+                    cap = int((budget - n * p) / max(self.fft_cost, 1e-300) - 1e-9)
+                    alone = len(_b_pivots(ref, lo, hi, self.band, float(self.tol), p)[0])
+                    if cap < max(p, alone) or (best is not None and n * p + self.fft_cost * alone >= best[0]):
+                        continue
+                    piv, err = _b_pivots(ref, lo, hi, self.band, float(self.tol), p, zs, cap)
+                    widest = widest or (p, piv)
+                    if err <= self.tol and len(piv) <= cap and len(piv) < _MAX_B_PIVOTS:
+                        cost = n * p + self.fft_cost * len(piv)
+                        if best is None or cost < best[0]:
+                            best = (cost, p, piv, err, cap)
+                if best is not None:
+                    _, p, piv, err, cap = best
+                    window = dict.fromkeys(members, p)
+                    # a left-out element with few atoms may still fit on a wider window of the
+                    # shared pivots (1F2N's Ca: 1e-4 with 8 of the 9), cheaper than its own
+                    for e in sorted(set(multi) - set(members)):
+                        elo, ehi = _b_range(*multi[e])
+                        if elo < lo or ehi > hi:
+                            continue
+                        cand = np.linspace(elo, ehi, 97)
+                        for pe in range(p + 1, len(piv) + 1):
+                            if size[e] * pe >= own[e]:
+                                break
+                            _, _, _, e_err, e_derr = _window_fits(int(self.species[e]), piv, pe, self.band, cand,
+                                                                  ref=ref)
+                            if e_err.max() <= 0.5 * self.tol and e_derr.max() <= 0.5 * _B_DERIVATIVE_TOLERANCE:
+                                window[e] = pe
+                                err = max(err, float(e_err.max()))
+                                break
+                    for e, pe in window.items():
+                        b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
+                        self.fits[e] = _b_fit_on(self.species[e], self.b_total[b0:b1], lo, hi, self.band, self.tol,
+                                                 p, piv, err, ref=ref, targets=zs, cap=cap, window=pe)
+                    self.shared = (ref, piv, tuple(sorted(window)))
+                    return True
+                if widest is None:
+                    break
+                # leave out the element that fits worst on the widest window's pivots
+                pw, pivw = widest
+                cand = np.linspace(lo, hi, 97)
+                del members[max((e for e in members if e != ref_e), key=lambda e: _window_fits(
+                    int(self.species[e]), pivw, pw, self.band, cand, ref=ref)[3].max())]
+        return False
 
     def order(self):
         """The permutation that sorts each element's atoms by first pivot (None: sorted), applied
@@ -639,7 +834,8 @@ class _Groups:
 
     @property
     def n_groups(self) -> int:
-        return sum(len(f.piv) for f in self.fits.values())
+        own = sum(len(f.piv) for e, f in self.fits.items() if self.shared is None or e not in self.shared[2])
+        return own + (0 if self.shared is None else len(self.shared[1]))
 
     @property
     def worst_error(self) -> float:
@@ -661,7 +857,15 @@ class _Groups:
         exact whatever its B: d coefficients/dB is the string ``"exact"``, the cotangent of the
         exact dB kernel.
         """
+        if self.shared is not None:   # pivot by pivot, the ranges of every element on it
+            ref, piv, members = self.shared
+            for k in range(len(piv)):
+                for e in members:
+                    for bk, idx, wl, dwl in self.fits[e].pivot(k, int(self.bounds[e])):
+                        yield (ref, bk, idx, wl, dwl, True) if derivative else (ref, bk, idx, wl)
         for e, fit in self.fits.items():
+            if self.shared is not None and e in self.shared[2]:
+                continue
             b0, b1 = int(self.bounds[e]), int(self.bounds[e + 1])
             z = self.species[e]
             if len(fit.piv) > 1:
@@ -681,13 +885,13 @@ class _Groups:
             yield z, combo, sl, None, np.ones(b1 - b0), False
 
 
-def group_count(species, elements, b_total, pixel_size_A, shape, tol=B_TOLERANCE) -> int:
+def group_count(species, elements, b_total, pixel_size_A, shape, tol=B_TOLERANCE, solvent_V=0.0) -> int:
     """(element, B pivot) groups, i.e. Fourier transforms, of a projected potential of these
     atoms on a grid of ``shape``."""
     order = np.argsort(np.asarray(elements), kind="stable")
     ny, nx = (int(k) for k in shape)
     return _Groups(np.asarray(elements)[order], species, np.asarray(b_total)[order],
-                   _band(float(pixel_size_A), shape), tol, ny * nx).n_groups
+                   _band(float(pixel_size_A), shape), tol, ny * nx, shared=not solvent_V).n_groups
 
 
 def n_slices(z_range_A, slice_thickness_A=None) -> int:
@@ -743,7 +947,7 @@ class _SliceAtoms:
     to the caller's order.
     """
 
-    def __init__(self, plan, xy, elements, species, weights, b_total, b_tolerance, xp):
+    def __init__(self, plan, xy, elements, species, weights, b_total, b_tolerance, xp, solvent_V=0.0):
         self.n = len(xy)
         self.species = species
         elements = np.asarray(elements)
@@ -753,8 +957,9 @@ class _SliceAtoms:
             xy, elements = xy[perm], elements[perm]
             weights, b_total = np.asarray(weights)[perm], np.asarray(b_total)[perm]
         self.elements = elements
-        self.groups = (_Groups(self.elements, species, b_total, plan.band, b_tolerance, plan.ny * plan.nx)
-                       if self.n else None)
+        # shared pivots only without the solvent term (_Groups)
+        self.groups = (_Groups(self.elements, species, b_total, plan.band, b_tolerance, plan.ny * plan.nx,
+                               shared=not solvent_V) if self.n else None)
         # then by first B pivot within each element, so that each group's atoms are one range
         sub = self.groups.order() if self.n else None
         if sub is not None:
@@ -790,27 +995,29 @@ def _forward_slice(plan, sa, solvent_V, xp):
     npix = plan.ny * plan.nx
     grid = None  # scatter buffers, reused by every group
     spare = []
-    for z, b_level, idx, wl in sa.groups.entries():
-        iy, ix, ty, tx, w, ins = _gather_select(sa, idx, xp)
-        if wl is not None:
-            w = w * xp.asarray(wl.astype(dtype))
-        if not bool(ins.all()):
-            iy, ix, ty, tx, w = iy[ins], ix[ins], ty[ins], tx[ins], w[ins]
-        if len(w) == 0:
+    # a group may come as several consecutive ranges of atoms (_BFit.groups): one grid, one FFT
+    for (z, b_level), parts in itertools.groupby(sa.groups.entries(), key=lambda e: (e[0], e[1])):
+        filled = False
+        for _, _, idx, wl in parts:
+            iy, ix, ty, tx, w, ins = _gather_select(sa, idx, xp)
+            if wl is not None:
+                w = w * xp.asarray(wl.astype(dtype))
+            if not bool(ins.all()):
+                iy, ix, ty, tx, w = iy[ins], ix[ins], ty[ins], tx[ins], w[ins]
+            if len(w) == 0:
+                continue
+            if grid is None:
+                grid = xp.zeros(npix, dtype=dtype)
+                if xp is np:
+                    spare = [np.empty(npix, dtype=dtype) for _ in range(B.threads() - 1)]
+            elif not filled:
+                grid.fill(0)
+            filled = True
+            _spread(plan, grid, iy, ix, ty, tx, w, xp, spare)
+        if not filled:
             continue
-        if grid is None:
-            grid = xp.zeros(npix, dtype=dtype)
-            if xp is np:
-                spare = [np.empty(npix, dtype=dtype) for _ in range(B.threads() - 1)]
-        else:
-            grid.fill(0)
-        _spread(plan, grid, iy, ix, ty, tx, w, xp, spare)
         spec = B.rfft2(grid.reshape(plan.ny, plan.nx))
-        spec *= plan.kernel(z, b_level, solvent_V)
-        if acc is None:
-            acc = spec
-        else:
-            acc += spec
+        acc = plan.apply(spec, z, b_level, solvent_V, acc=acc)
         del spec
     if acc is None:
         return xp.zeros((plan.ny, plan.nx), dtype=dtype)
@@ -840,12 +1047,17 @@ def _backward_slice(plan, sa, g, solvent_V, xp, need_xy=True, need_b=True):
     G = B.rfft2(xp.asarray(g, dtype=dtype))
     inside = B.to_numpy(sa.inside)
 
+    last = [None, None]
+
     def adjoint(z, b_level, d_b=False):
-        if isinstance(b_level, tuple):   # a combination of pivots ((B̃, weight), ...)
-            kern = sum(c * plan.kernel(z, bk, solvent_V) for bk, c in b_level)
-        else:
-            kern = plan.kernel(z, b_level, solvent_V, d_b)
-        return B.irfft2(G * kern, s=(plan.ny, plan.nx)).astype(dtype, copy=False).ravel()
+        # b_level a tuple: a combination of pivots ((B̃, weight), ...), one kernel Σ weight·kernel;
+        # kept for the next range of atoms of the same group (_BFit.groups)
+        key = (z, b_level, d_b)
+        if last[0] != key:
+            last[0], last[1] = key, None
+            spec = plan.apply(G.copy(), z, b_level, solvent_V, d_b)
+            last[1] = B.irfft2(spec, s=(plan.ny, plan.nx)).astype(dtype, copy=False).ravel()
+        return last[1]
 
     for z, b_level, idx, wl, dwl, value in sa.groups.entries(derivative=True):
         multi = dwl is not None and not isinstance(dwl, str)   # its own B derivative
@@ -936,7 +1148,7 @@ def projected_potential(atoms, shape, pixel_size_A, *, slice_thickness_A=None, z
         whole = len(idx) == a.n
         sl = slice(None) if whole else idx
         sa = _SliceAtoms(plan, pos[sl].astype(dtype, copy=False), a.elements[sl], a.species, w[sl],
-                         b_total[sl], b_tolerance, xp)
+                         b_total[sl], b_tolerance, xp, solvent_V)
         out[k] = _forward_slice(plan, sa, solvent_V, xp)
     return out
 
@@ -979,7 +1191,7 @@ class ProjectedPotentialStage(Stage):
         for idx in groups:
             out.append((idx, _SliceAtoms(plan, pos[idx, :2].astype(plan.dtype), self.elements[idx],
                                          self.species, self.occupancies[idx], b_total[idx], self.b_tolerance,
-                                         xp)))
+                                         xp, self.solvent_V)))
         return out
 
     def forward(self, ctx, positions, b_factors, scale):

@@ -59,6 +59,30 @@ def test_atoms_with_different_b_are_within_the_b_tolerance_of_their_exact_potent
     assert v.sum() * px * px == pytest.approx(2 * E.POTENTIAL_CONSTANT_V_A2 * E.f0(6), rel=1e-9)
 
 
+@pytest.mark.parametrize("px, n, tol", [(1.0, 48, 1e-3), (0.5, 96, 1e-3), (1.0, 48, 1e-4)])
+def test_elements_on_shared_pivots_are_within_the_b_tolerance_of_their_exact_potentials(px, n, tol):
+    # C, N, O, S at the ends of an X-ray model's B range: on carbon's pivots where they fit on
+    # them (with wider windows for elements with few atoms), on their own where not
+    rng = np.random.default_rng(4)
+    pos = np.column_stack([rng.uniform(-20, 20, 8), rng.uniform(-20, 20, 8), np.zeros(8)])
+    atoms = S.Atoms(pos, np.repeat(np.arange(4), 2), (6, 7, 8, 16), np.tile([2.0, 100.0], 4), np.ones(8))
+    order = np.argsort(atoms.elements, kind="stable")
+    band = P._band(px, (n, n))
+    g = P._Groups(atoms.elements[order], atoms.species, atoms.b_factors[order], band, tol, n * n, shared=True)
+    if (px, tol) == (1.0, 1e-3):
+        assert g.shared is not None and g.shared[0] == 6 and g.shared[2] == (0, 1, 2, 3)
+    # with a solvent term every element keeps its own pivots
+    assert P._Groups(atoms.elements[order], atoms.species, atoms.b_factors[order], band, tol, n * n).shared is None
+    v = P.projected_potential(atoms, (n, n), px, dtype=np.float64, b_tolerance=tol)[0]
+    exact = sum(P.projected_potential(atoms.select(slice(k, k + 1)), (n, n), px, dtype=np.float64)[0]
+                for k in range(8))   # one atom: one Gaussian at its own B, exact
+    # measured 2.0e-4 (9 groups), 4.1e-5 (0.5 Å: own pivots, 50 groups), 4.3e-5 (1e-4: shared, 23)
+    assert np.linalg.norm(v - exact) / np.linalg.norm(exact) < tol
+    # each element's integral stays exact (its coefficients sum to f_Z(0)/f_C(0))
+    total = sum(2 * E.f0(z) for z in (6, 7, 8, 16)) * E.POTENTIAL_CONSTANT_V_A2
+    assert v.sum() * px * px == pytest.approx(total, rel=1e-9)
+
+
 def test_b_gaussians_per_element_do_not_grow_with_the_number_of_distinct_b():
     rng = np.random.default_rng(0)
     counts = []
@@ -267,6 +291,16 @@ def test_stage_vjps_match_finite_differences(name):
         assert r.passed, r.details
 
 
+def test_stage_check_cases_cover_shared_and_own_pivots():
+    # the gradient checks above run the shared pivots (no solvent) and each element's own (solvent)
+    kinds = set()
+    for stage, inputs in P.ProjectedPotentialStage.cases(np, np.float64, np.random.default_rng(0)):
+        plan = P._plan(stage.shape, stage.px, np, np.float64, stage.order)
+        for _, sa in stage._slice_atoms(plan, inputs[0], inputs[1], np):
+            kinds.add(sa.groups.shared is not None)
+    assert kinds == {True, False}
+
+
 def test_stage_forward_equals_function():
     frag = S.tmv_fragment().select(slice(0, 3000))
     st = P.ProjectedPotentialStage(frag, (64, 64), 1.0)
@@ -344,4 +378,12 @@ def test_xray_structure_1f2n_potential_matches_the_exact_sum_with_few_groups():
     # the B representation alone, against a 10× tighter one: within its 1e-3 per atom
     tight = P.projected_potential(a, shape, px, dtype=np.float64, b_tolerance=1e-4)[0]
     assert np.linalg.norm(v - tight) / np.linalg.norm(tight) < 1e-3
-    assert P.group_count(a.species, a.elements, a.b_factors, px, shape) <= 40   # the 5 Å² lattice: 70
+    # C, N, O and S on carbon's 9 pivots, Ca on 8 of them (4-wide windows: 3e-2): 9 transforms (34
+    # with every element on its own pivots, as with a solvent term; the 5 Å² lattice: 70)
+    assert P.group_count(a.species, a.elements, a.b_factors, px, shape) <= 10
+    assert P.group_count(a.species, a.elements, a.b_factors, px, shape, solvent_V=4.9) <= 40
+    # the shared pivots against each element's own (measured 7e-5)
+    order = np.argsort(a.elements, kind="stable")
+    own = P._Groups(a.elements[order], a.species, a.b_factors[order], P._band(px, shape), P.B_TOLERANCE,
+                    shape[0] * shape[1], shared=False)
+    assert own.n_groups > 30
