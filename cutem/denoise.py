@@ -815,6 +815,15 @@ def particle_envelope(stack, smooth_px=1.5):
     return np.interp(r, rr, np.sqrt(s / s.max()))
 
 
+def fourier_lowpass(stack, sigma_px):
+    """A periodic Gaussian low-pass of σ = ``sigma_px`` over the last two axes, as a Fourier
+    multiplier exp(−2π²σ²|k|²) (k in cycles per pixel), in float64."""
+    a = np.asarray(stack, dtype=np.float64)
+    fy = np.fft.fftfreq(a.shape[-2])[:, None]
+    fx = np.fft.fftfreq(a.shape[-1])[None, :]
+    return np.fft.ifft2(np.fft.fft2(a) * np.exp(-2 * (math.pi * sigma_px) ** 2 * (fy * fy + fx * fx))).real
+
+
 def denoise_particles(net, params, stack, progress=False):
     """A stack of centred particle boxes (RELION .mrcs) denoised as ``cutem denoise`` does it:
     the particle model over the 16 symmetries (:func:`denoise_stack`), a Gaussian low-pass of
@@ -827,10 +836,7 @@ def denoise_particles(net, params, stack, progress=False):
     arr = np.asarray(stack, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[None]
-    out = denoise_stack(net, params, arr, progress=progress, symmetries=16)
-    f = [np.fft.fftfreq(m)[:, None] if ax == 0 else np.fft.fftfreq(m)[None, :] for ax, m in enumerate(arr.shape[1:])]
-    lowpass = np.exp(-2 * (math.pi * PARTICLE_LOWPASS_PX) ** 2 * (f[0] ** 2 + f[1] ** 2))
-    out = np.fft.ifft2(np.fft.fft2(out.astype(np.float64)) * lowpass).real
+    out = fourier_lowpass(denoise_stack(net, params, arr, progress=progress, symmetries=16), PARTICLE_LOWPASS_PX)
     env = particle_envelope(arr)
     if env is not None:
         out = out * env
@@ -997,7 +1003,7 @@ def _lowpass_host(a, sigma):
 
 
 __all__ = ["default_model_path", "TrainConfig", "Trainer", "train", "load_denoiser", "export_model", "DEFAULT_NET", "denoise_image", "denoise_stack", "denoise_symmetric", "SYMMETRIES",
-           "denoise_particles", "particle_envelope", "PARTICLE_LOWPASS_PX",
+           "denoise_particles", "particle_envelope", "fourier_lowpass", "PARTICLE_LOWPASS_PX",
            "model_denoise", "ModelDenoiseResult", "mtf_transfer", "image_stats", "normalise",
            "denormalise", "CHECKPOINT_KIND", "detector_from_toml", "SimulatorPairs",
            "default_structures", "InstrumentPairs", "ParticleBoxPairs", "REAL_DETECTORS", "binned_detector"]

@@ -85,18 +85,32 @@ def ice_power_spectrum(q, length_A=1.0, b_factor_A2=0.0):
 
 
 @functools.lru_cache(maxsize=8)
-def _amplitude(shape, pixel_size_A, b_factor_A2):
+def _amplitude(shape, pixel_size_A, b_factor_A2, kind="ice"):
     """sqrt(P₁(q)/a) on the FFT grid (a = pixel area; DC zero): the field's Fourier amplitude
     per unit-variance white-noise coefficient. A white field w of unit variance per pixel has
     E|FFT w|² = N; ifft(sqrt(P/a)·FFT w) then has E|FFT|² = N·P/a, the periodogram (×N) of
-    a continuous field of spectrum P sampled on pixels of area a (Riemann sum of its covariance)."""
+    a continuous field of spectrum P sampled on pixels of area a (Riemann sum of its covariance).
+    ``kind``: P₁ the ice's 1 Å slab (:func:`ice_power_spectrum`) or ``"particles"``
+    (:func:`particle_continuum_spectrum` at P_ref = 1; no B)."""
     ny, nx = (int(n) for n in shape)
     qy = np.fft.fftfreq(ny, d=pixel_size_A)[:, None]
     qx = np.fft.fftfreq(nx, d=pixel_size_A)[None, :]
-    amp = np.sqrt(ice_power_spectrum(np.hypot(qy, qx), 1.0, b_factor_A2) / pixel_size_A ** 2)
+    q = np.hypot(qy, qx)
+    p = particle_continuum_spectrum(q) if kind == "particles" else ice_power_spectrum(q, 1.0, b_factor_A2)
+    amp = np.sqrt(p / pixel_size_A ** 2)
     amp[0, 0] = 0.0
     amp.flags.writeable = False     # cached for the next tilt
     return amp
+
+
+def _draw(amp, rng, lead=()):
+    """Draws of the Gaussian field of Fourier amplitude ``amp`` (:func:`_amplitude`), shape lead + amp's."""
+    return np.fft.ifft2(np.fft.fft2(rng.standard_normal(tuple(lead) + amp.shape)) * amp).real
+
+
+def _expected_kernel(amp):
+    """The field k with |FFT k|² = N·P/a: the expected periodogram (×N) of :func:`_draw`."""
+    return np.fft.ifft2(math.sqrt(amp.size) * amp).real
 
 
 def ice_rng(seed, tilt):
@@ -116,19 +130,15 @@ def unit_field(n_slices, shape, pixel_size_A, rng, b_factor_A2=0.0):
     """(n_slices, ny, nx) float64: independent draws of g, the fluctuation of a 1 Å slab (V·Å)."""
     if pixel_size_A <= 0 or n_slices < 1:
         raise InputError(f"amorphous ice: pixel size {pixel_size_A} Å and {n_slices} slices must be positive")
-    amp = _amplitude(tuple(int(n) for n in shape), float(pixel_size_A), float(b_factor_A2))
-    w = rng.standard_normal((int(n_slices),) + tuple(int(n) for n in shape))
-    return np.fft.ifft2(np.fft.fft2(w) * amp).real
+    return _draw(_amplitude(tuple(int(n) for n in shape), float(pixel_size_A), float(b_factor_A2)), rng,
+                 (int(n_slices),))
 
 
 def spectral_kernel(shape, pixel_size_A, b_factor_A2=0.0):
     """(ny, nx) the deterministic field k with |FFT k|² = N·P₁/a, the expected periodogram (×N)
     of g: through a shift-invariant linear map T, |FFT(T k)|² is E|FFT(T g)|² exactly (the
     closed form of :class:`cutem.fitting.specimen.SpecimenModel`)."""
-    n = int(shape[0]) * int(shape[1])
-    amp = _amplitude(tuple(int(n) for n in shape), float(pixel_size_A), float(b_factor_A2))
-    return np.fft.ifft2(math.sqrt(n) * amp).real
-
+    return _expected_kernel(_amplitude(tuple(int(n) for n in shape), float(pixel_size_A), float(b_factor_A2)))
 
 
 # ------------------------------------------------------------ the particles' continuum
@@ -152,19 +162,6 @@ def particle_continuum_spectrum(q, power_ref=1.0, a_A=PARTICLE_CORRELATION_A):
     return float(power_ref) * ((1 + x * PARTICLE_Q_REF ** 2) / (1 + x * q * q)) ** 2
 
 
-@functools.lru_cache(maxsize=8)
-def _particle_amplitude(shape, pixel_size_A):
-    """sqrt(P(q)/a) of :func:`particle_continuum_spectrum` at P_ref = 1 on the FFT grid (DC zero;
-    the same normalisation as :func:`_amplitude`)."""
-    ny, nx = (int(n) for n in shape)
-    qy = np.fft.fftfreq(ny, d=pixel_size_A)[:, None]
-    qx = np.fft.fftfreq(nx, d=pixel_size_A)[None, :]
-    amp = np.sqrt(particle_continuum_spectrum(np.hypot(qy, qx)) / pixel_size_A ** 2)
-    amp[0, 0] = 0.0
-    amp.flags.writeable = False
-    return amp
-
-
 def particle_rng(seed, tilt):
     """The generator of tilt ``tilt``'s draw of the particles' continuum (its own stream)."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(tilt), 0x9A47]))
@@ -175,17 +172,14 @@ def particle_field(shape, pixel_size_A, rng, power_ref=1.0):
     :func:`particle_continuum_spectrum` with ``power_ref``."""
     if pixel_size_A <= 0:
         raise InputError(f"particle continuum: pixel size {pixel_size_A} Å must be positive")
-    amp = _particle_amplitude(tuple(int(n) for n in shape), float(pixel_size_A))
-    w = rng.standard_normal(tuple(int(n) for n in shape))
-    return math.sqrt(float(power_ref)) * np.fft.ifft2(np.fft.fft2(w) * amp).real
+    amp = _amplitude(tuple(int(n) for n in shape), float(pixel_size_A), 0.0, "particles")
+    return math.sqrt(float(power_ref)) * _draw(amp, rng)
 
 
 def particle_kernel(shape, pixel_size_A):
     """(ny, nx) the field k with |FFT k|² = N·P/a at P_ref = 1: the expected periodogram (×N) of
     :func:`particle_field`, for the closed form (as :func:`spectral_kernel`)."""
-    n = int(shape[0]) * int(shape[1])
-    amp = _particle_amplitude(tuple(int(n) for n in shape), float(pixel_size_A))
-    return np.fft.ifft2(math.sqrt(n) * amp).real
+    return _expected_kernel(_amplitude(tuple(int(n) for n in shape), float(pixel_size_A), 0.0, "particles"))
 
 
 @register

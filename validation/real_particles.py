@@ -66,9 +66,9 @@ def load_tool(path):
 
 
 def fourier_gaussian(stack, sigma):
-    f = np.fft.fftfreq(stack.shape[-1])
-    h = np.exp(-2 * np.pi ** 2 * sigma ** 2 * (f[:, None] ** 2 + f[None, :] ** 2))
-    return np.fft.ifft2(np.fft.fft2(stack.astype(np.float64)) * h).real
+    from cutem.denoise import fourier_lowpass
+
+    return fourier_lowpass(stack, sigma)
 
 
 def scipy_gaussian(stack, sigma):

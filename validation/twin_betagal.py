@@ -10,7 +10,8 @@ correlation of log radial profiles and of the same profiles with a quartic in q 
 Targets (issue 19): medians ≥ 0.98 and ≥ 0.93.
 
 Run: nice python validation/twin_betagal.py [--images N] [--limit K] [--name STEM]
-(writes validation/results/STEM.txt and STEM_<micrograph>.png; STEM = twin_betagal)
+(writes validation/results/STEM.txt and STEM_<micrograph>.png; STEM = twin_betagal);
+python validation/twin_betagal.py --ctffind: the table's defoci against CTFFIND's.
 """
 from __future__ import annotations
 
@@ -100,5 +101,29 @@ def main():
     print("\n".join(lines))
 
 
+def defocus_vs_ctffind(results=RESULTS / "twin_betagal.txt"):
+    """The twins' mean defocus (the results table's U, V) against CTFFIND4's in micrographs_ctf.star,
+    in %: ``python validation/twin_betagal.py --ctffind``."""
+    import starfile
+
+    st = starfile.read(DATA / "micrographs_ctf.star", always_dict=True)["micrographs"]
+    out = []
+    for ln in Path(results).read_text().splitlines():
+        w = ln.split()
+        if not ln.startswith("2017"):
+            continue
+        ref = st[st["rlnMicrographName"].str.contains(w[0])].iloc[0]
+        out.append((w[0], 100 * ((float(w[3]) + float(w[4])) / (ref.rlnDefocusU + ref.rlnDefocusV) - 1)))
+    for name, e in out:
+        print(f"{name}  twin − CTFFIND mean defocus {e:+.2f} %")
+    e = np.array([v for _, v in out])
+    print(f"range {e.min():+.2f} to {e.max():+.2f} %, median {np.median(e):+.2f} %")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--ctffind" in sys.argv:
+        defocus_vs_ctffind()
+    else:
+        main()

@@ -15,9 +15,10 @@ density fluctuations scatter at every q with the structure factor of water; the 
 density, randomly placed, adds a continuum that falls as Porod's q⁻⁴
 (:func:`cutem.ice.particle_continuum_spectrum`, its power fitted: ``particle_continuum_power``).
 The CTF, envelopes and MTF shape both into the Thon rings above the shot noise. Without the
-particles' term the model cannot follow the steep fall of a real spectrum below 1/15 Å⁻¹ (the
-β-gal spectra: log-profile correlation of the fit 0.83–0.84 on three of them, 0.97–0.98 with
-it, and the fitted defocus 2 % short of CTFFIND's without it, within 0.8 % with it). Its
+particles' term the model cannot follow the steep fall of a real spectrum below 1/15 Å⁻¹ (on
+the 16 β-gal spectra, ``validation/twin_betagal.py``: the fit's own log-profile correlation,
+median 0.852 without it, 0.978 with it; the fitted mean defocus ≈ 2 % short of CTFFIND's
+without it, 0.2–0.9 % above with it). Its
 expected spectrum is the closed form of :class:`cutem.fitting.specimen.SpecimenModel` (first
 order in the phases). DQE(0) only rescales the noise relative to the dose and is fixed at 1:
 the fitted dose is an effective one (dose × DQE).
