@@ -62,8 +62,8 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
     """Train a U-Net denoiser on simulated (noisy, noise-free) pairs generated on the fly.
 
     Without CONFIG, --twin or --pixel-size the images span real instruments (pixel sizes
-    0.8-4 Å, 200/300 kV, Cs 1.4-2.7 mm, the K2, Falcon II/3EC and DE-20 detectors, amorphous
-    ice with or without the inelastic background, carbon edges: cutem.denoise.InstrumentPairs),
+    0.8-4 Å, 200/300 kV, Cs 1.4-2.7 mm, the K2, Falcon II/3EC and DE-20 detectors and
+    cutem's default one, amorphous ice with or without the inelastic background, carbon edges: cutem.denoise.InstrumentPairs),
     as for the packaged model. CONFIG (TOML or TEM-simulator file) or --twin fixes optics,
     detector and sample to one instrument; the ranges below are drawn per image.
     """
@@ -163,7 +163,7 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
 @click.option("--method", type=click.Choice(["learned", "model"]), default="learned", show_default=True)
 @click.option("--model", "model_path", type=InFile("h5"),
               help="Trained network (learned method) [default: the packaged model, trained on simulations "
-                   "spanning 0.8-4 Å pixels, 200/300 kV, four real detectors].")
+                   "spanning 0.8-4 Å pixels, 200/300 kV, four real detectors and cutem's default].")
 @click.option("--tile", type=Number(8, 8192, "px", integer=True), default=256, show_default=True, help="Tile side for the network.")
 @click.option("--overlap", type=Number(0, 8192, "px", integer=True), default=64, show_default=True, help="Tile overlap in pixels.")
 @click.option("--detector", "det_file", type=InFile("toml"),

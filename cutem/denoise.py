@@ -588,9 +588,15 @@ class InstrumentPairs(SimulatorPairs):
 
     Pixel size log-uniform in ``pixel_range`` (Å), reached by binning a camera pixel of
     0.8–1.2 Å (:func:`binned_detector`); 200 or 300 kV; Cs 1.4–2.7 mm; one of
-    :data:`REAL_DETECTORS`; dose log-uniform in ``dose_range``, defocus (0.5–4 µm) and ice
-    thickness uniform; radiation damage of the summed exposure (Grant & Grigorieff 2015:
-    a real micrograph's high frequencies fade with dose); amorphous ice in the input, whose
+    :data:`REAL_DETECTORS` or ``"base"``, the base configuration's own detector (cutem's default:
+    TEM-simulator's example detector) with its MTF per image pixel, as ``cutem simulate``
+    applies it, so that the packaged model denoises cutem's own default output (a blurrier
+    MTF, more strongly correlated noise than any binned real camera); dose log-uniform in
+    ``dose_range``, defocus (0.5–4 µm) and ice thickness uniform; in half of the images
+    radiation damage of the summed exposure (Grant & Grigorieff 2015: a real micrograph's
+    high frequencies fade with dose; cutem's default simulation has none, and a network that
+    has only seen faded particles smooths undamaged ones, 0.2-1 dB PSNR lost on
+    ``validation/denoise_benchmark.py``); amorphous ice in the input, whose
     density fluctuations are part of every real background, and the target without them
     (``ice_in_target=False``: the network learns them as noise); the inelastic background
     of unfiltered imaging in half of the images;
@@ -603,7 +609,7 @@ class InstrumentPairs(SimulatorPairs):
     """
 
     def __init__(self, pixel_range=(0.8, 4.0), voltages=(200.0, 300.0), cs_range=(1.4, 2.7),
-                 detectors=tuple(REAL_DETECTORS), edge_fraction=0.25, dose_range=(5.0, 60.0),
+                 detectors=(*REAL_DETECTORS, "base"), edge_fraction=0.25, dose_range=(5.0, 60.0),
                  defocus_range=(5000.0, 40000.0), ice_range=(150.0, 600.0), ice_in_target=False,
                  contaminant_fraction=0.25, **kw):
         super().__init__(dose_range=dose_range, defocus_range=defocus_range, ice_range=ice_range,
@@ -611,9 +617,9 @@ class InstrumentPairs(SimulatorPairs):
         self.pixel_range, self.voltages, self.cs_range = tuple(pixel_range), tuple(voltages), tuple(cs_range)
         self.detectors, self.edge_fraction = tuple(detectors), float(edge_fraction)
         self.contaminant_fraction = float(contaminant_fraction)
-        unknown = set(self.detectors) - set(REAL_DETECTORS)
+        unknown = set(self.detectors) - set(REAL_DETECTORS) - {"base"}
         if unknown:
-            raise InputError(f"unknown detectors {sorted(unknown)}; known: {sorted(REAL_DETECTORS)}")
+            raise InputError(f"unknown detectors {sorted(unknown)}; known: {sorted(REAL_DETECTORS)} and 'base'")
 
     def describe(self):
         d = super().describe()
@@ -630,14 +636,17 @@ class InstrumentPairs(SimulatorPairs):
         cfg = super().config(rng)
         px = self.pixel_size(rng)
         camera_px = float(rng.uniform(0.8, 1.2))
-        det = cfg.detector.replace(pixel_size_A=px, dqe_curve=None, readout_noise=0.0,
-                                   **REAL_DETECTORS[self.detectors[int(rng.integers(len(self.detectors)))]])
-        det = binned_detector(det, max(px / camera_px, 1.0))
+        name = self.detectors[int(rng.integers(len(self.detectors)))]
+        if name == "base":
+            det = cfg.detector.replace(pixel_size_A=px)
+        else:
+            det = cfg.detector.replace(pixel_size_A=px, dqe_curve=None, readout_noise=0.0, **REAL_DETECTORS[name])
+            det = binned_detector(det, max(px / camera_px, 1.0))
         optics = cfg.optics.replace(voltage_kV=float(self.voltages[int(rng.integers(len(self.voltages)))]),
                                     cs_mm=float(rng.uniform(*self.cs_range)))
         lo, hi = np.log(self.dose_range)
         det = det.replace(dose_e_per_A2=float(np.exp(rng.uniform(lo, hi))))  # low doses as often as high
-        sample = cfg.sample.replace(ice_model="amorphous", damage=True)
+        sample = cfg.sample.replace(ice_model="amorphous", damage=bool(rng.integers(2)))
         if rng.uniform() < self.edge_fraction:
             # the rim at a random place in the field: hole centre one radius beyond it
             d = 10000.0
@@ -666,9 +675,10 @@ class ParticleBoxPairs(InstrumentPairs):
     for particle stacks (.mrcs)."""
 
     def __init__(self, box=64, fill_range=(0.5, 0.85), neighbours=(0, 6), edge_fraction=0.05,
-                 contaminant_fraction=0.05, **kw):
+                 contaminant_fraction=0.05, detectors=tuple(REAL_DETECTORS), **kw):
+        # boxed particles come from real cameras' micrographs: the packaged particle model's span
         super().__init__(image_size=box, particles_range=neighbours, edge_fraction=edge_fraction,
-                         contaminant_fraction=contaminant_fraction, **kw)
+                         contaminant_fraction=contaminant_fraction, detectors=detectors, **kw)
         self.fill_range = tuple(fill_range)
         self._centre = 0
 
