@@ -303,10 +303,12 @@ def fit_twin(input_path, voltage_kV, cs_mm, pixel_size, kind, resolution_range, 
     Fitted through the image model's exact gradients (cutem.fitting.twin): defocus and
     astigmatism (started by fit-ctf), amplitude contrast, energy spread and illumination
     envelopes, ice thickness (amorphous ice: its density fluctuations ring the spectrum) with its
-    scattered-electron background, detector MTF and the noise level (an effective dose). The PNG overlays the real and twin log radial profiles
-    and shows the two spectra side by side.
+    scattered-electron background, detector MTF and the noise level (an effective dose), then
+    refitted with the closed form corrected by the spectrum of 256 micrographs simulated of the
+    fitted twin. The PNG overlays the real and twin log radial profiles and shows the two spectra
+    side by side.
     """
-    from cutem.fitting.twin import fit_twin as fit, profile_agreement, write_report_png, write_twin
+    from cutem.fitting.twin import SIMULATED_IMAGES, fit_twin as fit, profile_agreement, write_report_png, write_twin
     from cutem.io import atomic_path, read_mrc
 
     lo_A, hi_A = resolution_range
@@ -323,7 +325,8 @@ def fit_twin(input_path, voltage_kV, cs_mm, pixel_size, kind, resolution_range, 
         data = data[None]
     q_range = (1.0 / lo_A, 1.0 / hi_A)
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
-    r = fit(data, pixel_size, voltage_kV, cs_mm, q_range=q_range, maxiter=maxiter, thickness_A=thickness_A, log=log)
+    r = fit(data, pixel_size, voltage_kV, cs_mm, q_range=q_range, maxiter=maxiter, thickness_A=thickness_A,
+            simulated_images=SIMULATED_IMAGES, log=log)
     out = Path(out)
     write_twin(r, out, images=images)
     from cutem.fitting.twin import input_spectrum

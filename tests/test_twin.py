@@ -83,3 +83,27 @@ def test_cli_fit_twin_writes_the_config_its_report_and_png(tmp_path):
     assert r.exit_code == 0, r.output
     assert out.with_suffix(".png").stat().st_size > 1000 and "defocus_u_A" in out.with_suffix(".txt").read_text()
     assert len(load_config(out).geometry.tilt_angles_deg) == 2
+
+
+def test_simulated_correction_brings_the_expected_spectrum_to_independent_simulations():
+    """In 800 Å of ice the first-order closed form departs from the simulator (its log ring
+    profile by ≈ 0.08 rms, measured); the correction made from one set of simulated micrographs
+    is the simulator's, not its noise: a second seed's agrees with it, and the corrected closed
+    form matches a third, independent stack better than the closed form does (here in the
+    profile's trend: thick ice mostly tilts it)."""
+    from cutem.fitting.twin import _on_grid, _ring_selection, simulated_profile_correction
+    from cutem.params import Geometry
+
+    n = 128
+    cfg = twin_config(n, PX, KV, CS, dict(TRUE, thickness_A=800.0))
+    S = np.asarray(unwrap(SpecimenModel(cfg)({})[0]))
+    bins, sel = _ring_selection((n, n), PX, Q)
+    a = simulated_profile_correction(cfg, S, bins, sel, 64)
+    b = simulated_profile_correction(cfg.replace(seed=7), S, bins, sel, 64)
+    assert np.std(a) > 0.05 and np.corrcoef(a, b)[0, 1] > 0.9 and np.std(a - b) > 0.005   # b: its own draws
+    fresh = simulate(cfg.replace(seed=11, geometry=Geometry(tilt_angles_deg=(0.0,) * 64))).images
+    ps = to_centre(power_spectrum(np.asarray(fresh, dtype=np.float64)))
+    closed = profile_agreement(ps, to_centre(S), PX, Q)
+    corrected = profile_agreement(ps, to_centre(S * np.exp(_on_grid(bins, sel, a))), PX, Q)
+    # measured: profile 0.938 → 0.995; the rings (0.948 → 0.947) are not spoiled by its noise
+    assert corrected[0] > closed[0] + 0.03 and corrected[1] > closed[1] - 0.01
