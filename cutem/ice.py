@@ -91,12 +91,16 @@ def _amplitude(shape, pixel_size_A, b_factor_A2, kind="ice"):
     E|FFT w|² = N; ifft(sqrt(P/a)·FFT w) then has E|FFT|² = N·P/a, the periodogram (×N) of
     a continuous field of spectrum P sampled on pixels of area a (Riemann sum of its covariance).
     ``kind``: P₁ the ice's 1 Å slab (:func:`ice_power_spectrum`) or ``"particles"``
-    (:func:`particle_continuum_spectrum` at P_ref = 1; no B)."""
+    (:func:`particle_continuum_spectrum` at P_ref = 1); both damped by the B-factor's e^{−Bq²/2}
+    in power (e^{−Bq²/4} in amplitude, as every atom's scattering)."""
     ny, nx = (int(n) for n in shape)
     qy = np.fft.fftfreq(ny, d=pixel_size_A)[:, None]
     qx = np.fft.fftfreq(nx, d=pixel_size_A)[None, :]
     q = np.hypot(qy, qx)
-    p = particle_continuum_spectrum(q) if kind == "particles" else ice_power_spectrum(q, 1.0, b_factor_A2)
+    if kind == "particles":
+        p = particle_continuum_spectrum(q) * np.exp(-b_factor_A2 * q * q / 2)
+    else:
+        p = ice_power_spectrum(q, 1.0, b_factor_A2)
     amp = np.sqrt(p / pixel_size_A ** 2)
     amp[0, 0] = 0.0
     amp.flags.writeable = False     # cached for the next tilt
@@ -167,19 +171,20 @@ def particle_rng(seed, tilt):
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(tilt), 0x9A47]))
 
 
-def particle_field(shape, pixel_size_A, rng, power_ref=1.0):
+def particle_field(shape, pixel_size_A, rng, power_ref=1.0, b_factor_A2=0.0):
     """(ny, nx) float64: a draw of the particles' continuum (V·Å), spectrum
-    :func:`particle_continuum_spectrum` with ``power_ref``."""
+    :func:`particle_continuum_spectrum` with ``power_ref``, damped by ``b_factor_A2``."""
     if pixel_size_A <= 0:
         raise InputError(f"particle continuum: pixel size {pixel_size_A} Å must be positive")
-    amp = _amplitude(tuple(int(n) for n in shape), float(pixel_size_A), 0.0, "particles")
+    amp = _amplitude(tuple(int(n) for n in shape), float(pixel_size_A), float(b_factor_A2), "particles")
     return math.sqrt(float(power_ref)) * _draw(amp, rng)
 
 
-def particle_kernel(shape, pixel_size_A):
+def particle_kernel(shape, pixel_size_A, b_factor_A2=0.0):
     """(ny, nx) the field k with |FFT k|² = N·P/a at P_ref = 1: the expected periodogram (×N) of
     :func:`particle_field`, for the closed form (as :func:`spectral_kernel`)."""
-    return _expected_kernel(_amplitude(tuple(int(n) for n in shape), float(pixel_size_A), 0.0, "particles"))
+    return _expected_kernel(_amplitude(tuple(int(n) for n in shape), float(pixel_size_A), float(b_factor_A2),
+                                       "particles"))
 
 
 @register

@@ -397,7 +397,7 @@ class ImageModel:
             if g is None:
                 cfg = self.config
                 g = particle_field(shape[1:], self.grid.pixel_size_A, particle_rng(cfg.seed, self.tilt),
-                                   cfg.sample.particle_continuum_power)
+                                   cfg.sample.particle_continuum_power, cfg.simulation.b_factor_A2)
             full = np.zeros(shape)
             full[shape[0] // 2] = B.to_numpy(g)
             self._cache["particle_field"] = self.xp.asarray(full.astype(self.dtype))

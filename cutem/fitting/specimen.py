@@ -35,14 +35,15 @@ from .mtf import MTFFit
 
 #: pseudo-parameters of :func:`fit_mtf_specimen` besides the detector fields
 SPECIMEN_FIT_NAMES = ("ice_thickness_A", "thickness_center_A", "thickness_edge_A", "defocus_A",
-                      "defocus_u_A", "defocus_v_A", "particle_continuum_power")
+                      "defocus_u_A", "defocus_v_A", "particle_continuum_power", "b_factor_A2")
 #: the declared ranges (:func:`cutem.params.bounds`); the pseudo-names take their field's
 _SPECIMEN_BOUNDS = {k: bounds(f) for k, f in (("ice_thickness_A", "sample.thickness_center_A"),
                                               ("thickness_center_A", "sample.thickness_center_A"),
                                               ("thickness_edge_A", "sample.thickness_edge_A"),
                                               ("defocus_A", "optics.defocus_u_A"), ("defocus_u_A", "optics.defocus_u_A"),
                                               ("defocus_v_A", "optics.defocus_v_A"),
-                                              ("particle_continuum_power", "sample.particle_continuum_power"))}
+                                              ("particle_continuum_power", "sample.particle_continuum_power"),
+                                              ("b_factor_A2", "simulation.b_factor_A2"))}
 
 
 class SpecimenModel:
@@ -81,7 +82,10 @@ class SpecimenModel:
     fields (:data:`cutem.detector.PARAM_NAMES`, Vars where free), optics fields
     (:data:`cutem.optics.PARAM_NAMES`), ``defocus_A`` (u = v), ``thickness_center_A``,
     ``thickness_edge_A`` and ``ice_thickness_A`` (both thicknesses shifted together by the
-    same amount, keeping the config's centre–edge difference).
+    same amount, keeping the config's centre–edge difference), and ``b_factor_A2``
+    (``Simulation.b_factor_A2``, which damps both random fields' power by e^{−Bq²/2}): the two
+    fields' terms are multiplied by e^{−(B − B_cfg)q²/2} on the detector grid, exact for a
+    shift-invariant T and an unbinned detector (the kernels are made at the config's B).
     """
 
     def __init__(self, cfg, tilt=0, scene=None, free=()):
@@ -136,12 +140,18 @@ class SpecimenModel:
         if self.model.n_slices != 1:
             raise InputError("fit: the particles' continuum is for the projection approximation (one slice)")
         g = self.grid
-        k = particle_kernel(g.shape, g.pixel_size_A)
+        k = particle_kernel(g.shape, g.pixel_size_A, self.cfg.simulation.b_factor_A2)
         eps = 1e-4 / (interaction_constant(self.model.optics.voltage_kV) * np.abs(k).max())
         self.particles_eps = eps
         no_ice = np.zeros((1,) + tuple(g.shape))
         return tuple(dataclasses.replace(self.model, particle_field=sgn * eps * k, ice_field=no_ice, _cache={})
                      for sgn in (1.0, -1.0))
+
+    def _q2(self):
+        """|q|² (1/Å²) on the detector's FFT grid."""
+        ny, nx = self.grid.detector_shape
+        px = self.detector.pixel_size_A
+        return np.fft.fftfreq(ny, d=px)[:, None] ** 2 + np.fft.fftfreq(nx, d=px)[None, :] ** 2
 
     def theta0(self):
         """Every parameter the model knows, at the config's values (floats)."""
@@ -150,6 +160,7 @@ class SpecimenModel:
         s = self.cfg.sample
         th.update({"thickness_center_A": s.thickness_center_A, "thickness_edge_A": s.thickness_edge_A,
                    "ice_thickness_A": s.thickness_center_A, "particle_continuum_power": s.particle_continuum_power,
+                   "b_factor_A2": self.cfg.simulation.b_factor_A2,
                    "defocus_A": 0.5 * (self.optics.defocus_u_A + self.optics.defocus_v_A)})
         return th
 
@@ -183,6 +194,10 @@ class SpecimenModel:
             pp, pm = (m.render(params, estimator="none") for m in self.particles_pair)
             lin = (pp.image - pm.image) * (0.5 / self.particles_eps)
             S = S + ops.abs2(ops.fft2(lin - ops.mean(lin))) * (th["particle_continuum_power"] * (1.0 / n))
+        if "b_factor_A2" in theta and (self.pair is not None or self.particles_pair is not None):
+            # the random fields' power ∝ e^{−Bq²/2} (cutem.ice._amplitude); the kernels hold the config's B
+            q2 = self._q2()
+            S = S * ops.exp((th["b_factor_A2"] - self.cfg.simulation.b_factor_A2) * (-0.5 * q2))
         mean_img = ops.mean(img)
         S = ops.abs2(ops.fft2(img - mean_img)) * (1.0 / n) + S
         if self.detector.quantized:

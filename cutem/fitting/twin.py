@@ -117,7 +117,8 @@ def twin_config(n, pixel_size_A, voltage_kV, cs_mm, params, images=1):
     sample = Sample(diameter_A=1e6, thickness_center_A=t, thickness_edge_A=t, ice=True,
                     ice_absorption=p.get("ice_absorption", 0.0), ice_model="amorphous",
                     particle_continuum_power=p.get("particle_continuum_power", 0.0))
-    sim = Simulation(method="projection", inelastic_background=True, dtype="float32")
+    sim = Simulation(method="projection", inelastic_background=True, dtype="float32",
+                     b_factor_A2=p.get("b_factor_A2", 0.0))
     return RunConfig(optics=optics, detector=det, sample=sample, geometry=Geometry(tilt_angles_deg=(0.0,) * images),
                      simulation=sim, output="twin")
 
@@ -175,6 +176,10 @@ def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 
     free.append(FreeParam("ice_thickness_A", float(start["thickness_A"]), 50.0, 3000.0, "bounds", 100.0))
     p0 = start["particle_continuum_power"]
     free.append(FreeParam("particle_continuum_power", p0, 0.0, 1e3 * p0, "bounds", p0))
+    # the signal's own envelope (residual motion, the specimen's B): without it the real rings'
+    # modulation, deep below 1/15 Å⁻¹ and shallow above 1/7 Å⁻¹, is more than the optics'
+    # envelopes can follow (README, issue 19)
+    free.append(FreeParam("b_factor_A2", 10.0, 0.0, 1000.0, "bounds", 20.0))
 
     def with_defocus(theta):
         th = dict(theta)
