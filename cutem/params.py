@@ -381,7 +381,8 @@ class Simulation(_Params):
                         choices=("projection", "multislice"))
     slice_thickness_A: float = param(20.0, "Å", (0.0, 1e4), "lo", doc="multislice slice thickness")
     oversampling: int = param(1, "", (1, 8), doc="simulate on a grid this many times finer, then bin")
-    b_factor_A2: float = param(0.0, "Å²", (0.0, 1e4), doc="global B added to every atom's B")
+    b_factor_A2: float = param(0.0, "Å²", (0.0, 1e4), doc="global B added to every atom's B; it damps amorphous "
+                                 "ice and the particles' continuum as e^{-Bq²/4} in amplitude too")
     absorption: float = param(0.0, "", (0.0, 1.0), doc="imaginary/real ratio of the atoms' potential")
     padding_A: float = param(0.0, "Å", (0.0, 1e6), doc="field padding against wrap-around (cropped after)")
     dtype: str = param("float32", doc="floating-point precision", choices=("float32", "float64"))
