@@ -21,7 +21,9 @@ median 0.852 without it, 0.978 with it; the fitted mean defocus ≈ 2 % short of
 without it, 0.2–0.9 % above with it). Its
 expected spectrum is the closed form of :class:`cutem.fitting.specimen.SpecimenModel` (first
 order in the phases). DQE(0) only rescales the noise relative to the dose and is fixed at 1:
-the fitted dose is an effective one (dose × DQE).
+the fitted dose is an effective one (dose × DQE). A B-factor (``Simulation.b_factor_A2``) damps
+both fields' power by e^{−Bq²/2}: the signal's own envelope (residual motion, the specimen), fitted
+(on the 16 β-gal spectra the simulated stacks' median ring score went 0.921 → 0.954 with it).
 
 The closed form departs from the micrographs that ``cutem simulate`` makes of the twin (terms
 beyond first order in the phases, the Poisson counts): after the fit, ``simulated_images``
