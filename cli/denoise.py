@@ -63,7 +63,8 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
 
     Without CONFIG, --twin or --pixel-size the images span real instruments (pixel sizes
     0.8-4 Å, 200/300 kV, Cs 1.4-2.7 mm, the K2, Falcon II/3EC and DE-20 detectors and
-    cutem's default one, amorphous ice with or without the inelastic background, carbon edges: cutem.denoise.InstrumentPairs),
+    cutem's default one, amorphous ice with or without the inelastic background, carbon edges:
+    cutem.denoise.InstrumentPairs),
     as for the packaged model. CONFIG (TOML or TEM-simulator file) or --twin fixes optics,
     detector and sample to one instrument; the ranges below are drawn per image.
     """

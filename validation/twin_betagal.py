@@ -93,7 +93,8 @@ def main():
     d = np.array([r[2] for r in rows])
     lines = ["# cutem fit-twin + cutem simulate on the real β-galactosidase spectra (issue 19)",
              f"# command: nice python validation/twin_betagal.py --images {a.images}"
-             + (f" --limit {a.limit}" if a.limit else "") + (f" --jobs {a.jobs}" if a.jobs > 1 else "") + (f" --name {a.name}" if a.name != "twin_betagal" else ""),
+             + (f" --limit {a.limit}" if a.limit else "") + (f" --jobs {a.jobs}" if a.jobs > 1 else "")
+             + (f" --name {a.name}" if a.name != "twin_betagal" else ""),
              f"# machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs "
              f"(load {os.getloadavg()[0]:.1f}), no GPU; {a.images} simulated 512² micrographs per twin",
              "# corr: correlation of log radial profiles, simulated stack vs real, 1/30-1/5 1/Å; rings: the same with "

@@ -26,7 +26,7 @@ from ..imaging import ImageModel, stack_z_range, tilt_settings
 from ..optics import optics_inputs
 from ..params import bounds
 from ..specimen import scene_from_config
-from ..spectra import RadialBins, power_spectrum
+from ..spectra import RadialBins, frequency_grid, power_spectrum
 from .detector_model import (DETECTOR_BOUNDS, as_input, detector_free_params, detector_theta, expand_ratios,
                              fit_errors, mtf_on_grid)
 from .losses import log_mean_residual, spectrum_objective
@@ -119,6 +119,7 @@ class SpecimenModel:
             self.particles_pair = self._particles_pair()
         self.pair = self._amorphous_pair(cfg) if s.ice and s.ice_model == "amorphous" else None
         self.optics, self.detector, self.atoms = self.model.optics, self.model.detector, self.model.atoms
+        self.q2 = frequency_grid(self.grid.detector_shape, self.detector.pixel_size_A)[2] ** 2   # the B envelope's
 
     def _amorphous_pair(self, cfg):
         """The model with the ice's fluctuation replaced by ±ε·k (:func:`cutem.ice.spectral_kernel`),
@@ -146,12 +147,6 @@ class SpecimenModel:
         no_ice = np.zeros((1,) + tuple(g.shape))
         return tuple(dataclasses.replace(self.model, particle_field=sgn * eps * k, ice_field=no_ice, _cache={})
                      for sgn in (1.0, -1.0))
-
-    def _q2(self):
-        """|q|² (1/Å²) on the detector's FFT grid."""
-        ny, nx = self.grid.detector_shape
-        px = self.detector.pixel_size_A
-        return np.fft.fftfreq(ny, d=px)[:, None] ** 2 + np.fft.fftfreq(nx, d=px)[None, :] ** 2
 
     def theta0(self):
         """Every parameter the model knows, at the config's values (floats)."""
@@ -196,8 +191,7 @@ class SpecimenModel:
             S = S + ops.abs2(ops.fft2(lin - ops.mean(lin))) * (th["particle_continuum_power"] * (1.0 / n))
         if "b_factor_A2" in theta and (self.pair is not None or self.particles_pair is not None):
             # the random fields' power ∝ e^{−Bq²/2} (cutem.ice._amplitude); the kernels hold the config's B
-            q2 = self._q2()
-            S = S * ops.exp((th["b_factor_A2"] - self.cfg.simulation.b_factor_A2) * (-0.5 * q2))
+            S = S * ops.exp((th["b_factor_A2"] - self.cfg.simulation.b_factor_A2) * (-0.5 * self.q2))
         mean_img = ops.mean(img)
         S = ops.abs2(ops.fft2(img - mean_img)) * (1.0 / n) + S
         if self.detector.quantized:

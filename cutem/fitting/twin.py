@@ -68,9 +68,9 @@ _OPTICS_FREE = {"defocus_mean_A": (0.0, None, 100.0), "amplitude_contrast": (0.0
 #: weight of the rings against the whole profile in the fit's loss (:func:`fit_twin`)
 RING_WEIGHT = 2.0
 #: micrographs of the fitted twin that ``cutem fit-twin`` simulates to correct the closed form
-#: (:func:`simulated_profile_correction`): on β-gal spectra 00028 / 00039 the rings' score of a
-#: fresh 512-image stack went 0.891 → 0.912 and 0.880 → 0.896 with it (all 16 spectra:
-#: validation/results/twin_betagal.txt); their own noise is ≈ 0.004 rms in the log profile
+#: (:func:`simulated_profile_correction`); with it (and 1000 micrographs per twin instead of
+#: 512) the 16 β-gal spectra's median ring score went 0.910 → 0.921 (validation/twin_betagal.py,
+#: the results of commits de44255 and 7da0bb7)
 SIMULATED_IMAGES = 256
 _DETECTOR_FREE = ("mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta", "dose_e_per_A2")
 
@@ -235,7 +235,17 @@ def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 
         params["dqe"] = float(model.detector.dqe)
         return params
 
-    vals = dict(res.params)
+    def refit(res, vals, held):
+        """The fit repeated from ``vals`` with the parameters in ``held`` fixed there."""
+        par = Parametrisation([dataclasses.replace(f, init=float(B.to_numpy(vals[f.name])))
+                               for f in par0.free if f.name not in held], held)
+        before = res.iterations
+        res = fit(loss, par, "lbfgsb", maxiter=maxiter)
+        res.iterations += before
+        return res, {**dict(res.params), **held}
+
+    par0 = par
+    vals, held = dict(res.params), {}
     if second_order_draws:
         # the micrographs carry the ice's scattering beyond first order (it fills the troughs
         # below the first Thon maxima, where the linear transfer is small): estimated at the
@@ -244,12 +254,8 @@ def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 
         extra[0] = second_order_spectrum(twin_config(n, pixel_size_A, voltage_kV, cs_mm, p1), second_order_draws)
         extra[1] = p1["dose_e_per_A2"]
         # the thickness is held at the first fit's: the second-order power was made there
-        par = Parametrisation([dataclasses.replace(f, init=float(B.to_numpy(vals[f.name]))) for f in par.free
-                               if f.name != "ice_thickness_A"], {"ice_thickness_A": p1["thickness_A"]})
-        first = res.iterations
-        res = fit(loss, par, "lbfgsb", maxiter=maxiter)
-        res.iterations += first
-        vals = {**dict(res.params), "ice_thickness_A": p1["thickness_A"]}
+        held = {"ice_thickness_A": p1["thickness_A"]}
+        res, vals = refit(res, vals, held)
     if simulated_images:
         # the closed form is first order in the particles' phase and treats the counts as a
         # Gaussian field; the micrographs that `cutem simulate` makes of the twin are the score,
@@ -260,12 +266,7 @@ def fit_twin(data, pixel_size_A, voltage_kV, cs_mm, *, centred=True, q_range=(1 
         sim_corr[0] = simulated_profile_correction(twin_config(n, pixel_size_A, voltage_kV, cs_mm, p2),
                                                    S2, bins, sel, int(simulated_images))
         say(f"fit-twin: simulated/closed-form profile, rms {float(np.std(sim_corr[0])):.4f} in log")
-        held = dict(par.fixed)
-        par = Parametrisation([dataclasses.replace(f, init=float(B.to_numpy(vals[f.name]))) for f in par.free], held)
-        before = res.iterations
-        res = fit(loss, par, "lbfgsb", maxiter=maxiter)
-        res.iterations += before
-        vals = {**dict(res.params), **held}
+        res, vals = refit(res, vals, held)
     r = np.asarray(unwrap(residuals(vals)))
     S = np.asarray(unwrap(expected(vals)))
     if simulated_images:
