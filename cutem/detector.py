@@ -519,7 +519,8 @@ def detect(intensity, detector, rng=None, estimator="pathwise", params=None, dra
     rng : seeded generator on the intensity's device, or an int seed.
     estimator : ``"pathwise"`` (Gaussian reparametrised counts, fixed ε) or ``"score"``
         (integer Poisson/Wald draws; use :func:`score_surrogate` with ``log_prob``) or
-        ``"none"`` (no noise: the image is gain · MTF ⊛ N̄, plus readout noise if set).
+        ``"none"`` (no noise: the image is gain · MTF ⊛ N̄, without readout noise either,
+        so that it is the deterministic expectation a closed-form spectrum adds σ² to).
     params : overrides for :func:`detector_inputs` (arrays or watched Vars), keyed by
         :data:`PARAM_NAMES`, e.g. ``{"mtf_a": tape.watch(a0)}``.
     draws : the ``Detection.draws`` of an earlier call, to reuse the same noise.
@@ -586,7 +587,7 @@ def detect(intensity, detector, rng=None, estimator="pathwise", params=None, dra
     mtf_in = tuple(inputs[k] for k in MTF_PARAM_NAMES)
     image = MTF()(counts, *mtf_in)
     sigma = inputs["readout_noise"]
-    if isinstance(sigma, Var) or float(B.to_numpy(sigma)) > 0:
+    if estimator != "none" and (isinstance(sigma, Var) or float(B.to_numpy(sigma)) > 0):
         if "readout" not in draws:
             draws["readout"] = gen_().standard_normal(nb_val.shape).astype(rdt)
         image = ReadoutNoise(draws["readout"])(image, sigma)

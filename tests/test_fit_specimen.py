@@ -5,7 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 import cutem
-from adjoints import Tape
+from adjoints import Tape, unwrap
+from adjoints import ops
 from cutem.fitting.specimen import SpecimenModel, fit_mtf_specimen, specimen_config_with
 from cutem.config import ParticleSpec, RunConfig, load_config, write_resolved
 from cutem.errors import InputError
@@ -122,6 +123,25 @@ def test_closed_form_spectrum_is_the_mean_of_simulated_periodograms(scene):
     z = (np.log(d[sel]) - np.log(m[sel])) * np.sqrt(bins.count_np[sel] * N_IMAGES / 2.0)
     assert abs(np.mean(z)) < 0.5 and 0.6 < np.std(z) < 1.5, (np.mean(z), np.std(z))
     assert abs(float(np.asarray(mu.value if hasattr(mu, "value") else mu)) / imgs.mean() - 1) < 1e-3
+
+
+def test_readout_noise_adds_its_variance_to_the_closed_form_and_nothing_random(scene):
+    """Readout noise is white after the MTF: S at σ is S at 0 plus σ² in every Fourier voxel,
+    the same on every call (the closed form renders without noise), and ∂ΣS/∂σ on the tape is
+    2σ·n (n voxels), also when σ is free from a start at which it is the detector's."""
+    cfg, _, _ = scene
+    sigma = 3.0
+    noisy = cfg.replace(detector=cfg.detector.replace(readout_noise=sigma))
+    S0 = np.asarray(unwrap(SpecimenModel(cfg)({})[0]))
+    model = SpecimenModel(noisy)
+    S1, S2 = (np.asarray(unwrap(model({})[0])) for _ in range(2))
+    assert np.array_equal(S1, S2)
+    assert np.max(np.abs(S1 - S0 - sigma ** 2)) < 1e-9 * np.max(S0)
+    with Tape() as tape:
+        s = tape.watch(np.asarray(sigma))
+        S, _ = model({"readout_noise": s})
+        g = tape.gradient(ops.sum(S), [s])[0]
+    assert abs(float(np.asarray(g)) / (2 * sigma * S0.size) - 1) < 1e-9
 
 
 def test_cli_fit_mtf_on_specimen_micrographs_writes_a_config_with_the_fitted_thickness(scene, crb, tmp_path):
