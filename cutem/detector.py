@@ -45,6 +45,13 @@ source ``detector_apply_mtf``/``detector_apply_quantization``)
   r(q) = DQE_curve(q)/DQE_curve(0), so the noise power after the MTF is
   N̄ · MTF(q)²/DQE(q) with DQE(q) = dqe · r(q) (``dqe`` stays DQE(0), the curve gives the
   shape; pathwise estimator only).
+- A DQE falling as DQE(0)/(1 + κx²), x = |q|/q_Nyquist (``dqe_falloff`` κ; x reaches √2 in the
+  corners), by the same shaping, amplitude sqrt(1 + κx²), in every estimator (with ``score``
+  on the draws, so not on a tape): the noise power after the MTF is N̄ · MTF(q)² (1 + κx²)/dqe.
+  A counting camera's noise spectrum is flatter than its MTF² (the counted events' positions
+  are sharper than the blur of the signal; McMullan et al., Ultramicroscopy 147:156, 2014,
+  K2 Summit: DQE 0.8 at 0 falling to ~0.3 at Nyquist with MTF 0.6 there), which the real
+  β-gal spectra's high-q background shows (``validation/twin_betagal.py``).
 - MTF, x = |q| in cycles per pixel, y₁ = 1 + αx², y₂ = 1 + βx²:
   MTF = gain/(a+b+c) · [c + a T(p, y₁) + b T(q, y₂)], T(p, y) = 2ᵖ y⁻ᵖ / (2 + (2ᵖ − 2) y⁻ᵖ).
   It blurs the *counts* (applied after the noise draw) as a Fourier multiply. Reference
@@ -472,6 +479,13 @@ def load_dqe_curve(spec):
     return x[order], y[order]
 
 
+def dqe_falloff_filter(shape, kappa, xp=np, dtype=np.float64):
+    """Noise-shaping amplitude sqrt(1 + κx²), x = |q|/q_Nyquist, on the rfft half grid
+    (``Detector.dqe_falloff``; module docstring)."""
+    x2 = B.to_numpy(_freq2_cycles(shape, np, np.float64)) / 0.25
+    return xp.asarray(np.sqrt(1.0 + float(kappa) * x2), dtype=dtype)
+
+
 def dqe_noise_filter(shape, curve, xp=np, dtype=np.float64):
     """Noise-shaping amplitude 1/sqrt(r(q)), r = DQE(q)/DQE(0), on the rfft half grid.
 
@@ -557,6 +571,11 @@ def detect(intensity, detector, rng=None, estimator="pathwise", params=None, dra
 
     n_bar = ExpectedCounts(detector.pixel_size_A)(intensity, inputs["dose_e_per_A2"])
     nb_val = unwrap(n_bar)
+    falloff = (dqe_falloff_filter(nb_val.shape[-2:], detector.dqe_falloff, xp, rdt)
+               if detector.dqe_falloff > 0 and estimator != "none" else None)
+    if falloff is not None and estimator == "score" and active_tape() is not None:
+        raise ValueError("detector.dqe_falloff shapes the score estimator's draws, which a tape cannot "
+                         "differentiate through: use estimator='pathwise'")
     log_prob = None
     if estimator == "none":
         counts = n_bar
@@ -564,6 +583,8 @@ def detect(intensity, detector, rng=None, estimator="pathwise", params=None, dra
         if "eps" not in draws:
             draws["eps"] = gen_().standard_normal(nb_val.shape).astype(rdt)
         filt = None if dqe_curve is None else dqe_noise_filter(nb_val.shape[-2:], dqe_curve, xp, rdt)
+        if falloff is not None:
+            filt = falloff if filt is None else filt * falloff
         counts = PathwiseNoise(draws["eps"], filt)(n_bar, inputs["dqe"])
     else:
         if dqe_curve is not None:
@@ -584,6 +605,8 @@ def detect(intensity, detector, rng=None, estimator="pathwise", params=None, dra
             counts = draws["wald"]
         else:
             counts = draws["counts"]
+        if falloff is not None:
+            counts = nb_val + _fourier_filter(counts - nb_val, falloff)
     mtf_in = tuple(inputs[k] for k in MTF_PARAM_NAMES)
     image = MTF()(counts, *mtf_in)
     sigma = inputs["readout_noise"]
@@ -598,4 +621,4 @@ def detect(intensity, detector, rng=None, estimator="pathwise", params=None, dra
 __all__ = ["PARAM_NAMES", "MTF_PARAM_NAMES", "detector_inputs", "mtf", "mtf_radial", "detect",
            "score_surrogate", "Detection", "ExpectedCounts", "PathwiseNoise", "PoissonLogLikelihood",
            "WaldLogLikelihood", "MTF", "ReadoutNoise", "sample_poisson", "sample_wald",
-           "load_dqe_curve", "dqe_noise_filter"]
+           "load_dqe_curve", "dqe_noise_filter", "dqe_falloff_filter"]

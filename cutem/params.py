@@ -262,6 +262,9 @@ class Detector(_Params):
     dqe: float = param(1.0, "", (1e-3, 1.0), doc="DQE(0) of TEM-simulator's Wald model", tem="detector.dqe")
     dqe_curve: str | None = param(None, doc="frequency-dependent DQE: a CSV (freq/Nyquist, DQE), FILE:COLUMN",
                                   path=True)
+    dqe_falloff: float = param(0.0, "", (0.0, 100.0),
+                               doc="DQE(q) = DQE(0)/(1 + κ x²), x = |q|/Nyquist: the shot noise's power "
+                               "rising towards Nyquist beside the signal's (a counting camera's; fit-twin fits κ)")
     mtf_a: float = param(0.0, "", (0.0, 1.0), doc="MTF weight of the α term", tem="detector.mtf_a")
     mtf_b: float = param(0.0, "", (0.0, 1.0), doc="MTF weight of the β term", tem="detector.mtf_b")
     mtf_c: float = param(1.0, "", (0.0, 1.0), doc="MTF constant weight", tem="detector.mtf_c")

@@ -144,6 +144,33 @@ def test_readout_noise_adds_its_variance_to_the_closed_form_and_nothing_random(s
     assert abs(float(np.asarray(g)) / (2 * sigma * S0.size) - 1) < 1e-9
 
 
+def test_dqe_falloff_multiplies_the_closed_forms_shot_noise_and_has_the_gradient_of_it(scene):
+    """S(κ) − S(0) = κx² · MTF² · mean(N̄)/DQE (x = |q|/Nyquist), and ∂/∂κ of a weighted log
+    spectrum on the tape matches central differences (the fit's free κ)."""
+    from cutem.detector import mtf
+
+    cfg, _, _ = scene
+    model = SpecimenModel(cfg)
+    S0, mu = (np.asarray(unwrap(v)) for v in model({}))
+    S1 = np.asarray(unwrap(model({"dqe_falloff": 0.3})[0]))
+    d = cfg.detector
+    fy, fx = np.fft.fftfreq(128)[:, None], np.fft.fftfreq(128)[None, :]
+    nbar = float(mu) / d.gain
+    expected = 0.3 * (fx ** 2 + fy ** 2) / 0.25 * mtf((128, 128), d) ** 2 * nbar / d.dqe
+    assert np.max(np.abs(S1 - S0 - expected)) < 1e-6 * np.max(expected)
+    w = np.random.default_rng(4).standard_normal(S0.shape)
+
+    def f(k):
+        return ops.sum(ops.log(model({"dqe_falloff": k})[0]) * w)
+
+    from adjoints.stage import value_and_grad
+
+    _, g = value_and_grad(f)(np.float64(0.3))
+    h = 1e-4
+    fd = (float(unwrap(f(np.float64(0.3 + h)))) - float(unwrap(f(np.float64(0.3 - h))))) / (2 * h)
+    assert abs(float(unwrap(g)) - fd) <= 1e-6 * abs(fd), (float(unwrap(g)), fd)
+
+
 def test_cli_fit_mtf_on_specimen_micrographs_writes_a_config_with_the_fitted_thickness(scene, crb, tmp_path):
     cfg, imgs, _ = scene
     wrong = specimen_config_with(cfg, {"mtf_b": 0.27, "mtf_beta": 28.0, "ice_thickness_A": 450.0})

@@ -35,7 +35,7 @@ from .mtf import MTFFit
 
 #: pseudo-parameters of :func:`fit_mtf_specimen` besides the detector fields
 SPECIMEN_FIT_NAMES = ("ice_thickness_A", "thickness_center_A", "thickness_edge_A", "defocus_A",
-                      "defocus_u_A", "defocus_v_A", "particle_continuum_power", "b_factor_A2")
+                      "defocus_u_A", "defocus_v_A", "particle_continuum_power", "b_factor_A2", "dqe_falloff")
 #: the declared ranges (:func:`cutem.params.bounds`); the pseudo-names take their field's
 _SPECIMEN_BOUNDS = {k: bounds(f) for k, f in (("ice_thickness_A", "sample.thickness_center_A"),
                                               ("thickness_center_A", "sample.thickness_center_A"),
@@ -43,7 +43,8 @@ _SPECIMEN_BOUNDS = {k: bounds(f) for k, f in (("ice_thickness_A", "sample.thickn
                                               ("defocus_A", "optics.defocus_u_A"), ("defocus_u_A", "optics.defocus_u_A"),
                                               ("defocus_v_A", "optics.defocus_v_A"),
                                               ("particle_continuum_power", "sample.particle_continuum_power"),
-                                              ("b_factor_A2", "simulation.b_factor_A2"))}
+                                              ("b_factor_A2", "simulation.b_factor_A2"),
+                                              ("dqe_falloff", "detector.dqe_falloff"))}
 
 
 class SpecimenModel:
@@ -58,7 +59,7 @@ class SpecimenModel:
     The expected periodogram of one micrograph is therefore, in closed form (no noise draw,
     no pathwise or score estimator needed: every moment used is exact),
 
-        S(q) = |FFT[m − m̄]|²/n + MTF(q)² · mean(N̄)/DQE + σ_readout²,
+        S(q) = |FFT[m − m̄]|²/n + MTF(q)² · mean(N̄)(1 + κx²)/DQE + σ_readout²,
 
     and the expected image mean is gain·mean(N̄).
 
@@ -119,7 +120,9 @@ class SpecimenModel:
             self.particles_pair = self._particles_pair()
         self.pair = self._amorphous_pair(cfg) if s.ice and s.ice_model == "amorphous" else None
         self.optics, self.detector, self.atoms = self.model.optics, self.model.detector, self.model.atoms
-        self.q2 = frequency_grid(self.grid.detector_shape, self.detector.pixel_size_A)[2] ** 2   # the B envelope's
+        # |q|² (1/Å²), the B envelope's, and (|q|/Nyquist)², the DQE falloff's
+        self.q2 = frequency_grid(self.grid.detector_shape, self.detector.pixel_size_A)[2] ** 2
+        self.x2 = self.q2 * (2.0 * self.detector.pixel_size_A) ** 2
 
     def _amorphous_pair(self, cfg):
         """The model with the ice's fluctuation replaced by ±ε·k (:func:`cutem.ice.spectral_kernel`),
@@ -155,7 +158,7 @@ class SpecimenModel:
         s = self.cfg.sample
         th.update({"thickness_center_A": s.thickness_center_A, "thickness_edge_A": s.thickness_edge_A,
                    "ice_thickness_A": s.thickness_center_A, "particle_continuum_power": s.particle_continuum_power,
-                   "b_factor_A2": self.cfg.simulation.b_factor_A2,
+                   "b_factor_A2": self.cfg.simulation.b_factor_A2, "dqe_falloff": self.detector.dqe_falloff,
                    "defocus_A": 0.5 * (self.optics.defocus_u_A + self.optics.defocus_v_A)})
         return th
 
@@ -196,7 +199,12 @@ class SpecimenModel:
         S = ops.abs2(ops.fft2(img - mean_img)) * (1.0 / n) + S
         if self.detector.quantized:
             m = mtf_on_grid((ny, nx), th)
-            S = S + (m * m) * (ops.mean(counts) / th["dqe"])
+            noise = (m * m) * (ops.mean(counts) / th["dqe"])
+            k = th["dqe_falloff"]
+            if isinstance(k, Var) or float(B.to_numpy(k)) > 0:
+                # DQE(q) = DQE(0)/(1 + κx²), x = |q|/Nyquist (cutem.detector: the noise shaping)
+                noise = noise * (k * self.x2 + 1.0)
+            S = S + noise
         r = th.get("readout_noise", 0.0)
         if isinstance(r, Var) or float(B.to_numpy(r)) > 0:
             S = S + r * r
