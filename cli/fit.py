@@ -303,8 +303,8 @@ def fit_twin(input_path, voltage_kV, cs_mm, pixel_size, kind, resolution_range, 
     Fitted through the image model's exact gradients (cutem.fitting.twin): defocus and
     astigmatism (started by fit-ctf), amplitude contrast, energy spread and illumination
     envelopes, ice thickness (amorphous ice: its density fluctuations ring the spectrum) with its
-    scattered-electron background, a B-factor envelope on the signal, detector MTF and the noise
-    level (an effective dose), then refitted with the closed form corrected by the spectrum of
+    scattered-electron background, a B-factor envelope on the signal, detector MTF, its DQE
+    falloff (noise power rising towards Nyquist) and the noise level (an effective dose), then refitted with the closed form corrected by the spectrum of
     256 micrographs simulated of the fitted twin. The PNG overlays the real and twin log radial profiles and shows the two spectra
     side by side.
     """

@@ -50,8 +50,9 @@ source ``detector_apply_mtf``/``detector_apply_quantization``)
   on the draws, so not on a tape): the noise power after the MTF is N̄ · MTF(q)² (1 + κx²)/dqe.
   A counting camera's noise spectrum is flatter than its MTF² (the counted events' positions
   are sharper than the blur of the signal; McMullan et al., Ultramicroscopy 147:156, 2014,
-  K2 Summit: DQE 0.8 at 0 falling to ~0.3 at Nyquist with MTF 0.6 there), which the real
-  β-gal spectra's high-q background shows (``validation/twin_betagal.py``).
+  K2 Summit at 300 kV: DQE 0.80 at 0, 0.23 at Nyquist, where its MTF is 0.39, so its noise power
+  there is 0.52 of that at 0 against an MTF² of 0.15: ../shared/data/real/detector_mtf), which
+  the real β-gal spectra's high-q background shows (``validation/twin_betagal.py``).
 - MTF, x = |q| in cycles per pixel, y₁ = 1 + αx², y₂ = 1 + βx²:
   MTF = gain/(a+b+c) · [c + a T(p, y₁) + b T(q, y₂)], T(p, y) = 2ᵖ y⁻ᵖ / (2 + (2ᵖ − 2) y⁻ᵖ).
   It blurs the *counts* (applied after the noise draw) as a Fourier multiply. Reference

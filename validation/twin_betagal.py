@@ -68,7 +68,8 @@ def score(f, images, name):
     write_report_png(RESULTS / f"{name}_{label}.png", np.asarray(real, np.float64), sim, PX,
                      title=f"{label}: simulated corr {corr:.3f}, rings {rings:.3f}", label="simulated")
     row = (label, corr, rings, float(params["defocus_u_A"]), float(params["defocus_v_A"]),
-           float(params["thickness_A"]), float(params["dose_e_per_A2"]), t1 - t0, t2 - t1, e_corr, e_rings)
+           float(params["thickness_A"]), float(params["dose_e_per_A2"]), t1 - t0, t2 - t1, e_corr, e_rings,
+           float(params["b_factor_A2"]), float(params["dqe_falloff"]))
     print(row, flush=True)
     return row
 
@@ -99,12 +100,13 @@ def main():
              f"(load {os.getloadavg()[0]:.1f}), no GPU; {a.images} simulated 512² micrographs per twin",
              "# corr: correlation of log radial profiles, simulated stack vs real, 1/30-1/5 1/Å; rings: the same with "
              "a quartic in q removed; e.corr, e.ring: the same for the fit's expected spectrum (closed form × its "
-             "simulated correction, whose 256 micrographs add their noise)",
+             "simulated correction, whose 256 micrographs add their noise); B: the fitted B-factor envelope; "
+             "κ: the fitted DQE falloff (Detector.dqe_falloff)",
              f"{'micrograph':<16} {'corr':>6} {'rings':>6} {'U':>7} {'V':>7} {'ice Å':>6} {'dose':>7} "
-             f"{'fit s':>6} {'sim s':>6} {'e.corr':>6} {'e.ring':>6}"]
+             f"{'fit s':>6} {'sim s':>6} {'e.corr':>6} {'e.ring':>6} {'B Å²':>6} {'κ':>6}"]
     for r in rows:
         lines.append(f"{r[0]:<16} {r[1]:>6.3f} {r[2]:>6.3f} {r[3]:>7.0f} {r[4]:>7.0f} {r[5]:>6.0f} {r[6]:>7.2f} "
-                     f"{r[7]:>6.1f} {r[8]:>6.1f} {r[9]:>6.3f} {r[10]:>6.3f}")
+                     f"{r[7]:>6.1f} {r[8]:>6.1f} {r[9]:>6.3f} {r[10]:>6.3f} {r[11]:>6.1f} {r[12]:>6.3f}")
     e = np.array([[r[9], r[10]] for r in rows])
     lines += ["", f"corr: median {np.median(c):.4f}, worst {c.min():.4f} (target median >= 0.98)",
               f"rings: median {np.median(d):.4f}, worst {d.min():.4f} (target median >= 0.93)",
