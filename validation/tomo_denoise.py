@@ -19,6 +19,8 @@ Nyquist, and the CNR of the particles against the ice around them. Rows:
   :func:`cutem.tomo_denoise.even_odd_wiener` or :func:`cutem.tomo_denoise.even_odd_network`;
   ``..., specimen mask``: both halves multiplied by a mask made from their mean
   (:func:`cutem.tomo_denoise.specimen_mask`) first, and the masked mean for comparison;
+- ``oracle wiener, ...``: the local Wiener gain from the true spectra (noise-free and raw WBP)
+  inside the specimen mask or the ground-truth mask: the bound of the even/odd Wiener;
 - ``wbp noise-free``: the noise-free tilts (the ceiling of the geometry and the CTF).
 """
 from __future__ import annotations
@@ -34,6 +36,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+
+
+def oracle_wiener(noisy, clean, sigma=2.0):
+    """``noisy`` filtered by the local Wiener gain S/(S + N) of its true spectra: S of ``clean``,
+    N of ``noisy − clean``, each averaged over neighbouring Fourier voxels as
+    :func:`cutem.tomo_denoise.even_odd_wiener` averages its estimates."""
+    from scipy.ndimage import gaussian_filter
+
+    fn, fc = np.fft.fftn(noisy), np.fft.fftn(clean)
+    s = gaussian_filter(np.abs(fc) ** 2, sigma, mode="wrap")
+    n = gaussian_filter(np.abs(fn - fc) ** 2, sigma, mode="wrap")
+    return np.fft.ifftn(fn * s / np.maximum(s + n, 1e-300)).real
 
 
 def main(argv=None):
@@ -129,6 +143,15 @@ def main(argv=None):
     notes.append("specimen mask: tomo_denoise.specimen_mask of the even/odd mean (95th percentile of a "
                  "sigma-2 smoothing; the percentile chosen on this series among 80-99); the CNR of a "
                  "masked tomogram is inflated (the ice around the particles is masked towards 0)")
+    # the bound of the local Wiener filter: its gain from the true signal and noise spectra
+    # (the noise-free tilts' WBP and the raw WBP's departure from it) instead of the halves'
+    clean = wbp(T.to_contrast(noise_free, cfg, flip))
+    full = volumes["wbp raw"]
+    for name, m in (("specimen mask", mask), ("truth mask", soft)):
+        t0 = time.perf_counter()
+        score(f"oracle wiener, {name}", oracle_wiener(full * m, clean * m), t0)
+    notes.append("oracle wiener: the local Wiener gain (sigma 2) from the true spectra, the bound of "
+                 "the even/odd Wiener inside that mask (the truth mask: the FSC's own, from the ground truth)")
     if "n2n-net" not in skip:
         t0 = time.perf_counter()
         den, tr = tomo_denoise.even_odd_network(even, odd, steps=args.n2n_steps)
