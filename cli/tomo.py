@@ -168,12 +168,17 @@ def resolve_geometry(tilts, n_images, tlt_path=None, axis_deg=None):
 @click.option("--dose-per-tilt", type=Number.of(Detector, "dose_e_per_A2"), default=None,
               help="Exposure filter (Grant & Grigorieff 2015): e/Å² per image, accumulated in stack "
                    "order (default: ExposureDose of NAME.mdoc when present, else no filter).")
+@click.option("--denoise", type=click.Choice(["none", "halves"]), default="none", show_default=True,
+              help="halves (wbp, sirt): reconstruct two splits of the tilts into interleaved halves (the "
+                   "first even/odd) and denoise from them: the local Wiener gain of the halves in a mask "
+                   "of the specimen, total variation, and the Wiener gain of the TV-denoised halves "
+                   "(cutem.tomo_denoise.denoise_halves; at least 4 tilts).")
 @click.option("--out", "out", type=OutPath(), required=True, help="Output volume (.mrc).")
 @device_option
 @quiet_option
 def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, prior, prior_weight, mtf_path,
                 relaxation, positivity, invert, thickness, ctf_mode, defocus_path, defocus_A, voltage_kV, cs_mm, amplitude_contrast,
-                wiener_snr, dose_per_tilt, out, device, quiet):
+                wiener_snr, dose_per_tilt, denoise, out, device, quiet):
     """Reconstruct a tomogram (nz, ny, nx) from a single-axis tilt stack.
 
     The voxel size is the stack's pixel size.
@@ -192,10 +197,18 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, pri
              f"with --method {method}")
     if mtf_path is not None and method != "fit":
         fail(f"--mtf puts the detector MTF into the forward model of --method fit, not --method {method}")
+    if denoise == "halves" and method == "fit":
+        fail("--denoise halves reconstructs halves of the tilts by wbp or sirt; --method fit has its own prior")
     n, ny, nx = stack.shape
+    if denoise == "halves" and n < 4:
+        fail(f"--denoise halves needs at least 4 tilts, the stack has {n}")
     nz = thickness or max(ny, nx)
-    memory.check_bytes(memory.reconstruct_bytes(n, ny, nx, nz, method), f"reconstructing {nz}x{ny}x{nx} voxels "
-                       f"from {n} tilts", "a smaller --thickness or a binned stack", device)
+    need = memory.reconstruct_bytes(n, ny, nx, nz, method)
+    if denoise == "halves":
+        need += memory.denoise_halves_bytes(nz, ny, nx)
+    memory.check_bytes(need, f"reconstructing {nz}x{ny}x{nx} voxels from {n} tilts"
+                       + (" and denoising from halves" if denoise == "halves" else ""),
+                       "a smaller --thickness or a binned stack", device)
     detector = None
     if mtf_path is not None:
         from cutem.denoise import detector_from_toml
@@ -247,6 +260,16 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, pri
         res = fit_reconstruct(data, angles, axis_deg, thickness, ctf=ctf, mtf=detector, prior=prior,
                               prior_weight=prior_weight, positivity=positivity, iterations=iterations)
         vol, method = res.volume, f"fit prior={prior} lambda={res.prior_weight:g} lbfgs_iterations={res.iterations}"
+    elif denoise == "halves":
+        from cutem import tomo_denoise
+
+        def rec(sub, sub_angles):
+            return tomo.reconstruct(sub, sub_angles, axis_deg, thickness, method, filt, cutoff, iterations,
+                                    relaxation, positivity)
+
+        halves = tomo_denoise.half_tomograms(data, angles, rec)
+        vol = tomo_denoise.denoise_halves(halves)[0].astype(np.float32)
+        method = f"{method} denoised from {len(halves)} splits into halves"
     else:
         bar = tqdm(total=iterations, disable=quiet or method != "sirt", desc="SIRT")
         vol = tomo.reconstruct(data, angles, axis_deg, thickness, method, filt, cutoff, iterations,

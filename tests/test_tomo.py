@@ -226,6 +226,14 @@ def test_reconstruct_command_writes_volume_with_stack_voxel_size(tmp_path):
         assert rec.shape == vol.shape and px == pytest.approx(4.2)
         # the axis came from the header label: the blob is found where it is
         assert np.unravel_index(np.argmax(rec), rec.shape) == np.unravel_index(np.argmax(vol), vol.shape)
+    r = subprocess.run([*CLI, "reconstruct", str(tmp_path / "ts.mrc"), "--thickness", "16", "--denoise", "halves",
+                        "-q", "--out", str(tmp_path / "halves.mrc")], capture_output=True, text=True)
+    assert r.returncode == 0 and "denoised from 2 splits into halves" in r.stdout, r.stderr
+    rec, _ = io.read_mrc(tmp_path / "halves.mrc")
+    assert rec.shape == vol.shape and np.corrcoef(rec.ravel(), vol.ravel())[0, 1] > 0.8
+    r = subprocess.run([*CLI, "reconstruct", str(tmp_path / "ts.mrc"), "--method", "fit", "--denoise", "halves",
+                        "--out", str(tmp_path / "x.mrc")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--method fit" in r.stderr and not (tmp_path / "x.mrc").exists()
     r = subprocess.run([*CLI, "reconstruct", str(tmp_path / "ts.mrc"),
                         "--tlt", str(tmp_path / "none.tlt"), "--out", str(tmp_path / "x.mrc")],
                        capture_output=True, text=True)

@@ -16,9 +16,11 @@ Nyquist, and the CNR of the particles against the ice around them. Rows:
 - ``wbp learned:NAME``: every tilt denoised by a learned U-Net (``--model``, a
   ``cutem train-denoiser`` result) before the same WBP;
 - ``n2n wiener`` / ``n2n net``: even/odd tilts reconstructed apart and combined by
-  :func:`cutem.tomo_denoise.even_odd_wiener` or :func:`cutem.tomo_denoise.even_odd_network`;
+  :func:`cutem.tomo_denoise.halves_wiener` or :func:`cutem.tomo_denoise.even_odd_network`;
   ``..., specimen mask``: both halves multiplied by a mask made from their mean
   (:func:`cutem.tomo_denoise.specimen_mask`) first, and the masked mean for comparison;
+- ``halves two-stage``: :func:`cutem.tomo_denoise.denoise_halves` (what ``cutem reconstruct
+  --denoise halves`` runs), also on further noise draws of the series (``--draws``);
 - ``oracle wiener, ...``: the local Wiener gain from the true spectra (noise-free and raw WBP)
   inside the specimen mask or the ground-truth mask: the bound of the even/odd Wiener;
 - ``wbp noise-free``: the noise-free tilts (the ceiling of the geometry and the CTF).
@@ -41,7 +43,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 def oracle_wiener(noisy, clean, sigma=2.0):
     """``noisy`` filtered by the local Wiener gain S/(S + N) of its true spectra: S of ``clean``,
     N of ``noisy − clean``, each averaged over neighbouring Fourier voxels as
-    :func:`cutem.tomo_denoise.even_odd_wiener` averages its estimates."""
+    :func:`cutem.tomo_denoise.halves_wiener` averages its estimates."""
     from scipy.ndimage import gaussian_filter
 
     fn, fc = np.fft.fftn(noisy), np.fft.fftn(clean)
@@ -60,6 +62,8 @@ def main(argv=None):
     ap.add_argument("--skip", default="", help="comma-separated rows to skip: fit, sirt, n2n-net")
     ap.add_argument("--docs", default=None, help="write tomo_denoise_slices.png (central slices) here")
     ap.add_argument("--cache", default=None, help="an .npz of the simulated series to reuse (written if absent)")
+    ap.add_argument("--draws", default="1,2", type=lambda t: [int(x) for x in t.split(",") if x],
+                    help="seeds of further noise draws scored by the two-stage denoiser (default 1,2; '' for none)")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
 
@@ -133,16 +137,33 @@ def main(argv=None):
         score(f"wbp learned:{Path(path).stem}", wbp(T.to_contrast(den, cfg, flip)), t0)
         notes.append(f"learned {Path(path).name}: per-tilt correlation {np.mean(cc):.3f}")
     t0 = time.perf_counter()
-    even, odd = tomo_denoise.even_odd_halves(raw, angles, lambda st, a: wbp(st, np.asarray(a)))
-    score("n2n wiener", tomo_denoise.even_odd_wiener(even, odd, sigma=2.0)[0], t0)
+    rec = lambda st, a: wbp(st, np.asarray(a))  # noqa: E731
+    halves = tomo_denoise.half_tomograms(raw, angles, rec)
+    even, odd = halves[0]
+    t_halves = time.perf_counter() - t0
+    score("n2n wiener", tomo_denoise.halves_wiener([(even, odd)], sigma=2.0)[0], t0)
     t0 = time.perf_counter()
     mask = tomo_denoise.specimen_mask(0.5 * (even + odd))
     score("wbp raw, specimen mask", 0.5 * (even + odd) * mask, t0)
     t0 = time.perf_counter()
-    score("n2n wiener, specimen mask", tomo_denoise.even_odd_wiener(even, odd, sigma=2.0, mask=mask)[0], t0)
+    score("n2n wiener, specimen mask", tomo_denoise.halves_wiener([(even, odd)], sigma=2.0, mask=mask)[0], t0)
     notes.append("specimen mask: tomo_denoise.specimen_mask of the even/odd mean (95th percentile of a "
                  "sigma-2 smoothing; the percentile chosen on this series among 80-99); the CNR of a "
                  "masked tomogram is inflated (the ice around the particles is masked towards 0)")
+    t0 = time.perf_counter() - t_halves
+    score("halves two-stage", tomo_denoise.denoise_halves(halves)[0], t0)
+    notes.append(f"halves two-stage: tomo_denoise.denoise_halves of {len(halves)} splits of the tilts into "
+                 "halves (the first even/odd), in their specimen mask: Wiener, TV (weight 2 x the filtered "
+                 "noise's std, chosen on this series among 1-4), Wiener gain of the TV-denoised halves")
+    if args.draws:
+        other = []
+        for seed in args.draws:
+            imgs = pipeline.simulate(cfg.replace(seed=seed), progress=False).images
+            h = tomo_denoise.half_tomograms(T.to_contrast(imgs, cfg, flip), angles, rec)
+            freq_, f_, _ = tomo.fsc(centred(tomo_denoise.denoise_halves(h)[0]), centred(gt), px)
+            other.append(f"seed {seed} {T.mid_band_mean(freq_, f_, px):.3f}")
+            print("halves two-stage,", other[-1], flush=True)
+        notes.append("halves two-stage on other noise draws of the same series (FSC mid-band): " + ", ".join(other))
     # the bound of the local Wiener filter: its gain from the true signal and noise spectra
     # (the noise-free tilts' WBP and the raw WBP's departure from it) instead of the halves'
     t_clean = time.perf_counter()
@@ -178,7 +199,7 @@ def main(argv=None):
 
         panels = [T.labelled(R.render(v, "slices", window=(1.0, 99.9)), k[:22]) for k, v in volumes.items()
                   if k in ("ground truth", "wbp raw", "sirt raw", "fit raw (CTF in the model)",
-                           "n2n wiener, specimen mask")
+                           "n2n wiener, specimen mask", "halves two-stage")
                   or k.startswith("wbp learned")]
         R.save_png(R.side_by_side(panels), Path(args.docs) / "tomo_denoise_slices.png")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
