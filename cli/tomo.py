@@ -172,7 +172,8 @@ def resolve_geometry(tilts, n_images, tlt_path=None, axis_deg=None):
               help="halves (wbp, sirt): reconstruct two splits of the tilts into interleaved halves (the "
                    "first even/odd) and denoise from them: the local Wiener gain of the halves in a mask "
                    "of the specimen, total variation, and the Wiener gain of the TV-denoised halves "
-                   "(cutem.tomo_denoise.denoise_halves; at least 4 tilts).")
+                   "(cutem.tomo_denoise.denoise_halves; at least 4 tilts; the specimen's side, "
+                   "brighter or darker, is read from where the halves agree best).")
 @click.option("--out", "out", type=OutPath(), required=True, help="Output volume (.mrc).")
 @device_option
 @quiet_option
@@ -268,8 +269,10 @@ def reconstruct(tilts, tlt_path, axis_deg, method, filt, cutoff, iterations, pri
                                     relaxation, positivity)
 
         halves = tomo_denoise.half_tomograms(data, angles, rec)
-        vol = tomo_denoise.denoise_halves(halves)[0].astype(np.float32)
-        method = f"{method} denoised from {len(halves)} splits into halves"
+        mask, sign = tomo_denoise.halves_specimen_mask(halves)
+        vol = tomo_denoise.denoise_halves(halves, mask=mask)[0].astype(np.float32)
+        method = (f"{method} denoised from {len(halves)} splits into halves (specimen "
+                  f"{'brighter' if sign > 0 else 'darker'} than its surroundings)")
     else:
         bar = tqdm(total=iterations, disable=quiet or method != "sirt", desc="SIRT")
         vol = tomo.reconstruct(data, angles, axis_deg, thickness, method, filt, cutoff, iterations,

@@ -130,8 +130,8 @@ def denoise_halves(halves, sigma=2.0, mask="specimen", tv_weight=2.0):
     """Two-stage denoising of a tomogram from its half tomograms (module docstring): the
     masked :func:`halves_wiener`, total variation of weight ``tv_weight`` × the standard
     deviation of the filtered noise (inside the mask), and the Wiener gain of the
-    TV-denoised halves. ``mask``: ``"specimen"`` (:func:`specimen_mask` of the mean of the
-    halves), an array, or None. Returns ``(volume, gain)``, the gain of the second stage.
+    TV-denoised halves. ``mask``: ``"specimen"`` (:func:`halves_specimen_mask`), an array, or
+    None. Returns ``(volume, gain)``, the gain of the second stage.
 
     ``tv_weight`` = 2 was chosen on the TMV series of ``validation/tomo_denoise.py`` (seed 0,
     among 1, 2, 3, 4) and checked on two other noise draws of it (README).
@@ -143,8 +143,7 @@ def denoise_halves(halves, sigma=2.0, mask="specimen", tv_weight=2.0):
     if isinstance(mask, str):
         if mask != "specimen":
             raise InputError(f"mask = {mask!r}: expected 'specimen', an array or None")
-        pairs, _ = _checked(halves, None)
-        mask = specimen_mask(sum(a + b for a, b in pairs) / (2 * len(pairs)))
+        mask, _ = halves_specimen_mask(halves)
     pairs, m = _checked(halves, mask)
     first, gain = halves_wiener(pairs, sigma, mask)
     a, b = pairs[0]
@@ -159,6 +158,30 @@ def denoise_halves(halves, sigma=2.0, mask="specimen", tv_weight=2.0):
 
     second = _gain(((np.fft.fftn(tv_filtered(a)), np.fft.fftn(tv_filtered(b))) for a, b in pairs), sigma)
     return np.fft.ifftn(np.fft.fftn(denoise_tv_chambolle(first, weight=weight)) * second).real, second
+
+
+def halves_specimen_mask(halves, percentile=95.0, sigma=2.0):
+    """``(mask, sign)``: :func:`specimen_mask` of the halves' mean times ``sign``, the sign of
+    the particles' density in the data (+1: denser is brighter). A tomogram of phase-flipped
+    bright-field tilts shows protein darker than ice unless it was inverted, and a mask on the
+    wrong side holds noise (the TMV series' FSC 0.67 → 0.32), so both are tried and the one
+    inside which the halves agree best (largest Σ Re A B* / Σ |A − B|²/4, the signal-to-noise
+    ratio of the module docstring summed over Fourier space) is kept: on the TMV series 0.19
+    against 0.17 for the right side, on every noise draw tried."""
+    pairs, _ = _checked(halves, None)
+    mean = sum(np.asarray(a, np.float64) + b for a, b in pairs) / (2 * len(pairs))
+    best = None
+    for sign in (1.0, -1.0):
+        m = specimen_mask(sign * mean, percentile, sigma)
+        s = n = 0.0
+        for a, b in pairs:
+            fa, fb = np.fft.fftn(a * m), np.fft.fftn(b * m)
+            s += float((fa * np.conj(fb)).real.sum())
+            n += float((np.abs(fa - fb) ** 2).sum()) / 4.0
+        snr = s / max(n, 1e-300)
+        if best is None or snr > best[0]:
+            best = (snr, m, sign)
+    return best[1], best[2]
 
 
 def specimen_mask(volume, percentile=95.0, sigma=2.0):

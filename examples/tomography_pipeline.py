@@ -21,6 +21,9 @@ Steps
    FSC with the ground truth inside a soft mask around the particles, its mean over the
    mid-resolution band (0.25-0.5 of Nyquist), and the contrast-to-noise ratio of the
    particles against the surrounding ice.
+   The raw tilts are also denoised in the tomogram from halves of the tilts
+   (:func:`cutem.tomo_denoise.denoise_halves`, what ``cutem reconstruct --denoise halves``
+   runs): the row ``halves``.
 5. Ground truth, raw and denoised tomograms are rendered side by side (emission-absorption
    ray casting and central slices) to PNG.
 
@@ -163,7 +166,7 @@ def main(argv=None):
     ap.add_argument("--reuse", action="store_true", help="only re-analyse/re-render the volumes in --out-dir")
     args = ap.parse_args(argv)
 
-    from cutem import io, pipeline, tomo
+    from cutem import io, pipeline, tomo, tomo_denoise
     from cutem import render as R
 
     say = (lambda *a: None) if args.quiet else print
@@ -173,7 +176,8 @@ def main(argv=None):
         from cutem import io as _io
 
         gt, px = _io.read_mrc(out / "ground_truth.mrc", ndim=3)
-        vols = {k: _io.read_mrc(out / f"tomogram_{k}.mrc", ndim=3)[0] for k in ("raw", "denoised", "noise-free")}
+        vols = {k: _io.read_mrc(out / f"tomogram_{k}.mrc", ndim=3)[0]
+                for k in ("raw", "denoised", "halves", "noise-free")}
         prev = (out / "results.txt").read_text().splitlines() if (out / "results.txt").is_file() else []
         header = [ln for ln in prev if ln.startswith("#")] or ["# (re-analysed volumes)"]
         return analyse(vols, gt.astype(np.float64), px, header, out, docs, args.results, say)
@@ -216,6 +220,13 @@ def main(argv=None):
         vols[key] = tomo.wbp(c, angles, axis, nz, filter="shepp-logan")
         io.write_volume(out / f"tomogram_{key}.mrc", vols[key], px, label=f"cutem example WBP {key}")
     t_rec = time.perf_counter() - t
+    t = time.perf_counter()
+    halves = tomo_denoise.half_tomograms(to_contrast(res.images, cfg, flip_sign), angles,
+                                         lambda st, a: tomo.wbp(st, np.asarray(a), axis, nz, filter="shepp-logan"))
+    vols["halves"] = tomo_denoise.denoise_halves(halves)[0].astype(np.float32)
+    io.write_volume(out / "tomogram_halves.mrc", vols["halves"], px, label="cutem example WBP halves denoised")
+    t_halves = time.perf_counter() - t
+    vols["noise-free"] = vols.pop("noise-free")  # last in the table
     io.write_volume(out / "ground_truth.mrc", gt, px, label="cutem example ground-truth potential (V)")
 
     import os
@@ -237,7 +248,10 @@ def main(argv=None):
               f"denoised {cc_den:.3f}",
               "# reconstruction: WBP (shepp-logan) of phase-flipped contrast; FSC vs ground-truth potential "
               "in a soft mask around the particles",
+              "# halves: the raw tilts denoised in the tomogram from halves of the tilts "
+              "(cutem.tomo_denoise.denoise_halves)",
               f"# times: simulate {t_sim:.1f} s, denoise {t_den:.1f} s, reconstruct {t_rec:.1f} s, "
+              f"halves {t_halves:.1f} s, "
               f"total {time.perf_counter() - t_all:.1f} s"]
     return analyse(vols, gt, px, header, out, docs, args.results, say)
 
@@ -261,7 +275,8 @@ def analyse(vols, gt, px, header, out, docs, results=None, say=print):
 
     say("[5/5] rendering ...")
     panels_dvr, panels_sl = [], []
-    for key, v in (("ground truth", gt), ("raw", vols["raw"]), ("denoised", vols["denoised"])):
+    for key, v in (("ground truth", gt), ("raw", vols["raw"]), ("denoised", vols["denoised"]),
+                   ("denoised from halves", vols["halves"])):
         panels_dvr.append(labelled(R.render(v, "dvr", "cryo", 30.0, 25.0, window=RENDER_WINDOW), key))
         panels_sl.append(labelled(R.render(v, "slices", window=(1.0, 99.9)), key))
     docs.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ def test_tomography_example_runs_small(tmp_path):
 
     ex = _load("tomography_pipeline")
     out = ex.main(["--tiny", "--out-dir", str(tmp_path), "--quiet"])
-    for key in ("raw", "denoised", "noise-free"):
+    for key in ("raw", "denoised", "halves", "noise-free"):
         assert np.isfinite(out[key]["fsc_mid"]) and np.isfinite(out[key]["cnr"])
         vol, px = io.read_mrc(tmp_path / f"tomogram_{key}.mrc")
         assert vol.ndim == 3 and px == ex.SIZES["tiny"][1]
@@ -33,5 +33,5 @@ def test_tomography_example_runs_small(tmp_path):
     assert len(io.read_tlt(tmp_path / "tilts_raw.tlt")) == tilts.shape[0]
     for png in ("tomography_dvr.png", "tomography_slices.png"):
         with Image.open(tmp_path / png) as im:
-            assert im.size[0] > 3 * 40
+            assert im.size[0] > 4 * 40
     assert "FSC per shell" in (tmp_path / "results.txt").read_text()

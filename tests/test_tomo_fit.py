@@ -135,6 +135,16 @@ def test_half_splits_interleave_and_cover_every_tilt_once():
     assert tomo_denoise.half_splits(21, splits=5, seed=3) == splits   # reproducible
 
 
+def test_specimen_mask_of_halves_finds_the_particles_in_either_contrast(phantom):
+    vol, _, noisy = phantom
+    rec = lambda s, a: tomo.wbp(s, a, 90.0, NZ, filter="shepp-logan")  # noqa: E731
+    halves = tomo_denoise.half_tomograms(noisy, ANGLES, rec)
+    bright, s_bright = tomo_denoise.halves_specimen_mask(halves)
+    dark, s_dark = tomo_denoise.halves_specimen_mask([(-a, -b) for a, b in halves])
+    assert (s_bright, s_dark) == (1.0, -1.0) and np.array_equal(bright, dark)
+    assert vol[bright > 0.5].mean() > 3 * vol.mean()   # the mask holds the balls
+
+
 def test_denoise_halves_raises_mid_band_fsc_beyond_the_wiener_filter(phantom):
     vol, _, noisy = phantom
     rec = lambda s, a: tomo.wbp(s, a, 90.0, NZ, filter="shepp-logan")  # noqa: E731

@@ -21,6 +21,8 @@ Nyquist, and the CNR of the particles against the ice around them. Rows:
   (:func:`cutem.tomo_denoise.specimen_mask`) first, and the masked mean for comparison;
 - ``halves two-stage``: :func:`cutem.tomo_denoise.denoise_halves` (what ``cutem reconstruct
   --denoise halves`` runs), also on further noise draws of the series (``--draws``);
+  ``cli halves[, --invert]``: ``cutem reconstruct --denoise halves`` itself on the raw tilts
+  as written, with its own phase flip (in strips), in the images' contrast and inverted;
 - ``oracle wiener, ...``: the local Wiener gain from the true spectra (noise-free and raw WBP)
   inside the specimen mask or the ground-truth mask: the bound of the even/odd Wiener;
 - ``wbp noise-free``: the noise-free tilts (the ceiling of the geometry and the CTF).
@@ -59,7 +61,7 @@ def main(argv=None):
     ap.add_argument("--prior-weight", type=float, default=None, help="fit: λ (default: held-out tilts)")
     ap.add_argument("--fit-iterations", type=int, default=40)
     ap.add_argument("--n2n-steps", type=int, default=300)
-    ap.add_argument("--skip", default="", help="comma-separated rows to skip: fit, sirt, n2n-net")
+    ap.add_argument("--skip", default="", help="comma-separated rows to skip: fit, sirt, n2n-net, cli")
     ap.add_argument("--docs", default=None, help="write tomo_denoise_slices.png (central slices) here")
     ap.add_argument("--cache", default=None, help="an .npz of the simulated series to reuse (written if absent)")
     ap.add_argument("--draws", default="1,2", type=lambda t: [int(x) for x in t.split(",") if x],
@@ -155,6 +157,32 @@ def main(argv=None):
     notes.append(f"halves two-stage: tomo_denoise.denoise_halves of {len(halves)} splits of the tilts into "
                  "halves (the first even/odd), in their specimen mask: Wiener, TV (weight 2 x the filtered "
                  "noise's std, chosen on this series among 1-4), Wiener gain of the TV-denoised halves")
+    if "cli" not in skip:
+        # the user's path: the tilts as cutem writes them, `cutem reconstruct` with its own CTF
+        # phase flip in strips, in the images' contrast (dark protein) and inverted
+        import subprocess
+        import tempfile
+
+        from cutem import io
+
+        o = cfg.optics
+        with tempfile.TemporaryDirectory() as tmp:
+            stack = Path(tmp) / "ts.mrc"
+            io.write_mrc(stack, images.astype(np.float32), px, label=f"cutem tilt_axis_deg={axis:g}")
+            io.write_tlt(Path(tmp) / "ts.tlt", angles)
+            for extra in ([], ["--invert"]):
+                t0 = time.perf_counter()
+                cmd = ["reconstruct", str(stack), "--thickness", str(nz), "--ctf", "phaseflip", "--defocus-A",
+                       f"{0.5 * (o.defocus_u_A + o.defocus_v_A):g}", "--voltage", f"{o.voltage_kV:g}", "--cs",
+                       f"{o.cs_mm:g}", "--amplitude-contrast", f"{o.amplitude_contrast:g}", "--denoise", "halves",
+                       *extra, "-q", "--out", str(Path(tmp) / "rec.mrc")]
+                subprocess.run([sys.executable, "-c", "from cutem.cli import entry; entry()", *cmd], check=True,
+                               capture_output=True)
+                v = io.read_mrc(Path(tmp) / "rec.mrc")[0].astype(np.float64)
+                # without --invert the protein is dark: the FSC is scored on the negated volume
+                score("cli halves" + (", --invert" if extra else ""), v if extra else -v, t0)
+        notes.append("cli: cutem reconstruct ts.mrc --ctf phaseflip --defocus-A ... --denoise halves [--invert] on "
+                     "the raw tilts as written; without --invert the protein is dark and the negated volume is scored")
     if args.draws:
         other = []
         for seed in args.draws:
