@@ -3,7 +3,8 @@
     python validation/tomo_ctf.py                       # 400² px of 5 Å, 1, 3 and 10 e⁻/Å² per tilt
     python validation/tomo_ctf.py --pixel 10 --size 200 --out validation/results/tomo_ctf_10A.txt
 
-(about 1.5 min on 2 cores for the default, 20 s for the 10 Å one).
+(about 10 min on 2 cores for the default, 1.5 min with ``--no-halves``; 20 s for the 10 Å one
+with ``--no-halves``).
 
 The series is the TMV example's (``examples/tomography_pipeline.py``: the default TMV scene,
 200 kV, single-axis tilts −60..60° in 2° steps = 61 tilts, seed 0), built by the example's
@@ -20,7 +21,10 @@ runs) after one of
   --ctf phaseflip``;
 - ``wiener``: the same, mode ``wiener`` with ``--wiener-snr`` (default 1, the CLI's);
 - ``phaseflip flat``: the example's own ``to_contrast`` (one sign(CTF) at the axis defocus,
-  no gradient), for comparison.
+  no gradient), for comparison;
+- ``phaseflip + halves`` (noisy series only): phase flipping, then the tomogram denoised from
+  halves of the tilts (:func:`cutem.tomo_denoise.denoise_halves`), as ``cutem reconstruct
+  --ctf phaseflip --denoise halves``.
 
 Each tomogram is scored against the ground-truth potential (the example's ``ground_truth``)
 with :func:`cutem.tomo.fsc` inside the example's soft mask around the particles and with
@@ -85,12 +89,13 @@ def main(argv=None):
     ap.add_argument("--defocus", type=float, default=30000.0, help="underfocus (Å)")
     ap.add_argument("--wiener-snr", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-halves", action="store_true", help="skip the 'phaseflip + halves' rows (the slow ones)")
     ap.add_argument("--out", default=str(ROOT / "validation" / "results" / "tomo_ctf.txt"))
     args = ap.parse_args(argv)
 
     import tomography_pipeline as T
 
-    from cutem import ctfcorrect, pipeline, tomo
+    from cutem import ctfcorrect, pipeline, tomo, tomo_denoise
 
     t_start = time.perf_counter()
     doses = [float(d) for d in args.dose.split(",")]
@@ -144,16 +149,25 @@ def main(argv=None):
     cases = [(f"{d:g} e/A2", f"d{d:g}", im) for d, im, _ in series] + [("noise-free", "nf", noise_free)]
     for d, im, nf in series:
         ccs.append(f"{d:g} e/A2: {np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(im, nf)]):.3f}")
+    def rec(st, a):
+        return tomo.reconstruct(st, np.asarray(a), axis, nz, method="wbp", filter="shepp-logan")
+
     for data_name, short, stack in cases:
-        for mode in ("none", "phaseflip", "wiener", "phaseflip flat"):
+        modes = ("none", "phaseflip", "wiener", "phaseflip flat") + (() if short == "nf" or args.no_halves
+                                                                    else ("phaseflip + halves",))
+        for mode in modes:
             t0 = time.perf_counter()
-            vol = tomo.reconstruct(corrected(stack, mode), angles, axis, nz, method="wbp", filter="shepp-logan")
+            if mode == "phaseflip + halves":   # cutem reconstruct --ctf phaseflip --denoise halves
+                halves = tomo_denoise.half_tomograms(corrected(stack, "phaseflip"), angles, rec)
+                vol = tomo_denoise.denoise_halves(halves)[0]
+            else:
+                vol = rec(corrected(stack, mode), angles)
             freq, f, _ = tomo.fsc(centred(vol), centred(gt), px)
             r5, r143 = crossing_A(freq, f, 0.5, args.fsc_from), crossing_A(freq, f, 0.143, args.fsc_from)
             beyond = float(np.mean(f[freq > 1.0 / zero]))
             name = f"{data_name}, {mode}"
             rows.append((name, r5, r143, r5 < zero, beyond, time.perf_counter() - t0))
-            curves[f"{short} {mode.replace('phaseflip', 'flip')}"] = f
+            curves[f"{short} {mode.replace('phaseflip', 'flip').replace(' + ', '+')}"] = f
             print(f"{name:28s} FSC0.5 {r5:7.1f} A  FSC0.143 {r143:7.1f} A  FSC past zero {beyond:6.3f}"
                   f"  ({rows[-1][-1]:.0f} s)", flush=True)
 
