@@ -304,9 +304,10 @@ def fit_twin(input_path, voltage_kV, cs_mm, pixel_size, kind, resolution_range, 
     astigmatism (started by fit-ctf), amplitude contrast, energy spread and illumination
     envelopes, ice thickness (amorphous ice: its density fluctuations ring the spectrum) with its
     scattered-electron background, a B-factor envelope on the signal, detector MTF, its DQE
-    falloff (noise power rising towards Nyquist) and the noise level (an effective dose), then refitted with the closed form corrected by the spectrum of
-    256 micrographs simulated of the fitted twin. The PNG overlays the real and twin log radial profiles and shows the two spectra
-    side by side.
+    falloff (noise power rising towards Nyquist) and the noise level (an effective dose), then
+    refitted with the closed form corrected by the spectrum of 256 micrographs simulated of the
+    fitted twin. The PNG overlays the real and twin log radial profiles and shows the two
+    spectra side by side.
     """
     from cutem.fitting.twin import SIMULATED_IMAGES, fit_twin as fit, profile_agreement, write_report_png, write_twin
     from cutem.io import atomic_path, read_mrc

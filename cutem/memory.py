@@ -336,11 +336,11 @@ def reconstruct_bytes(n_tilts, ny, nx, nz, method="wbp") -> int:
 
 def denoise_halves_bytes(nz, ny, nx, splits=2) -> int:
     """Peak of :func:`cutem.tomo_denoise.denoise_halves` beyond the reconstruction: the
-    ``2·splits`` float32 half tomograms and, measured by tracemalloc on a 66×200×200 volume
-    (2 splits), 242 bytes per voxel of Fourier transforms, spectra, gains and the TV's dual
-    field."""
+    ``2·splits`` float32 half tomograms, their single-precision transforms (8 bytes per voxel
+    each) and, measured by tracemalloc on a 66×200×200 volume (2 splits: 162 bytes per voxel in
+    all), the spectra, gains and the TV's dual field."""
     v = nz * ny * nx
-    return int(2 * 2 ** 20 + (8 * splits + 250) * v)
+    return int(2 * 2 ** 20 + (24 * splits + 140) * v)
 
 
 def render_bytes(shape, mode="dvr", max_size=256) -> int:

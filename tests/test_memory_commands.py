@@ -31,7 +31,7 @@ def test_denoise_halves_estimate_bounds_the_measured_peak_within_2x():
     shape = (24, 64, 80)
     halves = [tuple(rng.normal(size=shape).astype(np.float32) + 0.5 for _ in range(2)) for _ in range(2)]
     _, peak = memory.measure_peak(lambda: tomo_denoise.denoise_halves(halves))
-    est = memory.denoise_halves_bytes(*shape, splits=2) - 2 * 2 * 4 * int(np.prod(shape))  # halves exist already
+    est = memory.denoise_halves_bytes(*shape, splits=2) - 2 * 2 * 4 * int(np.prod(shape))  # the halves exist
     assert peak <= est <= 2 * peak, (peak, est)
 
 

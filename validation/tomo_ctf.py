@@ -3,7 +3,7 @@
     python validation/tomo_ctf.py                       # 400² px of 5 Å, 1, 3 and 10 e⁻/Å² per tilt
     python validation/tomo_ctf.py --pixel 10 --size 200 --out validation/results/tomo_ctf_10A.txt
 
-(about 10 min on 2 cores for the default, 1.5 min with ``--no-halves``; 20 s for the 10 Å one
+(about 6 min on 2 cores for the default, 1.5 min with ``--no-halves``; 20 s for the 10 Å one
 with ``--no-halves``).
 
 The series is the TMV example's (``examples/tomography_pipeline.py``: the default TMV scene,

@@ -21,6 +21,8 @@ Nyquist, and the CNR of the particles against the ice around them. Rows:
   (:func:`cutem.tomo_denoise.specimen_mask`) first, and the masked mean for comparison;
 - ``halves two-stage``: :func:`cutem.tomo_denoise.denoise_halves` (what ``cutem reconstruct
   --denoise halves`` runs), also on further noise draws of the series (``--draws``);
+  ``halves, even/odd split only`` and ``halves, mask on wrong side``: the same with one split,
+  and with the specimen mask made on the other side of the contrast;
   ``cli halves[, --invert]``: ``cutem reconstruct --denoise halves`` itself on the raw tilts
   as written, with its own phase flip (in strips), in the images' contrast and inverted;
 - ``oracle wiener, ...``: the local Wiener gain from the true spectra (noise-free and raw WBP)
@@ -157,6 +159,14 @@ def main(argv=None):
     notes.append(f"halves two-stage: tomo_denoise.denoise_halves of {len(halves)} splits of the tilts into "
                  "halves (the first even/odd), in their specimen mask: Wiener, TV (weight 2 x the filtered "
                  "noise's std, chosen on this series among 1-4), Wiener gain of the TV-denoised halves")
+    # what each part gives: the even/odd split alone, and the mask on the wrong side of the
+    # contrast (what halves_specimen_mask guards against)
+    t0 = time.perf_counter()
+    score("halves, even/odd split only", tomo_denoise.denoise_halves(halves[:1])[0], t0)
+    t0 = time.perf_counter()
+    pairs_mean = sum(a + b for a, b in halves) / (2 * len(halves))
+    score("halves, mask on wrong side",
+          tomo_denoise.denoise_halves(halves, mask=tomo_denoise.specimen_mask(-pairs_mean))[0], t0)
     if "cli" not in skip:
         # the user's path: the tilts as cutem writes them, `cutem reconstruct` with its own CTF
         # phase flip in strips, in the images' contrast (dark protein) and inverted
