@@ -82,7 +82,8 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
         if patch not in (None, boxes):
             fail(f"--boxes {boxes} trains on whole boxes: leave --patch out (or give --patch {boxes})")
         kw["patch"] = boxes
-    cfg = TrainConfig(seed=seed, noise2noise=noise2noise, **kw)
+    # negated pairs only for boxes: RELION's particle stacks are contrast-inverted, micrographs are not
+    cfg = TrainConfig(seed=seed, noise2noise=noise2noise, negate=bool(boxes), **kw)
     try:
         net_cfg = UNetConfig(depth=depth, width=width, convs=convs, residual=residual)
     except ValueError as exc:
@@ -180,13 +181,14 @@ def train_denoiser(config, out, steps, batch, patch, lr, loss, depth, width, con
 def denoise(input, out, method, model_path, tile, overlap, det_file, gain, beta, iterations, draws, estimator,
             no_png, device, quiet):
     """Denoise a micrograph, a tilt-series stack or a stack of boxed particles (MRC or .mrcs,
-    each section on its own); writes MRC (pixel size kept) + PNG. Either contrast convention
-    works (protein dark, or white as in RELION's particle stacks)."""
+    each section on its own); writes MRC (pixel size kept) + PNG. Micrographs and tilt series as
+    recorded (protein dark); particle stacks in either convention (white in RELION's)."""
     import numpy as np
     from tqdm import tqdm
 
     import adjoints.backend as B
-    from cutem.denoise import denoise_particles, denoise_stack, detector_from_toml, load_denoiser, model_denoise
+    from cutem.denoise import (denoise_particles, denoise_stack, detector_from_toml, inference_symmetries,
+                               load_denoiser, model_denoise)
     from cutem.io import read_mrc, write_mrc, write_png
 
     from cutem import memory
@@ -204,10 +206,11 @@ def denoise(input, out, method, model_path, tile, overlap, det_file, gain, beta,
 
         particles = Path(input).suffix.lower() == ".mrcs"  # RELION's particle stacks
         net, params, info = load_denoiser(model_path or str(default_model_path(particles)), xp)
+        sym = inference_symmetries(info, boxes=particles)
         if particles:   # centred boxes: the stack's own radial envelope (cutem.denoise.denoise_particles)
-            result = denoise_particles(net, params, data, progress=not quiet)
+            result = denoise_particles(net, params, data, progress=not quiet, symmetries=sym)
         else:
-            result = denoise_stack(net, params, data, tile=tile, overlap=overlap, progress=not quiet)
+            result = denoise_stack(net, params, data, tile=tile, overlap=overlap, progress=not quiet, symmetries=sym)
     else:
         det = detector_from_toml(det_file) if det_file else None
         if gain is not None:

@@ -11,9 +11,12 @@ Learned (:func:`train`, :func:`denoise_image`)
     Inputs are normalised per image with robust statistics, z = (x − median(x)) / (1.4826 ·
     MAD(x)) (:func:`image_stats`), and the target is mapped with the *same* affine map, so the
     network works for any dose and gain, its output maps back to counts, and a contaminant
-    does not set the scale. Patches are augmented by the 8 symmetries of the square and by
-    negation (z → −z for input and target): phase contrast changes sign with defocus and
-    RELION's particle stacks are contrast-inverted, so the network must not depend on it. Checkpoints (HDF5) hold the network with its configuration, the
+    does not set the scale. Patches are augmented by the 8 symmetries of the square and, with
+    ``TrainConfig.negate`` (particle boxes: RELION's stacks are contrast-inverted), by negation
+    (z → −z for input and target). Micrographs and tilt series come in one convention (protein
+    dark), and a network trained on both gives up that prior: on
+    ``validation/denoise_benchmark.py``'s fields the same 3 Å training scored 0.2 dB lower with
+    negation (``validation/results/denoiser_training.txt``). Checkpoints (HDF5) hold the network with its configuration, the
     optimiser's moments, the RNG state, the step, the loss history and the pool, so a
     resumed run continues exactly where the interrupted one stopped; :func:`export_model`
     (``cutem train-denoiser --export``) writes the small inference-only file.
@@ -111,6 +114,7 @@ class TrainConfig:
     checkpoint_every: int = 250       #: steps between checkpoints
     seed: int = 0
     noise2noise: bool = False         #: targets are independent noisy draws
+    negate: bool = False              #: also negated pairs (inputs of either contrast convention)
 
     def __post_init__(self):
         for name in ("steps", "batch", "patch", "pool", "refresh_every", "checkpoint_every"):
@@ -207,7 +211,9 @@ class Trainer:
             a, b = np.rot90(a, k), np.rot90(b, k)
             if flip:
                 a, b = a[:, ::-1], b[:, ::-1]
-            if rng.integers(2):  # contrast convention (protein dark or, as RELION stores it, white)
+            # contrast convention (protein dark or, as RELION stores it, white); the coin is drawn
+            # either way, so that the patches are the same with and without negation
+            if rng.integers(2) and self.cfg.negate:
                 a, b = -a, -b
             xs.append(a)
             ts.append(b)
@@ -297,6 +303,7 @@ class Trainer:
             net = UNet(UNetConfig(**json.loads(f.attrs["unet_config"])))
             params = load_params(f["weights"], xp)
             cfg_d = json.loads(f.attrs["train_config"])
+            cfg_d.setdefault("negate", True)  # checkpoints from before the option negated every other patch
             if steps is not None:
                 cfg_d["steps"] = int(steps)
             cfg = TrainConfig(**cfg_d)
@@ -751,10 +758,20 @@ def denoise_image(net: UNet, params, image, tile=256, overlap=64, batch=4, xp=No
     return denormalise(out / wsum, st)[:h, :w].astype(np.float32)
 
 
-#: the symmetries averaged at inference: 2 = the image and its negation (the network was
-#: trained on both contrasts and is not exactly odd; their mean is); 16 = those times the 8
-#: symmetries of the square (for small particle boxes, where 16 passes cost little).
-SYMMETRIES = (1, 2, 16)
+#: the symmetries averaged at inference: 2 = the image and its negation (for a network trained
+#: on both contrasts, which is not exactly odd; their mean is); 8 = the 8 symmetries of the
+#: square; 16 = both (for small particle boxes, where 16 passes cost little).
+SYMMETRIES = (1, 2, 8, 16)
+
+
+def inference_symmetries(info, boxes=False):
+    """The :data:`SYMMETRIES` ``cutem denoise`` averages for a model (``info`` of
+    :func:`load_denoiser`): with the negation only if it was trained with negated pairs
+    (``TrainConfig.negate``; files without the setting were, except the benchmark's
+    ``validation/results/denoiser_default.h5``, which predates negation), and the square's
+    symmetries for particle ``boxes``."""
+    negated = json.loads(info.get("train_config") or "{}").get("negate", True)
+    return (16 if negated else 8) if boxes else (2 if negated else 1)
 
 
 def denoise_symmetric(net, params, image, symmetries=2, **kw):
@@ -764,9 +781,10 @@ def denoise_symmetric(net, params, image, symmetries=2, **kw):
         raise InputError(f"symmetries must be one of {SYMMETRIES}, not {symmetries!r}")
     img = np.asarray(B.to_numpy(image), dtype=np.float32)
     acc, n = np.zeros(img.shape, np.float64), 0
-    for k in range(4 if symmetries == 16 else 1):
-        for flip in ((False, True) if symmetries == 16 else (False,)):
-            for sign in ((1.0, -1.0) if symmetries > 1 else (1.0,)):
+    square = symmetries >= 8
+    for k in range(4 if square else 1):
+        for flip in ((False, True) if square else (False,)):
+            for sign in ((1.0, -1.0) if symmetries in (2, 16) else (1.0,)):
                 t = np.rot90(img, k)
                 t = t[:, ::-1] if flip else t
                 d = sign * denoise_image(net, params, sign * np.ascontiguousarray(t), **kw)
@@ -834,9 +852,9 @@ def fourier_lowpass(stack, sigma_px):
     return np.fft.ifft2(np.fft.fft2(a) * np.exp(-2 * (math.pi * sigma_px) ** 2 * (fy * fy + fx * fx))).real
 
 
-def denoise_particles(net, params, stack, progress=False):
+def denoise_particles(net, params, stack, progress=False, symmetries=16):
     """A stack of centred particle boxes (RELION .mrcs) denoised as ``cutem denoise`` does it:
-    the particle model over the 16 symmetries (:func:`denoise_stack`), a Gaussian low-pass of
+    the particle model over ``symmetries`` (:func:`denoise_stack`), a Gaussian low-pass of
     :data:`PARTICLE_LOWPASS_PX`, then the stack's radial envelope (:func:`particle_envelope`).
 
     Measured on the real β-galactosidase particles (``validation/real_particles.py``): the
@@ -846,7 +864,8 @@ def denoise_particles(net, params, stack, progress=False):
     arr = np.asarray(stack, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[None]
-    out = fourier_lowpass(denoise_stack(net, params, arr, progress=progress, symmetries=16), PARTICLE_LOWPASS_PX)
+    out = fourier_lowpass(denoise_stack(net, params, arr, progress=progress, symmetries=symmetries),
+                          PARTICLE_LOWPASS_PX)
     env = particle_envelope(arr)
     if env is not None:
         out = out * env
@@ -1013,6 +1032,7 @@ def _lowpass_host(a, sigma):
 
 
 __all__ = ["default_model_path", "TrainConfig", "Trainer", "train", "load_denoiser", "export_model", "DEFAULT_NET", "denoise_image", "denoise_stack", "denoise_symmetric", "SYMMETRIES",
+           "inference_symmetries",
            "denoise_particles", "particle_envelope", "fourier_lowpass", "PARTICLE_LOWPASS_PX",
            "model_denoise", "ModelDenoiseResult", "mtf_transfer", "image_stats", "normalise",
            "denormalise", "CHECKPOINT_KIND", "detector_from_toml", "SimulatorPairs",

@@ -112,7 +112,36 @@ def test_symmetric_denoising_is_odd_and_equivariant_to_the_square_symmetries(rng
     d16 = denoise_symmetric(net, p, img, 16)
     np.testing.assert_allclose(denoise_symmetric(net, p, np.rot90(img).copy(), 16), np.rot90(d16), atol=1e-5)
     np.testing.assert_allclose(denoise_symmetric(net, p, -img[:, ::-1].copy(), 16), -d16[:, ::-1], atol=1e-5)
+    d8 = denoise_symmetric(net, p, img, 8)   # the square's symmetries alone: equivariant, not odd
+    np.testing.assert_allclose(denoise_symmetric(net, p, np.rot90(img[:, ::-1]).copy(), 8), np.rot90(d8[:, ::-1]),
+                               atol=1e-5)
+    assert not np.allclose(denoise_symmetric(net, p, -img, 8), -d8, atol=1e-3)
     assert not np.allclose(denoise_image(net, p, -img), -denoise_image(net, p, img), atol=1e-3)  # the net alone is not
+
+
+def test_negated_pairs_only_when_asked_and_the_same_patches_either_way():
+    """Without ``negate`` no patch is negated; with it about half are, and every other draw (which
+    image, where, which symmetry) is the same, so the two trainings see the same patches."""
+    def patches(negate):
+        tr = Trainer(UNet(TINY), blobs, _cfg(negate=negate, batch=32, pool=2))
+        tr._fill()
+        return [np.asarray(a) for a in tr.batch()]
+
+    (x0, t0), (x1, t1) = patches(False), patches(True)
+    same = np.all(x0 == x1, axis=(1, 2, 3))
+    flipped = np.all(x0 == -x1, axis=(1, 2, 3)) & np.all(t0 == -t1, axis=(1, 2, 3))
+    assert np.all(same | flipped) and 8 <= flipped.sum() <= 24
+
+
+def test_inference_averages_the_negation_only_for_models_trained_with_it():
+    import json
+
+    from cutem.denoise import inference_symmetries
+
+    with_neg, without = ({"train_config": json.dumps({"negate": v})} for v in (True, False))
+    assert (inference_symmetries(with_neg), inference_symmetries(with_neg, boxes=True)) == (2, 16)
+    assert (inference_symmetries(without), inference_symmetries(without, boxes=True)) == (1, 8)
+    assert inference_symmetries({}) == 2  # files from before the setting were trained with negation
 
 
 def test_mtf_matches_tem_simulator_reference_values():
@@ -209,7 +238,7 @@ def test_cli_denoise_runs_the_packaged_model_on_a_particle_stack(tmp_path):
     from click.testing import CliRunner
 
     from cutem.cli import main
-    from cutem.denoise import default_model_path, denoise_stack, load_denoiser
+    from cutem.denoise import default_model_path, denoise_particles, load_denoiser
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64] - 32
@@ -228,10 +257,9 @@ def test_cli_denoise_runs_the_packaged_model_on_a_particle_stack(tmp_path):
     err_in = np.mean((parts - blob) ** 2)
     err_out = np.mean((out - blob) ** 2)
     assert err_out < 0.5 * err_in
-    net, params, _ = load_denoiser(str(default_model_path()))
-    neg = -denoise_stack(net, params, -parts)
-    c = np.corrcoef(neg.ravel(), out.ravel())[0, 1]
-    assert c > 0.9
+    net, params, _ = load_denoiser(str(default_model_path(particles=True)))
+    neg = -denoise_particles(net, params, -parts)  # 16 symmetries with the negation: exactly odd
+    np.testing.assert_allclose(neg, out, atol=1e-4 * float(np.abs(out).max()))
 
 
 def test_detector_from_fit_mtf_toml(tmp_path):
@@ -400,7 +428,8 @@ def test_instrument_pairs_span_real_instruments_with_clean_level_matched_targets
 
 def test_cli_twin_trains_around_the_twin_and_boxes_train_on_whole_boxes(tmp_path):
     """--twin: dose, defocus and ice drawn within ±30 % of the twin's own values, its optics and
-    detector kept; --boxes: ParticleBoxPairs, the patch the whole box."""
+    detector kept; --boxes: ParticleBoxPairs, the patch the whole box, negated pairs (RELION's
+    stacks are contrast-inverted), which the twin's micrographs do not get."""
     import json
 
     import h5py
@@ -421,6 +450,7 @@ def test_cli_twin_trains_around_the_twin_and_boxes_train_on_whole_boxes(tmp_path
     assert res.exit_code == 0, res.output
     with h5py.File(tmp_path / "t.h5") as f:
         src = json.loads(f.attrs["source"])
+        assert json.loads(f.attrs["train_config"])["negate"] is False
     d = twin.detector.dose_e_per_A2
     np.testing.assert_allclose(src["dose_range"], [0.7 * d, 1.3 * d])
     assert src["pixel_size_A"] == twin.detector.pixel_size_A and "span" not in src
@@ -428,7 +458,8 @@ def test_cli_twin_trains_around_the_twin_and_boxes_train_on_whole_boxes(tmp_path
     assert res.exit_code == 0, res.output
     with h5py.File(tmp_path / "b.h5") as f:
         src = json.loads(f.attrs["source"])
-        assert json.loads(f.attrs["train_config"])["patch"] == 32
+        tc = json.loads(f.attrs["train_config"])
+        assert tc["patch"] == 32 and tc["negate"] is True
     assert src["span"]["box"] == 32 and src["image_size"] == 32
 
 

@@ -19,7 +19,8 @@ the 1,157 particles of micrographs 00021-00025 of EMPIAR-10204. Rows:
 - cutem's learned denoisers, the given models (default: the two packaged ones): the particle
   model as ``cutem denoise particles.mrcs`` runs it (:func:`cutem.denoise.denoise_particles`:
   the network over the 16 symmetries, a low-pass, the stack's radial envelope) and the
-  network alone; the micrograph model alone;
+  network alone; the micrograph model alone (trained on protein-dark micrographs, it is given
+  the stack negated and its result negated back, over the 8 symmetries of the square);
 - diagnostics, not baselines: a Gaussian times a centred disc, and a Gaussian times the
   stack's envelope (:func:`cutem.denoise.particle_envelope`), i.e. what the envelope gives
   without the network;
@@ -95,13 +96,17 @@ def best_by(tool, stack, fn, grid, which, key="corr"):
 def cutem_rows(model, stack, tool, which, particles=False):
     """(score, seconds) of a cutem model on the particles: with ``particles`` as ``cutem denoise
     particles.mrcs`` runs it (:func:`cutem.denoise.denoise_particles`: the network, a low-pass and
-    the stack's envelope), else the network alone over the 16 symmetries."""
-    from cutem.denoise import denoise_particles, denoise_stack, load_denoiser
+    the stack's envelope), else the network alone over the 16 symmetries (8 and the stack
+    negated for a model trained on one contrast convention)."""
+    from cutem.denoise import denoise_particles, denoise_stack, inference_symmetries, load_denoiser
 
     net, params, info = load_denoiser(model)
+    sym = inference_symmetries(info, boxes=True)
+    # a model trained on one convention (micrographs: protein dark) sees RELION's white particles negated
+    sign = 1.0 if sym == 16 else -1.0
     t = time.perf_counter()
-    out = (denoise_particles(net, params, stack) if particles
-           else denoise_stack(net, params, stack, symmetries=16))
+    out = (denoise_particles(net, params, stack, symmetries=sym) if particles
+           else sign * denoise_stack(net, params, sign * stack, symmetries=sym))
     dt = time.perf_counter() - t
     return tool.score(out, which), dt
 
