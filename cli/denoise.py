@@ -187,7 +187,7 @@ def denoise(input, out, method, model_path, tile, overlap, det_file, gain, beta,
     from tqdm import tqdm
 
     import adjoints.backend as B
-    from cutem.denoise import (denoise_particles, denoise_stack, detector_from_toml, inference_symmetries,
+    from cutem.denoise import (denoise_particles, denoise_stack, detector_from_toml, inference_options,
                                load_denoiser, model_denoise)
     from cutem.io import read_mrc, write_mrc, write_png
 
@@ -206,11 +206,11 @@ def denoise(input, out, method, model_path, tile, overlap, det_file, gain, beta,
 
         particles = Path(input).suffix.lower() == ".mrcs"  # RELION's particle stacks
         net, params, info = load_denoiser(model_path or str(default_model_path(particles)), xp)
-        sym = inference_symmetries(info, boxes=particles)
+        opts = inference_options(info, boxes=particles)
         if particles:   # centred boxes: the stack's own radial envelope (cutem.denoise.denoise_particles)
-            result = denoise_particles(net, params, data, progress=not quiet, symmetries=sym)
+            result = denoise_particles(net, params, data, progress=not quiet, **opts)
         else:
-            result = denoise_stack(net, params, data, tile=tile, overlap=overlap, progress=not quiet, symmetries=sym)
+            result = denoise_stack(net, params, data, tile=tile, overlap=overlap, progress=not quiet, **opts)
     else:
         det = detector_from_toml(det_file) if det_file else None
         if gain is not None:

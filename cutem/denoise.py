@@ -11,7 +11,8 @@ Learned (:func:`train`, :func:`denoise_image`)
     Inputs are normalised per image with robust statistics, z = (x − median(x)) / (1.4826 ·
     MAD(x)) (:func:`image_stats`), and the target is mapped with the *same* affine map, so the
     network works for any dose and gain, its output maps back to counts, and a contaminant
-    does not set the scale. Patches are augmented by the 8 symmetries of the square and, with
+    does not set the scale (a model file records its normalisation, and inference uses it:
+    :func:`inference_options`). Patches are augmented by the 8 symmetries of the square and, with
     ``TrainConfig.negate`` (particle boxes: RELION's stacks are contrast-inverted), by negation
     (z → −z for input and target). Micrographs and tilt series come in one convention (protein
     dark), and a network trained on both gives up that prior: on
@@ -71,19 +72,34 @@ DEFAULT_NET = UNetConfig(depth=3, width=16, convs=1)
 
 
 # ---------------------------------------------------------------------- normalising
-def image_stats(image):
-    """(offset, scale) of an image for the network: the median and 1.4826 × the median
-    absolute deviation (the standard deviation for Gaussian data; Hampel, JASA 69:383,
-    1974). Robust statistics, so that an ice contaminant or a carbon edge covering part of a
-    micrograph moves neither (with mean and standard deviation a dark contaminant set the
-    scale and the particles were squeezed into a fraction of the network's range). Falls
-    back to the standard deviation where the MAD is zero (an image of a few count levels),
-    floored so that a flat image does not divide by zero."""
-    a = np.asarray(B.to_numpy(image), dtype=np.float64)
+def _median_mad(a):
     m = float(np.median(a))
     s = 1.4826 * float(np.median(np.abs(a - m)))
-    if not s > 0:
-        s = float(a.std())
+    return m, (s if s > 0 else float(a.std()))
+
+
+def _mean_std(a):
+    return float(a.mean()), float(a.std())
+
+
+#: per-image normalisations: ``median-mad``, the median and 1.4826 × the median absolute
+#: deviation (the standard deviation for Gaussian data; Hampel, JASA 69:383, 1974), robust, so
+#: that an ice contaminant or a carbon edge covering part of a micrograph moves neither (with
+#: the mean and standard deviation a dark contaminant set the scale and the particles were
+#: squeezed into a fraction of the network's range); ``mean-std``, what models trained before
+#: 2026-12-02 were trained with (a model must be run with its own: run with median/MAD the
+#: benchmark's ``validation/results/denoiser_default.h5`` lost 0.23 dB at 10 e⁻/Å²).
+NORMALISATIONS = {"median-mad": _median_mad, "mean-std": _mean_std}
+
+
+def image_stats(image, normalisation="median-mad"):
+    """(offset, scale) of an image for the network by one of :data:`NORMALISATIONS`. The
+    median/MAD falls back to the standard deviation where the MAD is zero (an image of a few
+    count levels); the scale is floored so that a flat image does not divide by zero."""
+    if normalisation not in NORMALISATIONS:
+        raise InputError(f"normalisation must be one of {sorted(NORMALISATIONS)}, not {normalisation!r}")
+    a = np.asarray(B.to_numpy(image), dtype=np.float64)
+    m, s = NORMALISATIONS[normalisation](a)
     return m, max(s, 1e-6 * max(abs(m), 1.0), 1e-12)
 
 
@@ -115,6 +131,7 @@ class TrainConfig:
     seed: int = 0
     noise2noise: bool = False         #: targets are independent noisy draws
     negate: bool = False              #: also negated pairs (inputs of either contrast convention)
+    normalisation: str = "median-mad"  #: per-image normalisation (:data:`NORMALISATIONS`)
 
     def __post_init__(self):
         for name in ("steps", "batch", "patch", "pool", "refresh_every", "checkpoint_every"):
@@ -127,6 +144,9 @@ class TrainConfig:
             raise InputError("TrainConfig.lr and lr_final must lie in (0, 1]")
         if self.loss not in ("l2", "l1"):
             raise InputError(f"TrainConfig.loss must be l2 or l1, not {self.loss!r}")
+        if self.normalisation not in NORMALISATIONS:
+            raise InputError(f"TrainConfig.normalisation must be one of {sorted(NORMALISATIONS)}, "
+                             f"not {self.normalisation!r}")
 
     def lr_at(self, step):
         """Linear warm-up over ``warmup`` steps (no large Adam steps while the moment
@@ -188,12 +208,12 @@ class Trainer:
             n, t = self._draw()
             self.pool_noisy.append(n)
             self.pool_target.append(t)
-            self.pool_stats.append(image_stats(n))
+            self.pool_stats.append(image_stats(n, self.cfg.normalisation))
 
     def _refresh(self):
         i = self.next_refresh % self.cfg.pool
         n, t = self._draw()
-        self.pool_noisy[i], self.pool_target[i], self.pool_stats[i] = n, t, image_stats(n)
+        self.pool_noisy[i], self.pool_target[i], self.pool_stats[i] = n, t, image_stats(n, self.cfg.normalisation)
         self.next_refresh += 1
 
     def batch(self):
@@ -303,7 +323,7 @@ class Trainer:
             net = UNet(UNetConfig(**json.loads(f.attrs["unet_config"])))
             params = load_params(f["weights"], xp)
             cfg_d = json.loads(f.attrs["train_config"])
-            cfg_d.setdefault("negate", True)  # checkpoints from before the option negated every other patch
+            cfg_d.update({k: v for k, v in LEGACY_TRAINING.items() if k not in cfg_d})
             if steps is not None:
                 cfg_d["steps"] = int(steps)
             cfg = TrainConfig(**cfg_d)
@@ -727,9 +747,11 @@ def _ramp(n, overlap):
     return np.clip((d - half) / half, 1e-6, 1.0)
 
 
-def denoise_image(net: UNet, params, image, tile=256, overlap=64, batch=4, xp=None):
+def denoise_image(net: UNet, params, image, tile=256, overlap=64, batch=4, xp=None,
+                  normalisation="median-mad"):
     """Denoise one 2D image of any size with overlapping, blended tiles; returns a host
-    float32 array in the units of the input."""
+    float32 array in the units of the input. ``normalisation`` must be the model's own
+    (:func:`inference_options`)."""
     img = np.asarray(B.to_numpy(image), dtype=np.float32)
     if img.ndim != 2:
         raise InputError(f"denoise_image needs a 2D image, got shape {img.shape}")
@@ -737,7 +759,7 @@ def denoise_image(net: UNet, params, image, tile=256, overlap=64, batch=4, xp=No
     m = net.config.multiple
     tile = max(m, int(math.ceil(tile / m)) * m)
     overlap = min(int(overlap), tile // 2)
-    st = image_stats(img)
+    st = image_stats(img, normalisation)
     z = normalise(img, st)
     h, w = z.shape
     th, tw = min(tile, int(math.ceil(h / m)) * m), min(tile, int(math.ceil(w / m)) * m)
@@ -764,14 +786,21 @@ def denoise_image(net: UNet, params, image, tile=256, overlap=64, batch=4, xp=No
 SYMMETRIES = (1, 2, 8, 16)
 
 
-def inference_symmetries(info, boxes=False):
-    """The :data:`SYMMETRIES` ``cutem denoise`` averages for a model (``info`` of
-    :func:`load_denoiser`): with the negation only if it was trained with negated pairs
-    (``TrainConfig.negate``; files without the setting were, except the benchmark's
-    ``validation/results/denoiser_default.h5``, which predates negation), and the square's
-    symmetries for particle ``boxes``."""
-    negated = json.loads(info.get("train_config") or "{}").get("negate", True)
-    return (16 if negated else 8) if boxes else (2 if negated else 1)
+#: the settings of a model file whose ``train_config`` lacks them: every such file predates
+#: both (cutem before 2026-12-02 normalised by mean/std and never negated pairs)
+LEGACY_TRAINING = {"negate": False, "normalisation": "mean-std"}
+
+
+def inference_options(info, boxes=False):
+    """How ``cutem denoise`` runs a model (``info`` of :func:`load_denoiser`), as keywords of
+    :func:`denoise_stack`: the normalisation it was trained with, and the :data:`SYMMETRIES`
+    averaged: the negation only if it was trained with negated pairs (``TrainConfig.negate``),
+    the square's symmetries for particle ``boxes``. Settings a file lacks are
+    :data:`LEGACY_TRAINING`'s."""
+    tc = {**LEGACY_TRAINING, **json.loads(info.get("train_config") or "{}")}
+    negated = bool(tc["negate"])
+    return {"symmetries": (16 if negated else 8) if boxes else (2 if negated else 1),
+            "normalisation": tc["normalisation"]}
 
 
 def denoise_symmetric(net, params, image, symmetries=2, **kw):
@@ -794,12 +823,14 @@ def denoise_symmetric(net, params, image, symmetries=2, **kw):
     return (acc / n).astype(np.float32)
 
 
-def denoise_stack(net, params, data, tile=256, overlap=64, batch=4, progress=False, symmetries=2):
-    """Denoise a 2D image or each section of a (n, ny, nx) stack (:func:`denoise_symmetric`)."""
+def denoise_stack(net, params, data, tile=256, overlap=64, batch=4, progress=False, symmetries=2,
+                  normalisation="median-mad"):
+    """Denoise a 2D image or each section of a (n, ny, nx) stack (:func:`denoise_symmetric`);
+    ``symmetries`` and ``normalisation`` as :func:`inference_options` gives them for a model."""
     from tqdm import tqdm
 
     arr = np.asarray(data)
-    kw = dict(symmetries=symmetries, tile=tile, overlap=overlap, batch=batch)
+    kw = dict(symmetries=symmetries, tile=tile, overlap=overlap, batch=batch, normalisation=normalisation)
     if arr.ndim == 2:
         return denoise_symmetric(net, params, arr, **kw)
     return np.stack([denoise_symmetric(net, params, s, **kw)
@@ -852,9 +883,10 @@ def fourier_lowpass(stack, sigma_px):
     return np.fft.ifft2(np.fft.fft2(a) * np.exp(-2 * (math.pi * sigma_px) ** 2 * (fy * fy + fx * fx))).real
 
 
-def denoise_particles(net, params, stack, progress=False, symmetries=16):
+def denoise_particles(net, params, stack, progress=False, symmetries=16, normalisation="median-mad"):
     """A stack of centred particle boxes (RELION .mrcs) denoised as ``cutem denoise`` does it:
-    the particle model over ``symmetries`` (:func:`denoise_stack`), a Gaussian low-pass of
+    the particle model over ``symmetries`` with its ``normalisation`` (:func:`denoise_stack`,
+    :func:`inference_options`), a Gaussian low-pass of
     :data:`PARTICLE_LOWPASS_PX`, then the stack's radial envelope (:func:`particle_envelope`).
 
     Measured on the real β-galactosidase particles (``validation/real_particles.py``): the
@@ -864,7 +896,8 @@ def denoise_particles(net, params, stack, progress=False, symmetries=16):
     arr = np.asarray(stack, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[None]
-    out = fourier_lowpass(denoise_stack(net, params, arr, progress=progress, symmetries=symmetries),
+    out = fourier_lowpass(denoise_stack(net, params, arr, progress=progress, symmetries=symmetries,
+                                        normalisation=normalisation),
                           PARTICLE_LOWPASS_PX)
     env = particle_envelope(arr)
     if env is not None:
@@ -1032,7 +1065,7 @@ def _lowpass_host(a, sigma):
 
 
 __all__ = ["default_model_path", "TrainConfig", "Trainer", "train", "load_denoiser", "export_model", "DEFAULT_NET", "denoise_image", "denoise_stack", "denoise_symmetric", "SYMMETRIES",
-           "inference_symmetries",
+           "inference_options", "NORMALISATIONS", "LEGACY_TRAINING",
            "denoise_particles", "particle_envelope", "fourier_lowpass", "PARTICLE_LOWPASS_PX",
            "model_denoise", "ModelDenoiseResult", "mtf_transfer", "image_stats", "normalise",
            "denormalise", "CHECKPOINT_KIND", "detector_from_toml", "SimulatorPairs",

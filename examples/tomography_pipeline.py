@@ -92,12 +92,12 @@ def denoise_series(images, cfg, method, iterations, beta=0.25, checkpoint=None, 
         return out, (f"model-based denoiser (cutem.denoise.model_denoise: Poisson+DQE+MTF detector model, "
                      f"TV prior beta={beta:g}, {iterations} Adam iterations per tilt)")
     if method == "learned":
-        from cutem.denoise import denoise_stack, inference_symmetries, load_denoiser
+        from cutem.denoise import denoise_stack, inference_options, load_denoiser
 
         if not checkpoint:
             raise SystemExit("--denoise learned needs --checkpoint (a cutem train-denoiser result)")
         net, params, info = load_denoiser(checkpoint)
-        return (np.asarray(denoise_stack(net, params, images, symmetries=inference_symmetries(info)), dtype=np.float32),
+        return (np.asarray(denoise_stack(net, params, images, **inference_options(info)), dtype=np.float32),
                 f"learned U-Net denoiser from {checkpoint}")
     from scipy.ndimage import gaussian_filter
 

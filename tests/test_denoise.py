@@ -133,15 +133,69 @@ def test_negated_pairs_only_when_asked_and_the_same_patches_either_way():
     assert np.all(same | flipped) and 8 <= flipped.sum() <= 24
 
 
-def test_inference_averages_the_negation_only_for_models_trained_with_it():
+def test_inference_uses_the_models_own_negation_and_normalisation():
     import json
 
-    from cutem.denoise import inference_symmetries
+    from cutem.denoise import inference_options
 
-    with_neg, without = ({"train_config": json.dumps({"negate": v})} for v in (True, False))
-    assert (inference_symmetries(with_neg), inference_symmetries(with_neg, boxes=True)) == (2, 16)
-    assert (inference_symmetries(without), inference_symmetries(without, boxes=True)) == (1, 8)
-    assert inference_symmetries({}) == 2  # files from before the setting were trained with negation
+    def opts(tc, boxes=False):
+        o = inference_options({"train_config": json.dumps(tc)} if tc is not None else {}, boxes=boxes)
+        return o["symmetries"], o["normalisation"]
+
+    new = {"negate": True, "normalisation": "median-mad"}
+    assert (opts(new), opts(new, True)) == ((2, "median-mad"), (16, "median-mad"))
+    assert opts({"negate": False, "normalisation": "mean-std"}, True) == (8, "mean-std")
+    # files from before both settings: never negated, normalised by mean/std
+    assert opts(None) == opts({}) == (1, "mean-std")
+
+
+def test_normalisations_are_the_mean_std_and_the_median_mad_and_unknown_ones_are_refused():
+    from cutem.denoise import image_stats
+    from cutem.errors import InputError
+
+    rng = np.random.default_rng(5)
+    img = rng.gamma(2.0, 3.0, (64, 64))
+    assert image_stats(img, "mean-std") == pytest.approx((img.mean(), img.std()), rel=1e-12)
+    med = np.median(img)
+    assert image_stats(img) == pytest.approx((med, 1.4826 * np.median(np.abs(img - med))), rel=1e-12)
+    with pytest.raises(InputError, match="normalisation"):
+        image_stats(img, "minmax")
+    with pytest.raises(InputError, match="normalisation"):
+        _cfg(normalisation="minmax")
+
+
+def test_a_model_trains_and_runs_with_its_recorded_normalisation(tmp_path):
+    """The pool is normalised by the configured statistics, the checkpoint records them, and a
+    checkpoint written without the settings resumes with the legacy ones."""
+    import json
+
+    import h5py
+
+    from cutem.denoise import LEGACY_TRAINING, image_stats, inference_options
+
+    tr = Trainer(UNet(TINY), blobs, _cfg(normalisation="mean-std"))
+    tr.run(checkpoint=tmp_path / "ck.h5", progress=False)
+    assert all(st == pytest.approx(image_stats(n, "mean-std")) for n, st in zip(tr.pool_noisy, tr.pool_stats))
+    net, params, info = load_denoiser(tmp_path / "ck.h5")
+    opts = inference_options(info)
+    assert opts == {"symmetries": 1, "normalisation": "mean-std"}
+    img = blobs(np.random.default_rng(9), n=40)[0]
+    by_mean = denoise_stack(net, params, img[None], **opts)[0]
+    assert not np.allclose(by_mean, denoise_stack(net, params, img[None])[0])  # the choice matters
+    with h5py.File(tmp_path / "ck.h5", "r+") as f:  # a file from before the settings existed
+        tc = json.loads(f.attrs["train_config"])
+        f.attrs["train_config"] = json.dumps({k: v for k, v in tc.items() if k not in LEGACY_TRAINING})
+    old = Trainer.resume(tmp_path / "ck.h5", blobs, steps=8)
+    assert (old.cfg.negate, old.cfg.normalisation) == (False, "mean-std")
+
+
+def test_packaged_models_run_with_the_settings_they_were_trained_with():
+    from cutem.denoise import default_model_path, inference_options
+
+    _, _, info = load_denoiser(default_model_path())
+    assert inference_options(info) == {"symmetries": 1, "normalisation": "median-mad"}
+    _, _, info = load_denoiser(default_model_path(particles=True))
+    assert inference_options(info, boxes=True) == {"symmetries": 16, "normalisation": "median-mad"}
 
 
 def test_mtf_matches_tem_simulator_reference_values():

@@ -42,7 +42,7 @@ from scipy.ndimage import gaussian_filter, median_filter
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import adjoints.backend as B
-from cutem.denoise import SimulatorPairs, default_structures, denoise_image, load_denoiser, model_denoise
+from cutem.denoise import SimulatorPairs, default_structures, denoise_stack, inference_options, load_denoiser, model_denoise
 
 HERE = Path(__file__).resolve().parent
 PDB = HERE.parent.parent / "shared" / "data" / "pdb"
@@ -200,7 +200,7 @@ def main(argv=None):
         beta = choose(val, md, [1.0, 4.0, 16.0, 64.0, 256.0])
         methods.append(("model-based (pathwise)", lambda n, b=beta: md(n, b), f"beta={beta}, {it} it"))
         methods.append(("model-based (score function)", lambda n, b=beta: md(n, b, "score"), f"beta={beta}, {it} it"))
-        methods.append(("learned U-Net", lambda n: denoise_image(net, params, n), ""))
+        methods.append(("learned U-Net", lambda n: denoise_stack(net, params, n, **inference_options(info)), ""))
         for name, fn, note in methods:
             ps, ss, pm, ts = [], [], [], []
             for noisy, clean, mask in test:

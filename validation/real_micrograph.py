@@ -86,7 +86,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     from scipy.ndimage import gaussian_filter
 
-    from cutem.denoise import default_model_path, denoise_stack, inference_symmetries, load_denoiser
+    from cutem.denoise import default_model_path, denoise_stack, inference_options, load_denoiser
     from cutem.io import read_mrc
 
     raw, _px = read_mrc(a.input, ndim=(2,), name="input")
@@ -96,7 +96,7 @@ def main(argv=None):
     model = a.model or str(default_model_path())
     net, params, info = load_denoiser(model)
     outs = {"raw": raw, f"Gaussian σ={a.gaussian:g} px": gaussian_filter(raw.astype(np.float64), a.gaussian),
-            f"cutem learned ({Path(model).name})": denoise_stack(net, params, raw, symmetries=inference_symmetries(info))}
+            f"cutem learned ({Path(model).name})": denoise_stack(net, params, raw, **inference_options(info))}
     if a.topaz_python:
         from validation.real_particles import run_topaz
 

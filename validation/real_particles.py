@@ -98,15 +98,15 @@ def cutem_rows(model, stack, tool, which, particles=False):
     particles.mrcs`` runs it (:func:`cutem.denoise.denoise_particles`: the network, a low-pass and
     the stack's envelope), else the network alone over the 16 symmetries (8 and the stack
     negated for a model trained on one contrast convention)."""
-    from cutem.denoise import denoise_particles, denoise_stack, inference_symmetries, load_denoiser
+    from cutem.denoise import denoise_particles, denoise_stack, inference_options, load_denoiser
 
     net, params, info = load_denoiser(model)
-    sym = inference_symmetries(info, boxes=True)
+    opts = inference_options(info, boxes=True)
     # a model trained on one convention (micrographs: protein dark) sees RELION's white particles negated
-    sign = 1.0 if sym == 16 else -1.0
+    sign = 1.0 if opts["symmetries"] == 16 else -1.0
     t = time.perf_counter()
-    out = (denoise_particles(net, params, stack, symmetries=sym) if particles
-           else sign * denoise_stack(net, params, sign * stack, symmetries=sym))
+    out = (denoise_particles(net, params, stack, **opts) if particles
+           else sign * denoise_stack(net, params, sign * stack, **opts))
     dt = time.perf_counter() - t
     return tool.score(out, which), dt
 

@@ -74,7 +74,7 @@ def main(argv=None):
     import tomography_pipeline as T
 
     from cutem import pipeline, tomo, tomo_denoise, tomo_fit
-    from cutem.denoise import denoise_stack, inference_symmetries, load_denoiser
+    from cutem.denoise import denoise_stack, inference_options, load_denoiser
 
     n_px, px, step, _ = T.SIZES["full"]
     cfg = T.make_config(n_px, px, step, 0)
@@ -136,7 +136,7 @@ def main(argv=None):
     for path in args.model:
         net, params, info = load_denoiser(path)
         t0 = time.perf_counter()
-        den = denoise_stack(net, params, images.astype(np.float32), symmetries=inference_symmetries(info))
+        den = denoise_stack(net, params, images.astype(np.float32), **inference_options(info))
         cc = [float(np.corrcoef(a.ravel(), b.ravel())[0, 1]) for a, b in zip(den, noise_free)]
         score(f"wbp learned:{Path(path).stem}", wbp(T.to_contrast(den, cfg, flip)), t0)
         notes.append(f"learned {Path(path).name}: per-tilt correlation {np.mean(cc):.3f}")
